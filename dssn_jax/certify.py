@@ -87,7 +87,8 @@ def check_offsets(v, spec: SmoothingSpec) -> None:
   if not jnp.issubdtype(v.dtype, jnp.integer):
     raise ValueError(f"offsets v must be integers, got dtype {v.dtype}.")
   if _is_concrete(v) and v.size:
-    low, high = int(np.min(v)), int(np.max(v))
+    values = np.asarray(v)  # On the host: inside a trace jnp ops would stage.
+    low, high = int(values.min()), int(values.max())
     if low < 0 or high >= spec.levels:
       raise ValueError(
           f"offsets v must lie in {{0, ..., L-1}} with L = {spec.levels} for "

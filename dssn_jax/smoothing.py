@@ -146,7 +146,8 @@ def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
     spec: the smoothing spec.
 
   Returns:
-    float array like x: the noisy input; `4 * q * xt` is an integer.
+    float array like x: the noisy input `to_float(4 * q * xt, q)`, where
+    `4 * q * xt` is an integer.
   """
   q, levels = spec.q, spec.levels
   dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
@@ -158,7 +159,18 @@ def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
   t2 = 2 * n * levels + 2 * m + 1
   # 4q * xt = 2q * (min(t, 1) + max(t - L/q, 0)) / 2, in units of 1/(4q).
   xt4 = jnp.minimum(t2, 2 * q) + jnp.maximum(t2 - 2 * levels, 0)
-  return (xt4.astype(jnp.float32) / (4 * q)).astype(dtype)
+  return to_float(xt4, q).astype(dtype)
+
+
+def to_float(xt4: jax.Array, q: int) -> jax.Array:
+  """The canonical float32 of a noisy value given as the integer 4 * q * xt.
+
+  Multiplication by the float32 reciprocal is correctly rounded on every
+  backend, while XLA rewrites division by a constant into exactly this
+  product on some backends and not others; fixing the product makes the
+  noisy input bit-identical everywhere (within one ulp of xt4 / (4q)).
+  """
+  return xt4.astype(jnp.float32) * np.float32(1 / (4 * q))
 
 
 def random_dssn_noise(key: jax.Array, x: jax.Array, v: jax.Array,

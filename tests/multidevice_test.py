@@ -1,0 +1,63 @@
+"""Counts on 1, 2 and 8 (fake CPU) devices are identical to one device's.
+
+JAX fixes the device count when it starts, so the check runs in a subprocess
+with XLA_FLAGS=--xla_force_host_platform_device_count=8.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    import dssn_jax
+
+    assert jax.device_count() == 8, jax.devices()
+    spec = dssn_jax.SmoothingSpec(0.12)  # L = 106
+    w1 = jax.random.normal(jax.random.key(0), (48, 16)) * 2
+    w2 = jax.random.normal(jax.random.key(1), (16, 5))
+    apply_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1 - 1) @ w2
+    v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
+    x = jnp.round(jax.random.uniform(jax.random.key(2), (13, 4, 4, 3)) * 255)
+    x = x / 255
+    reference = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec))
+    key = jax.random.key(3)
+    sampled = np.asarray(dssn_jax.sample_counts(
+        apply_fn, x, spec, key, noise="uniform", num_samples=200))
+    mismatches, checked = [], 0
+    for devices in (1, 2, 8):
+      mesh = dssn_jax.make_mesh(jax.devices()[:devices])
+      for batch in (1, 13):
+        for chunk in (1, 7, spec.levels):
+          counts = dssn_jax.dssn_counts(apply_fn, x[:batch], v, spec,
+                                        chunk_size=chunk, mesh=mesh)
+          checked += 1
+          if not np.array_equal(np.asarray(counts), reference[:batch]):
+            mismatches.append(("dssn", devices, batch, chunk))
+        counts = dssn_jax.sample_counts(apply_fn, x[:batch], spec, key,
+                                        noise="uniform", num_samples=200,
+                                        chunk_size=9, mesh=mesh)
+        checked += 1
+        if not np.array_equal(np.asarray(counts), sampled[:batch]):
+          mismatches.append(("uniform", devices, batch))
+    print(json.dumps({"checked": checked, "mismatches": mismatches,
+                      "row_sums": sorted(set(reference.sum(1).tolist()))}))
+""")
+
+
+def test_counts_identical_on_1_2_and_8_devices():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      " --xla_force_host_platform_device_count=8")
+  env["JAX_PLATFORMS"] = "cpu"
+  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=600,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["checked"] == 24
+  assert report["mismatches"] == []
+  assert report["row_sums"] == [106]
