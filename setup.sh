@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-command set-up: a virtualenv in .venv with dssn-jax and its test
+# dependencies, plus Debian's Fashion-MNIST files (the only real dataset that
+# can be installed offline). Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq dataset-fashion-mnist
+fi
+echo "dssn-jax is set up: .venv/bin/python -m pytest -q runs the tests."
