@@ -1,0 +1,1 @@
+"""Thin absl entry points (train, certify, analyze, benchmark): `python -m experiments.X`."""
