@@ -1,0 +1,79 @@
+"""Fields shared by every dataset config (training and certification).
+
+Sentinels: -1 means "all" or "automatic" for the integer fields so that every
+field keeps one type and can be overridden from the command line.
+"""
+
+import ml_collections
+
+# The 15 noise levels of the paper's CIFAR-10 experiments (Yang et al. 2020).
+CIFAR10_SIGMAS = (0.15,) + tuple(0.25 * n for n in range(1, 15))
+IMAGENET_SIGMAS = (0.5, 2.0, 3.5)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: the paper's reference recipe, no dataset or model yet."""
+  config = ml_collections.ConfigDict()
+  config.dataset = ""
+  config.data_dir = ml_collections.config_dict.placeholder(str)
+  config.model = ""
+  config.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs.
+
+  # Smoothing (DESIGN.md section 1). Stored in every checkpoint.
+  config.noise = "dssn"  # dssn | ssn | uniform | none
+  config.sigma = 0.5
+  config.q = 255
+  config.offsets_seed = 0
+  config.offsets_layout = "jax"  # jax | torch (the authors' template)
+  config.stability = False
+  config.stability_gamma = 6.0
+
+  # Optimization: SGD, Nesterov momentum, weight decay, cosine schedule.
+  config.seed = 0
+  config.batch_size = 64
+  config.num_epochs = 120
+  config.steps_per_epoch = -1  # -1: one pass over the training split.
+  config.learning_rate = 0.1
+  config.momentum = 0.9
+  config.nesterov = True
+  config.weight_decay = 1e-4
+  config.shuffle_buffer = -1  # -1: the input pipeline's default.
+  config.eval_batch_size = 256
+  config.eval_max_examples = -1  # -1: the whole evaluation split.
+  config.keep_checkpoints = 3
+  config.log_every_steps = 100
+
+  # Certification (experiments/certify.py).
+  config.certify = ml_collections.ConfigDict()
+  config.certify.method = "dssn"  # dssn (exact) | uniform | ssn (randomized)
+  config.certify.split = "test"
+  config.certify.start = 0
+  config.certify.skip = 1
+  config.certify.max_examples = -1  # -1: to the end of the split.
+  config.certify.batch_size = 32
+  config.certify.chunk_size = -1  # -1: sized from the batch.
+  config.certify.n0 = 64
+  config.certify.n = 100_000
+  config.certify.alpha = 0.001
+  config.certify.seed = 0
+  # Smoothing comes from the checkpoint; a config value that disagrees is an
+  # error unless this is True (then the config's sigma/seed/layout are used).
+  config.certify.override_smoothing = False
+  config.certify.results_name = ""  # "" -> certify_{method}.tsv
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a run of seconds on a CPU (tests, quick looks)."""
+  config.num_epochs = 2
+  config.steps_per_epoch = 3
+  config.batch_size = 8
+  config.shuffle_buffer = 256  # Do not decode a whole split before step 1.
+  config.eval_batch_size = 16
+  config.eval_max_examples = 32
+  config.log_every_steps = 1
+  config.certify.max_examples = 6
+  config.certify.batch_size = 4
+  config.certify.n0 = 8
+  config.certify.n = 64
+  return config

@@ -1,0 +1,226 @@
+"""Orbax checkpoints that carry the smoothing of the classifier they hold.
+
+A checkpoint step directory holds two items: `state` (the training state, or
+just `{"params", "batch_stats"}` for converted models) and `smoothing`, a JSON
+record of everything needed to certify the classifier exactly as trained:
+noise kind, sigma, q, levels, the offsets' seed, layout and sha256
+fingerprint, and the model (name, classes, input shape, normalization).
+
+Restoring regenerates the offsets from their seed and refuses a fingerprint
+that differs: certificates with other offsets stay valid, but the classifier
+silently loses accuracy, so it is an error rather than a surprise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from dssn_jax import models
+from dssn_jax import smoothing
+
+CHECKPOINT_DIR = "checkpoints"
+# The fields that define the smoothed classifier; certification and resumed
+# training must agree with the checkpoint on each of them.
+SMOOTHING_FIELDS = ("noise", "sigma", "q", "offsets_seed", "offsets_layout")
+MODEL_FIELDS = ("model", "dataset")
+
+
+def smoothing_metadata(config, *, input_shape, num_classes: int, mean, std,
+                       offsets=None) -> dict[str, Any]:
+  """The JSON record stored with each checkpoint of a run of `config`.
+
+  Args:
+    config: the run's config (fields of configs/common.py).
+    input_shape: (H, W, C) of one input.
+    num_classes: number of logits.
+    mean, std: the model's per-channel input normalization.
+    offsets: the offsets used in training; default: regenerated from config.
+
+  Returns:
+    A JSON-serializable dict.
+  """
+  spec = smoothing.SmoothingSpec(config.sigma, config.q)
+  if offsets is None:
+    offsets = smoothing.make_offsets(config.offsets_seed, input_shape,
+                                     spec.levels, config.offsets_layout)
+  return {
+      "noise": config.noise,
+      "sigma": float(config.sigma),
+      "q": int(config.q),
+      "levels": spec.levels,
+      "offsets_seed": int(config.offsets_seed),
+      "offsets_layout": config.offsets_layout,
+      "offsets_sha256": smoothing.offsets_fingerprint(offsets),
+      "stability": bool(config.get("stability", False)),
+      "stability_gamma": float(config.get("stability_gamma", 0.0)),
+      "model": config.model,
+      "dataset": config.dataset,
+      "input_shape": [int(n) for n in input_shape],
+      "num_classes": int(num_classes),
+      "mean": [float(m) for m in mean],
+      "std": [float(s) for s in std],
+      "compute_dtype": config.get("compute_dtype", "float32"),
+      "jax_version": jax.__version__,
+  }
+
+
+def check_matches(stored: Mapping[str, Any], wanted: Mapping[str, Any],
+                  fields, *, what: str, fix: str) -> None:
+  """Raises ValueError naming every field where stored and wanted differ."""
+  diffs = [f"{name}: checkpoint has {stored.get(name)!r}, config has "
+           f"{wanted.get(name)!r}" for name in fields
+           if _differs(stored.get(name), wanted.get(name))]
+  if diffs:
+    raise ValueError(f"{what} disagrees with the config ("
+                     + "; ".join(diffs) + f"). {fix}")
+
+
+def _differs(a, b) -> bool:
+  if isinstance(a, float) or isinstance(b, float):
+    try:
+      return abs(float(a) - float(b)) > 1e-12 * max(1.0, abs(float(a)))
+    except (TypeError, ValueError):
+      return True
+  return a != b
+
+
+def offsets_from_metadata(metadata: Mapping[str, Any]) -> jax.Array:
+  """Regenerates a checkpoint's offsets and checks their fingerprint."""
+  offsets = smoothing.make_offsets(metadata["offsets_seed"],
+                                   metadata["input_shape"], metadata["levels"],
+                                   metadata["offsets_layout"])
+  fingerprint = smoothing.offsets_fingerprint(offsets)
+  if fingerprint != metadata["offsets_sha256"]:
+    raise ValueError(
+        f"The offsets regenerated from seed {metadata['offsets_seed']} "
+        f"(layout {metadata['offsets_layout']!r}) have sha256 {fingerprint}, "
+        f"but the classifier was trained with offsets of sha256 "
+        f"{metadata['offsets_sha256']} (JAX {metadata.get('jax_version')}; "
+        f"this is JAX {jax.__version__}, and random streams can change "
+        f"between versions). Certify with the JAX version it was trained "
+        f"with, or retrain; certificates with other offsets would be valid "
+        f"but the classifier would lose accuracy.")
+  return offsets
+
+
+class Checkpointer:
+  """Saves and restores checkpoints in `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not create and not os.path.isdir(self.directory):
+      raise FileNotFoundError(
+          f"No checkpoint in {workdir!r} (looked for {self.directory}). "
+          f"Train first: python -m experiments.train --config=... "
+          f"--workdir={workdir}")
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, metadata: Mapping[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        smoothing=ocp.args.JsonSave(dict(metadata))))
+    self._manager.wait_until_finished()
+
+  def metadata(self, step: int | None = None) -> dict[str, Any]:
+    step = self._step(step)
+    try:
+      return dict(self._manager.restore(step, args=ocp.args.Composite(
+          smoothing=ocp.args.JsonRestore())).smoothing)
+    except Exception as e:  # Orbax raises several types for damaged files.
+      raise ValueError(
+          f"Checkpoint step {step} in {self.directory} is unreadable or "
+          f"corrupt ({type(e).__name__}: {e}); delete that step directory "
+          f"to fall back to an earlier one, or retrain.") from e
+
+  def restore(self, target=None, step: int | None = None):
+    """Restores `state` (into the structure and shardings of target)."""
+    step = self._step(step)
+    args = (ocp.args.StandardRestore(target) if target is not None else
+            ocp.args.StandardRestore())
+    try:
+      return self._manager.restore(
+          step, args=ocp.args.Composite(state=args)).state
+    except Exception as e:  # Orbax raises several types for damaged files.
+      raise ValueError(
+          f"Checkpoint step {step} in {self.directory} could not be "
+          f"restored ({type(e).__name__}: {e}). Delete that step directory "
+          f"to fall back to an earlier one, or retrain.") from e
+
+  def _step(self, step):
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(
+          f"No checkpoint steps in {self.directory}: train first.")
+    return step
+
+  def close(self):
+    self._manager.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A restored base classifier with its smoothing.
+
+  `apply_fn(variables, batch)` maps (n, H, W, C) inputs in [0, 1] to float32
+  logits in eval mode; pass `variables` as `params=` to `dssn_counts`.
+  """
+
+  apply_fn: Callable[[Any, jax.Array], jax.Array]
+  variables: Any
+  spec: smoothing.SmoothingSpec
+  offsets: jax.Array
+  metadata: dict[str, Any]
+  step: int
+
+
+def build_model(metadata: Mapping[str, Any], compute_dtype: str | None = None):
+  """The Flax model a checkpoint's metadata describes."""
+  dtype = compute_dtype or metadata.get("compute_dtype", "float32")
+  return models.create_model(
+      metadata["model"], num_classes=metadata["num_classes"],
+      mean=tuple(metadata["mean"]), std=tuple(metadata["std"]),
+      dtype=jnp.dtype(dtype))
+
+
+def load_classifier(workdir: str, *, step: int | None = None,
+                    compute_dtype: str | None = None) -> Classifier:
+  """Restores the latest (or given) checkpoint of workdir for certification.
+
+  Args:
+    workdir: the training run's workdir (holding `checkpoints/`).
+    step: checkpoint step; default the latest.
+    compute_dtype: override of the stored compute dtype (e.g. "bfloat16").
+
+  Returns:
+    A Classifier whose offsets are verified against the stored fingerprint.
+  """
+  checkpointer = Checkpointer(workdir, create=False)
+  step = checkpointer._step(step)  # pylint: disable=protected-access
+  metadata = checkpointer.metadata(step)
+  state = checkpointer.restore(step=step)
+  checkpointer.close()
+  variables = {"params": state["params"]}
+  if state.get("batch_stats") is not None:
+    variables["batch_stats"] = state["batch_stats"]
+  model = build_model(metadata, compute_dtype)
+  apply_fn = lambda variables, batch: model.apply(variables, batch,
+                                                  train=False)
+  spec = smoothing.SmoothingSpec(metadata["sigma"], metadata["q"])
+  if spec.levels != metadata["levels"]:
+    raise ValueError(
+        f"The checkpoint stores L={metadata['levels']} levels but sigma="
+        f"{spec.sigma}, q={spec.q} give L={spec.levels}: its metadata is "
+        f"inconsistent or from another version of dssn-jax; retrain.")
+  return Classifier(apply_fn, variables, spec, offsets_from_metadata(metadata),
+                    metadata, step)

@@ -1,0 +1,322 @@
+"""Training base classifiers under splitting noise.
+
+`train_and_evaluate(config, workdir)` trains the config's model on its dataset
+under the config's noise (DESIGN.md section 1): `dssn` draws one k per example
+with the classifier's own offsets, `ssn` independent splits, `uniform`
+additive noise, `none` clean inputs; with `stability`, the loss is
+`CE(f(xt1), y) + gamma * KL(p(xt1) || p(xt2))` over two independent draws.
+
+Data parallel over all devices: one jitted step on a mesh, the batch split
+along "data", the state replicated. Every random choice is a function of the
+config's seed and the step number, and the input pipeline can skip to any
+step, so a run killed and resumed from its last checkpoint ends with the same
+parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from flax.training import train_state
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from dssn_jax import certify
+from dssn_jax import checkpoints
+from dssn_jax import data
+from dssn_jax import models
+from dssn_jax import smoothing
+
+METRICS_FILE = "metrics.jsonl"
+# Fields a resumed run must share with its checkpoint.
+RESUME_FIELDS = (checkpoints.SMOOTHING_FIELDS + checkpoints.MODEL_FIELDS +
+                 ("stability", "stability_gamma"))
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def stability_loss(logits_1, logits_2, labels, gamma: float):
+  """`CE(f(xt1), y) + gamma * KL(p(xt1) || p(xt2))`, batch means.
+
+  Args:
+    logits_1, logits_2: (B, C) logits of two noise draws of the same inputs.
+    labels: (B,) int labels.
+    gamma: weight of the KL term.
+
+  Returns:
+    (loss, (cross_entropy, kl)) scalars.
+  """
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
+      logits_1, labels).mean()
+  log_p1 = jax.nn.log_softmax(logits_1)
+  log_p2 = jax.nn.log_softmax(logits_2)
+  kl = jnp.sum(jnp.exp(log_p1) * (log_p1 - log_p2), axis=-1).mean()
+  return cross_entropy + gamma * kl, (cross_entropy, kl)
+
+
+def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum, coupled weight decay, cosine schedule."""
+  schedule = optax.cosine_decay_schedule(config.learning_rate,
+                                         max(1, total_steps))
+  return optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+
+
+def _check_config(config) -> None:
+  data.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
+  if config.model not in models.MODEL_NAMES:
+    raise ValueError(f"Unknown model {config.model!r}; expected one of "
+                     f"{models.MODEL_NAMES}.")
+  if config.noise not in smoothing.NOISE_KINDS:
+    raise ValueError(f"Unknown noise kind {config.noise!r}; expected one of "
+                     f"{smoothing.NOISE_KINDS}.")
+  if config.q != 255:
+    raise ValueError(f"q={config.q}, but the input pipelines yield 8-bit "
+                     f"images (q=255); set --config.q=255.")
+  if config.batch_size % jax.device_count():
+    raise ValueError(
+        f"batch_size={config.batch_size} must be a multiple of the "
+        f"{jax.device_count()} devices.")
+
+
+def _noisy(config, spec, offsets, key, x):
+  """Training noise of the config's kind for a batch of grid inputs x."""
+  return smoothing.random_noise(config.noise, key, x, spec, offsets)
+
+
+def make_train_step(model, config, spec, offsets):
+  """The jitted-later step: (state, batch, key) -> (state, metrics)."""
+
+  def train_step(state, batch, key):
+    x = batch["image"].astype(jnp.float32) / config.q
+    labels = batch["label"]
+    key = jax.random.fold_in(key, state.step)
+    if config.stability:
+      key_1, key_2 = jax.random.split(key)
+      # One forward over both draws: BatchNorm sees the pair as one batch.
+      noisy = jnp.concatenate([_noisy(config, spec, offsets, key_1, x),
+                               _noisy(config, spec, offsets, key_2, x)])
+    else:
+      noisy = _noisy(config, spec, offsets, key, x)
+
+    def loss_fn(params):
+      logits, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, noisy,
+          train=True, mutable=["batch_stats"])
+      if config.stability:
+        logits_1, logits_2 = jnp.split(logits, 2)
+        loss, _ = stability_loss(logits_1, logits_2, labels,
+                                 config.stability_gamma)
+      else:
+        logits_1 = logits
+        loss = optax.softmax_cross_entropy_with_integer_labels(
+            logits, labels).mean()
+      return loss, (logits_1, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return state, {"loss": loss, "accuracy": accuracy}
+
+  return train_step
+
+
+def make_eval_step(model, config, spec, offsets):
+  """(state, batch, key) -> masked counts of correct clean/noisy predictions."""
+
+  def eval_step(state, batch, key):
+    x = batch["image"].astype(jnp.float32) / config.q
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    mask = batch["mask"]
+    noise = config.noise if config.noise != "none" else "none"
+    noisy = smoothing.random_noise(noise, key, x, spec, offsets)
+    both = model.apply(variables, jnp.concatenate([x, noisy]), train=False)
+    clean, noisy_logits = jnp.split(both, 2)
+    hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch["label"])
+                                 & mask)
+    return {"clean_correct": hit(clean), "noisy_correct": hit(noisy_logits),
+            "count": jnp.sum(mask)}
+
+  return eval_step
+
+
+def _global_batch(sharding, batch):
+  """A process-local numpy batch as one global array split over devices."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+
+
+def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
+  """Clean and noisy accuracy on (a prefix of) the evaluation split."""
+  max_examples = config.eval_max_examples
+  batches = data.eval_dataset(
+      config.dataset, batch_size=config.eval_batch_size,
+      max_examples=None if max_examples < 0 else max_examples,
+      data_dir=config.data_dir)
+  totals = {"clean_correct": 0, "noisy_correct": 0, "count": 0}
+  for i, batch in enumerate(batches):
+    batch = {k: batch[k] for k in ("image", "label", "mask")}
+    counts = eval_step(state, _global_batch(sharding, batch),
+                       jax.random.fold_in(key, i))
+    for name, value in counts.items():
+      totals[name] += int(value)
+  count = max(totals["count"], 1)
+  return {"eval_clean_accuracy": totals["clean_correct"] / count,
+          "eval_noisy_accuracy": totals["noisy_correct"] / count,
+          "eval_examples": totals["count"]}
+
+
+def _write_metrics(workdir, writer, step, metrics):
+  writer.write_scalars(step, metrics)
+  with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+    f.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def _truncate_metrics(workdir, last_step):
+  """Drops metric lines written after the checkpoint a run resumes from."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line)
+    except (ValueError, KeyError):
+      pass  # A torn last line of a killed run.
+  with open(path, "w") as f:
+    f.writelines(kept)
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains (or resumes) the config's classifier; checkpoints every epoch.
+
+  Args:
+    config: a config of configs/ (see configs/common.py for the fields).
+    workdir: directory for checkpoints/, metrics.jsonl, TensorBoard events
+      and config.json; an existing run there is resumed.
+
+  Returns:
+    The final training state.
+  """
+  _check_config(config)
+  data.hide_tf_from_accelerators()
+  os.makedirs(workdir, exist_ok=True)
+  info = data.dataset_info(config.dataset)
+  spec = smoothing.SmoothingSpec(config.sigma, config.q)
+  offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
+                                   spec.levels, config.offsets_layout)
+  model = models.create_model(config.model, num_classes=info.num_classes,
+                              mean=info.mean, std=info.std,
+                              dtype=jnp.dtype(config.compute_dtype))
+  metadata = checkpoints.smoothing_metadata(
+      config, input_shape=info.input_shape, num_classes=info.num_classes,
+      mean=info.mean, std=info.std, offsets=offsets)
+
+  steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
+                     data.train_steps_per_epoch(config.dataset,
+                                                batch_size=config.batch_size,
+                                                data_dir=config.data_dir))
+  total_steps = config.num_epochs * steps_per_epoch
+
+  mesh = certify.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  def init_state():
+    variables = model.init(jax.random.key(config.seed),
+                           jnp.zeros((1,) + tuple(info.input_shape)),
+                           train=False)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=create_optimizer(config, total_steps))
+
+  state = jax.jit(init_state, out_shardings=replicated)()
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    checkpoints.check_matches(
+        checkpointer.metadata(), metadata, RESUME_FIELDS,
+        what=f"The checkpoint in {workdir!r}",
+        fix="Resume with the checkpoint's values, or use a new --workdir.")
+    state = checkpointer.restore(state)
+    logging.info("Resuming from step %d.", int(state.step))
+  start_step = int(state.step)
+  _truncate_metrics(workdir, start_step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  keys = jax.random.split(jax.random.key(config.seed), 2)
+  train_key, eval_key = jax.device_put(tuple(keys), replicated)
+  train_step = jax.jit(make_train_step(model, config, spec, offsets),
+                       in_shardings=(replicated, batch_sharding, replicated),
+                       out_shardings=(replicated, replicated),
+                       donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, config, spec, offsets),
+                      in_shardings=(replicated, batch_sharding, replicated))
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  batches = data.train_dataset(config.dataset, batch_size=config.batch_size,
+                               seed=config.seed, data_dir=config.data_dir,
+                               start_step=start_step,
+                               shuffle_buffer=(config.shuffle_buffer
+                                               if config.shuffle_buffer > 0
+                                               else None))
+  progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+                       desc=f"train {config.model} {config.noise}",
+                       disable=jax.process_index() > 0)
+  window_start, window_images, train_metrics = time.perf_counter(), 0, []
+  for step in range(start_step, total_steps):
+    batch = _global_batch(batch_sharding, next(batches))
+    state, metrics = train_step(state, batch, train_key)
+    progress.update(1)
+    done = step + 1
+    if step == start_step:  # Leave compilation out of the throughput.
+      jax.block_until_ready(state)
+      window_start = time.perf_counter()
+    else:
+      window_images += config.batch_size
+    train_metrics.append(metrics)
+    if done % config.log_every_steps == 0 or done % steps_per_epoch == 0:
+      summary = {f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
+                 for k in train_metrics[0]}
+      elapsed = time.perf_counter() - window_start
+      summary["train_images_per_second"] = window_images / max(elapsed, 1e-9)
+      progress.set_postfix(loss=f"{summary['train_loss']:.3f}",
+                           img_s=f"{summary['train_images_per_second']:.0f}")
+      if done % steps_per_epoch:
+        _write_metrics(workdir, writer, done, summary)
+      window_start, window_images, train_metrics = time.perf_counter(), 0, []
+    if done % steps_per_epoch == 0:
+      summary.update(evaluate(eval_step, state, config, batch_sharding,
+                              jax.random.fold_in(eval_key, done)))
+      summary["epoch"] = done // steps_per_epoch
+      _write_metrics(workdir, writer, done, summary)
+      tqdm.tqdm.write(
+          f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
+          f"eval clean accuracy {summary['eval_clean_accuracy']:.4f}, "
+          f"under noise {summary['eval_noisy_accuracy']:.4f}")
+      checkpointer.save(done, state, metadata)
+      window_start = time.perf_counter()  # Do not count evaluation time.
+  progress.close()
+  writer.flush()
+  checkpointer.close()
+  return state
