@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
     config.eval_max_examples = 4
     config.steps_per_epoch = 1
     config.num_epochs = 1  # ResNet-50 at 224x224 is slow on a CPU.
+    config.sigma = 0.01  # L = 8 noise samples.
   elif arg:
     raise ValueError(f"Unknown variant {arg!r} of imagenet; use 'smoke'.")
   return config

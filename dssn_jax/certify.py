@@ -185,14 +185,15 @@ def default_chunk_size(batch_per_device: int, num_items: int,
     jax.jit,
     static_argnames=("apply_fn", "make_noisy", "num_items", "chunk_size",
                      "mesh"))
-def _vote_counts(params, x, aux, *, apply_fn, make_noisy, num_items: int,
-                 chunk_size: int | None, mesh: Mesh | None):
+def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
+                 num_items: int, chunk_size: int | None, mesh: Mesh | None):
   """Vote counts (B, C) over num_items noise items, on one device or a mesh.
 
   Args:
     params: pytree passed to apply_fn(params, batch), or None for
       apply_fn(batch).
     x: (B, *shape) inputs.
+    row_ids: (B,) int32 identity of each input, for per-input noise keys.
     aux: pytree of replicated noise arguments (offsets, PRNG key).
     apply_fn: the classifier (static, hashed by identity).
     make_noisy: (x_rows, row_ids, aux, item) -> noisy rows (static).
@@ -202,7 +203,6 @@ def _vote_counts(params, x, aux, *, apply_fn, make_noisy, num_items: int,
   """
   forward = _bind(apply_fn, params)
   batch = x.shape[0]
-  row_ids = jnp.arange(batch, dtype=jnp.int32)
 
   def local_counts(x, row_ids, aux, item_start, stride, items, chunk):
     noisy = lambda item: make_noisy(x, row_ids, aux, item)
@@ -221,7 +221,7 @@ def _vote_counts(params, x, aux, *, apply_fn, make_noisy, num_items: int,
     padded = math.ceil(batch / devices) * devices
     pad = [(0, padded - batch)] + [(0, 0)] * (x.ndim - 1)
     x_pad = jnp.pad(x, pad)
-    ids_pad = jnp.arange(padded, dtype=jnp.int32)
+    ids_pad = jnp.pad(row_ids, (0, padded - batch))
     counts = jax.shard_map(
         lambda x, ids, aux: local_counts(x, ids, aux, 0, 1, num_items,
                                          chunk_size),
@@ -316,9 +316,10 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
   _check_classifier(_bind(apply_fn, params), v.shape, 1)
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+  row_ids = jnp.zeros(x.shape[0], jnp.int32)  # DSSN noise is per sample k.
   return _vote_counts(
-      _replicate(mesh, params), _place(mesh, x), _replicate(mesh, v),
-      apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
+      _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
+      _replicate(mesh, v), apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
       num_items=spec.levels, chunk_size=chunk_size, mesh=mesh)
 
 
@@ -375,12 +376,13 @@ def _random_sample(kind: str, spec: SmoothingSpec):
 
 def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
                   noise: str, num_samples: int, params: Any = None,
-                  chunk_size: int | None = None,
+                  row_ids=None, chunk_size: int | None = None,
                   mesh: Mesh | None = None) -> jax.Array:
   """Votes of the base classifier under num_samples fresh noise draws.
 
-  Noise for sample j of row i derives from `fold_in(fold_in(key, j), i)`, so
-  counts are the same for any chunk size and mesh.
+  Noise for sample j of input i derives from `fold_in(fold_in(key, j),
+  row_ids[i])`, so counts are the same for any chunk size and mesh, and, with
+  row_ids naming the inputs (e.g. dataset indices), for any batching.
 
   Args:
     apply_fn, params, chunk_size, mesh: as in `dssn_counts`.
@@ -389,6 +391,7 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
     key: PRNG key; use a different key per batch.
     noise: "uniform" or "ssn".
     num_samples: number of noise draws per input.
+    row_ids: (B,) int identity of each input; default its batch position.
 
   Returns:
     (B, C) int32 counts; each row sums to num_samples.
@@ -401,8 +404,15 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   check_inputs(x, x.shape[1:])
   _check_classifier(_bind(apply_fn, params), x.shape[1:], 1)
+  if row_ids is None:
+    row_ids = jnp.arange(x.shape[0], dtype=jnp.int32)
+  row_ids = jnp.asarray(row_ids, jnp.int32)
+  if row_ids.shape != x.shape[:1]:
+    raise ValueError(f"row_ids must have shape ({x.shape[0]},), got "
+                     f"{row_ids.shape}.")
   return _vote_counts(
-      _replicate(mesh, params), _place(mesh, x), _replicate(mesh, key),
+      _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
+      _replicate(mesh, key),
       apply_fn=apply_fn, make_noisy=_random_sample(noise, spec),
       num_items=num_samples, chunk_size=chunk_size, mesh=mesh)
 
@@ -438,7 +448,7 @@ class RandomizedCertificate:
 def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
                        noise: str, n0: int = 64, n: int = 100_000,
                        alpha: float = 0.001, params: Any = None,
-                       chunk_size: int | None = None,
+                       row_ids=None, chunk_size: int | None = None,
                        mesh: Mesh | None = None) -> RandomizedCertificate:
   """Randomized l1 certificate (Cohen et al. 2019 with Yang et al.'s radius).
 
@@ -446,8 +456,10 @@ def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   `2 * lam * (p_lower - 0.5)`, abstaining when p_lower <= 0.5.
 
   Args:
-    apply_fn, x, spec, params, chunk_size, mesh: as in `sample_counts`.
-    key: PRNG key (use a different one per batch).
+    apply_fn, x, spec, params, row_ids, chunk_size, mesh: as in
+      `sample_counts`.
+    key: PRNG key (use a different one per batch unless row_ids name the
+      inputs).
     noise: "uniform" (additive) or "ssn" (independent splits).
     n0: selection samples.
     n: estimation samples.
@@ -459,7 +471,8 @@ def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   if not 0 < alpha < 1:
     raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
   select_key, estimate_key = jax.random.split(key)
-  common = dict(noise=noise, params=params, chunk_size=chunk_size, mesh=mesh)
+  common = dict(noise=noise, params=params, row_ids=row_ids,
+                chunk_size=chunk_size, mesh=mesh)
   selection = sample_counts(apply_fn, x, spec, select_key, num_samples=n0,
                             **common)
   estimation = sample_counts(apply_fn, x, spec, estimate_key, num_samples=n,

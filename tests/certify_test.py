@@ -184,7 +184,7 @@ def test_memory_bounded_by_one_chunk():
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
     compiled = dssn_jax.certify._vote_counts.lower(  # pylint: disable=protected-access
-        None, x, v, apply_fn=apply_fn,
+        None, x, jnp.zeros(8, jnp.int32), v, apply_fn=apply_fn,
         make_noisy=dssn_jax.certify._dssn_sample(spec),  # pylint: disable=protected-access
         num_items=spec.levels, chunk_size=32, mesh=None).compile()
     return compiled.memory_analysis().temp_size_in_bytes

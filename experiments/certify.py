@@ -1,0 +1,40 @@
+r"""Certifies a trained classifier on its test split, resumably.
+
+  python -m experiments.certify --config=configs/imagenet.py \
+      --workdir=runs/in_dssn_0.5 [--config.certify.method=dssn]
+
+Writes `certify_<method>.tsv` (one row per image, fsynced per batch) and its
+`.summary.json` into --workdir; rerunning the same command resumes.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dssn_jax import certification
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Configuration (configs/*.py[:variant]).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "The training workdir holding checkpoints/.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  try:
+    summary = certification.certify_workdir(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(certification.format_summary(summary))
+
+
+if __name__ == "__main__":
+  app.run(main)

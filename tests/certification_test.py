@@ -1,0 +1,301 @@
+"""Tests of certification runs (library and the experiments.certify CLI)."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import dssn_jax
+from configs import cifar10 as cifar10_config
+from configs import fashion_mnist as fashion_mnist_config
+from configs import imagenet as imagenet_config
+from dssn_jax import certification
+from dssn_jax import checkpoints
+from dssn_jax import data
+from dssn_jax import models
+from dssn_jax import results
+
+REPO = pathlib.Path(__file__).parents[1]
+ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
+
+
+def save_untrained_checkpoint(config, workdir):
+  """A freshly initialized classifier saved as a training run would save it."""
+  info = data.dataset_info(config.dataset)
+  model = models.create_model(config.model, num_classes=info.num_classes,
+                              mean=info.mean, std=info.std)
+  variables = model.init(jax.random.key(0),
+                         jnp.zeros((1,) + tuple(info.input_shape)),
+                         train=False)
+  metadata = checkpoints.smoothing_metadata(
+      config, input_shape=info.input_shape, num_classes=info.num_classes,
+      mean=info.mean, std=info.std)
+  checkpointer = checkpoints.Checkpointer(workdir)
+  checkpointer.save(1, {"params": variables["params"],
+                        "batch_stats": variables["batch_stats"]}, metadata)
+  checkpointer.close()
+
+
+def smoke(module, data_dir=None, **certify_overrides):
+  config = module.get_config("smoke")
+  config.data_dir = data_dir
+  config.certify.update(certify_overrides)
+  return config
+
+
+def library_rows(config, workdir):
+  """The rows computed by calling dssn_counts / certify_randomized directly."""
+  classifier = checkpoints.load_classifier(workdir)
+  cfg = config.certify
+  rows = {name: [] for name in ROW_COLUMNS}
+  for batch in data.eval_dataset(
+      config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
+      max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
+      batch_size=cfg.batch_size,
+      data_dir=config.data_dir):
+    keep = batch["mask"]
+    x = jnp.asarray(batch["image"][keep], jnp.float32) / 255
+    if cfg.method == "dssn":
+      counts = dssn_jax.dssn_counts(classifier.apply_fn, x, classifier.offsets,
+                                    classifier.spec,
+                                    params=classifier.variables)
+      pred, _, radius = dssn_jax.certify_from_counts(np.asarray(counts),
+                                                     classifier.spec)
+    else:
+      cert = dssn_jax.certify_randomized(
+          classifier.apply_fn, x, classifier.spec, jax.random.key(cfg.seed),
+          noise=cfg.method, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
+          params=classifier.variables, row_ids=batch["index"][keep])
+      pred, radius = cert.pred, cert.radius
+    rows["idx"] += list(batch["index"][keep])
+    rows["label"] += list(batch["label"][keep])
+    rows["predict"] += list(pred)
+    rows["radius"] += list(radius)
+    rows["correct"] += list(np.asarray(pred) == batch["label"][keep])
+  return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def assert_rows_equal(got, expected):
+  order = np.argsort(got["idx"])
+  for name in ROW_COLUMNS:
+    np.testing.assert_array_equal(np.asarray(got[name])[order],
+                                  np.asarray(expected[name]), err_msg=name)
+
+
+@pytest.fixture(scope="module", name="fmnist_workdir")
+def fixture_fmnist_workdir(tmp_path_factory, fashion_mnist_data_dir):
+  workdir = str(tmp_path_factory.mktemp("fmnist") / "run")
+  save_untrained_checkpoint(smoke(fashion_mnist_config), workdir)
+  return workdir
+
+
+def fresh_copy(workdir, tmp_path):
+  """A copy of a trained workdir without results (each test its own)."""
+  target = str(tmp_path / "run")
+  shutil.copytree(workdir, target)
+  return target
+
+
+# ---------------------------------------------------------------------------
+# Rows agree with the library, per config.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["dssn", "uniform"])
+def test_fashion_mnist_rows_match_library(fmnist_workdir, tmp_path,
+                                          fashion_mnist_data_dir, method):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir, method=method,
+                 max_examples=5, skip=3)
+  summary = certification.certify_workdir(config, workdir)
+  rows = results.read_results(certification.results_path(workdir, config))
+  assert_rows_equal(rows, library_rows(config, workdir))
+  np.testing.assert_array_equal(rows["idx"], [0, 3, 6, 9, 12])
+  assert summary["images"] == 5
+  assert json.load(open(f"{workdir}/certify_{method}.summary.json"))[
+      "images"] == 5
+  if method == "dssn":
+    levels = dssn_jax.SmoothingSpec(config.sigma).levels
+    assert (rows["count_top"] + rows["count_runner_up"] <= levels).all()
+    np.testing.assert_allclose(rows["radius"], rows["steps"] / 255)
+
+
+def test_cifar10_rows_match_library(tmp_path, mock_cifar10):
+  del mock_cifar10
+  config = smoke(cifar10_config, max_examples=6, start=2)
+  workdir = str(tmp_path / "run")
+  save_untrained_checkpoint(config, workdir)
+  certification.certify_workdir(config, workdir)
+  rows = results.read_results(certification.results_path(workdir, config))
+  assert_rows_equal(rows, library_rows(config, workdir))
+  np.testing.assert_array_equal(rows["idx"], np.arange(2, 8))
+
+
+def test_imagenet_rows_match_library(tmp_path):
+  config = smoke(imagenet_config)
+  workdir = str(tmp_path / "run")
+  save_untrained_checkpoint(config, workdir)
+  with tfds.testing.mock_data(num_examples=4):
+    certification.certify_workdir(config, workdir)
+    expected = library_rows(config, workdir)
+  rows = results.read_results(certification.results_path(workdir, config))
+  assert_rows_equal(rows, expected)
+  assert rows["idx"].size == 2
+
+
+# ---------------------------------------------------------------------------
+# Resume, multi-device and errors through the CLI.
+# ---------------------------------------------------------------------------
+
+
+def cli(workdir, data_dir, *flags, devices=None, wait=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if devices:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={devices}")
+  command = [sys.executable, "-m", "experiments.certify",
+             "--config=configs/fashion_mnist.py:smoke",
+             f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+
+
+def rows_of(workdir):
+  rows = results.read_results(f"{workdir}/certify_dssn.tsv")
+  return {k: v for k, v in rows.items() if k != "time"}
+
+
+SUBSET = ("--config.certify.max_examples=24", "--config.certify.batch_size=4")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_rows(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+  straight = fresh_copy(fmnist_workdir, tmp_path / "a")
+  done = cli(straight, fashion_mnist_data_dir, *SUBSET)
+  assert done.returncode == 0, done.stderr[-2000:]
+  expected = rows_of(straight)
+  assert expected["idx"].size == 24
+
+  killed = fresh_copy(fmnist_workdir, tmp_path / "b")
+  path = pathlib.Path(killed) / "certify_dssn.tsv"
+  process = cli(killed, fashion_mnist_data_dir, *SUBSET, wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if path.exists() and path.read_bytes().count(b"\n") >= 5:  # 4+ rows
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, "the run ended before it could be killed"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  partial = results.read_results(str(path))["idx"].size
+  assert 4 <= partial < 24
+  resumed = cli(killed, fashion_mnist_data_dir, *SUBSET)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  got = rows_of(killed)
+  assert sorted(got["idx"]) == list(range(24))  # Each image exactly once.
+  for name, column in expected.items():
+    np.testing.assert_array_equal(got[name], column, err_msg=name)
+
+
+def test_cli_on_4_devices_writes_the_rows_of_1(fmnist_workdir, tmp_path,
+                                               fashion_mnist_data_dir):
+  one = fresh_copy(fmnist_workdir, tmp_path / "one")
+  four = fresh_copy(fmnist_workdir, tmp_path / "four")
+  flags = ("--config.certify.max_examples=10", "--config.certify.batch_size=5")
+  for workdir, devices in ((one, None), (four, 4)):
+    run = cli(workdir, fashion_mnist_data_dir, *flags, devices=devices)
+    assert run.returncode == 0, run.stderr[-2000:]
+  expected, got = rows_of(one), rows_of(four)
+  for name, column in expected.items():
+    np.testing.assert_array_equal(got[name], column, err_msg=name)
+
+
+def test_cli_errors_exit_nonzero_with_message(tmp_path,
+                                              fashion_mnist_data_dir):
+  run = cli(str(tmp_path / "missing"), fashion_mnist_data_dir)
+  assert run.returncode != 0
+  assert "No checkpoint" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_config_sigma_disagreeing_with_checkpoint(fmnist_workdir, tmp_path,
+                                                  fashion_mnist_data_dir):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
+  config.sigma = 0.25
+  with pytest.raises(ValueError, match="sigma.*override_smoothing"):
+    certification.certify_workdir(config, workdir)
+  assert not os.path.exists(f"{workdir}/certify_dssn.tsv")
+  config.certify.override_smoothing = True
+  config.certify.max_examples = 2
+  summary = certification.certify_workdir(config, workdir)
+  assert summary["sigma"] == 0.25
+
+
+def test_results_file_of_another_run_is_refused(fmnist_workdir, tmp_path,
+                                                fashion_mnist_data_dir):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir, max_examples=2)
+  certification.certify_workdir(config, workdir)
+  before = pathlib.Path(f"{workdir}/certify_dssn.tsv").read_bytes()
+  config.certify.skip = 2  # Another subset: another run.
+  with pytest.raises(ValueError, match="skip"):
+    certification.certify_workdir(config, workdir)
+  assert pathlib.Path(f"{workdir}/certify_dssn.tsv").read_bytes() == before
+
+
+def test_empty_subset(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir, start=10_000)
+  with pytest.raises(ValueError, match="(?i)empty"):
+    certification.certify_workdir(config, workdir)
+
+
+def test_corrupt_checkpoint(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  for path in pathlib.Path(workdir, "checkpoints").rglob("*"):
+    if path.is_file() and "state" in path.parts:
+      path.write_bytes(b"garbage")
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
+  with pytest.raises(ValueError, match="corrupt|could not be restored"):
+    certification.certify_workdir(config, workdir)
+
+
+def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
+                                 fashion_mnist_data_dir, monkeypatch):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  original = data.eval_dataset
+
+  def off_grid(*args, **kwargs):
+    for batch in original(*args, **kwargs):
+      x = batch["image"].astype(np.float32) / 255
+      yield {**batch, "image": np.where(x < 1, x + 0.3 / 255, x)}
+
+  class Batches:  # Keeps the EvalBatches attributes the run reads.
+    def __init__(self, *args, **kwargs):
+      self._inner = original(*args, **kwargs)
+      self.num_local_examples = self._inner.num_local_examples
+      self._args = (args, kwargs)
+
+    def __iter__(self):
+      return off_grid(*self._args[0], **self._args[1])
+
+  monkeypatch.setattr(data, "eval_dataset", Batches)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
+  with pytest.raises(ValueError, match="quantized"):
+    certification.certify_workdir(config, workdir)
+  rows = results.read_results(f"{workdir}/certify_dssn.tsv")
+  assert rows["idx"].size == 0
