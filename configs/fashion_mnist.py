@@ -1,6 +1,15 @@
 """Fashion-MNIST, small CNN: the dataset this machine has (Debian package).
 
-Train, certify and analyze (about five minutes on 2 CPU cores):
+The quickstart (train, certify 300 test images, analyze; minutes on a CPU):
+
+  python -m experiments.quickstart --workdir=runs/quickstart
+
+The reproduction study of docs/fashion_mnist.md (DSSN vs uniform vs SSN):
+
+  python -m experiments.study --config=configs/fashion_mnist.py:study \
+      --workdir=runs/study --outdir=docs/fashion_mnist
+
+Each stage alone:
 
   python -m experiments.train --config=configs/fashion_mnist.py \
       --workdir=runs/fmnist_dssn_0.5
@@ -9,8 +18,11 @@ Train, certify and analyze (about five minutes on 2 CPU cores):
   python -m experiments.analyze --results=runs/fmnist_dssn_0.5 \
       --outdir=runs/fmnist_dssn_0.5/analysis
 
-Variants: `configs/fashion_mnist.py:smoke` (seconds, for tests).
+Variants: `:quickstart` (fewer epochs and images), `:study` (the grid of
+docs/fashion_mnist.md), `:smoke` (seconds, for tests).
 """
+
+import ml_collections
 
 from configs import common
 
@@ -27,8 +39,29 @@ def get_config(arg: str | None = None):
   config.log_every_steps = 50
   config.certify.max_examples = 500
   config.certify.batch_size = 16
+  config.certify.radii = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+  # The grid of `:study` (pipeline.study_grid).
+  config.study = ml_collections.ConfigDict()
+  config.study.noises = ("dssn", "uniform", "ssn")
+  config.study.sigmas = (0.25, 0.5, 1.0, 2.0)
+  config.study.stability_noises = ("dssn", "uniform")
+  config.study.stability_sigma = 0.5
   if arg == "smoke":
     common.smoke(config)
+    config.study.noises = ("dssn", "uniform")
+    config.study.sigmas = (0.5,)
+    config.study.stability_noises = ()
+  elif arg == "quickstart":
+    config.num_epochs = 3
+    config.certify.max_examples = 300
+  elif arg == "study":
+    # Same model and training budget for every run; the same 1,000 test
+    # images (every 10th) for every method.
+    config.num_epochs = 4
+    config.certify.skip = 10
+    config.certify.max_examples = 1000
+    config.certify.n = 10_000  # The machine's budget; see docs.
   elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of fashion_mnist; use 'smoke'.")
+    raise ValueError(f"Unknown variant {arg!r} of fashion_mnist; use "
+                     f"'quickstart', 'study' or 'smoke'.")
   return config

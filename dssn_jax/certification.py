@@ -35,7 +35,6 @@ from dssn_jax import data
 from dssn_jax import results
 from dssn_jax import smoothing
 
-SUMMARY_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 METHODS = ("dssn",) + certify.RANDOMIZED_NOISE_KINDS
 
 
@@ -128,7 +127,7 @@ def _to_inputs(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32)
 
 
-def summarize(path: str, radii=SUMMARY_RADII) -> dict[str, Any]:
+def summarize(path: str, radii) -> dict[str, Any]:
   """Clean and certified accuracy, seconds per image of a results file."""
   rows = results.read_results(path)
   accuracy = results.certified_accuracy(rows["radius"], rows["correct"],
@@ -198,7 +197,7 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
       progress.set_postfix(img_s=f"{1 / seconds:.2f}")
     progress.close()
   summary = {"results": path, "method": cfg.method, "sigma": spec.sigma,
-             **summarize(path)}
+             **summarize(path, tuple(cfg.radii))}
   with open(path[:-len(".tsv")] + ".summary.json", "w") as f:
     json.dump(summary, f, indent=2)
   return summary

@@ -1,0 +1,33 @@
+r"""The quickstart: train, certify and analyze on Fashion-MNIST in one go.
+
+  python -m experiments.quickstart --workdir=runs/quickstart
+
+Trains a small CNN under DSSN noise (sigma = 0.5), certifies 300 test images
+exactly, prints the certified-accuracy table and writes the plots into
+--workdir/analysis. Rerunning resumes.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dssn_jax import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/fashion_mnist.py:quickstart",
+    "Configuration (configs/*.py[:variant]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
+                               "Directory for everything the job writes.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  print(pipeline.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,36 @@
+r"""The reproduction study: DSSN vs the randomized baselines, one command.
+
+  python -m experiments.study --config=configs/fashion_mnist.py:study \
+      --workdir=runs/study --outdir=docs/fashion_mnist
+
+Trains and certifies every run of the config's `study` grid (same model,
+data, training budget and test images), then writes tables.md and the plots
+of all runs into --outdir. Rerunning resumes where it stopped.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from dssn_jax import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Configuration with a `study` grid.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Runs go to workdir/<run>.")
+_OUTDIR = flags.DEFINE_string("outdir", None, "Tables and plots of all runs.")
+flags.mark_flags_as_required(["config", "workdir", "outdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  config = _CONFIG.value
+  runs = pipeline.study_grid(config.study)
+  print(pipeline.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

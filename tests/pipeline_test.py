@@ -1,0 +1,49 @@
+"""The quickstart's main job and the study, on smoke sizes."""
+
+import os
+
+from configs import fashion_mnist as fashion_mnist_config
+from dssn_jax import pipeline
+from dssn_jax import results
+
+
+def smoke_config(data_dir):
+  config = fashion_mnist_config.get_config("smoke")
+  config.data_dir = data_dir
+  return config
+
+
+def test_study_grid_of_the_study_config():
+  runs = pipeline.study_grid(fashion_mnist_config.get_config("study").study)
+  names = [run.name for run in runs]
+  assert len(runs) == 14 == len(set(names))
+  assert {run.noise for run in runs} == {"dssn", "uniform", "ssn"}
+  assert {run.sigma for run in runs} == {0.25, 0.5, 1.0, 2.0}
+  assert sorted(n for n in names if n.endswith("_stab")) == [
+      "dssn_0.5_stab", "uniform_0.5_stab"]
+
+
+def test_quickstart_main_job(tmp_path, fashion_mnist_data_dir):
+  workdir = str(tmp_path / "quickstart")
+  tables = pipeline.train_certify_analyze(smoke_config(fashion_mnist_data_dir),
+                                          workdir)
+  assert "Table 1 format" in tables and "DSSN" in tables
+  analysis = os.listdir(os.path.join(workdir, "analysis"))
+  assert "tables.md" in analysis
+  assert any(name.endswith(".png") for name in analysis)
+  rows = results.read_results(os.path.join(workdir, "certify_dssn.tsv"))
+  assert rows["idx"].size == 6
+
+
+def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
+  config = smoke_config(fashion_mnist_data_dir)
+  runs = pipeline.study_grid(config.study)
+  assert [run.name for run in runs] == ["dssn_0.5", "uniform_0.5"]
+  outdir = str(tmp_path / "docs")
+  tables = pipeline.run_study(config, runs, str(tmp_path / "runs"), outdir)
+  assert "DSSN" in tables and "Uniform" in tables
+  for run in runs:
+    meta = results.read_metadata(
+        tmp_path / "runs" / run.name / f"certify_{run.noise}.tsv")
+    assert meta["run"]["training_noise"] == run.noise
+  assert os.path.exists(os.path.join(outdir, "tables.md"))
