@@ -142,8 +142,7 @@ def make_eval_step(model, config, spec, offsets):
     x = batch["image"].astype(jnp.float32) / config.q
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     mask = batch["mask"]
-    noise = config.noise if config.noise != "none" else "none"
-    noisy = smoothing.random_noise(noise, key, x, spec, offsets)
+    noisy = _noisy(config, spec, offsets, key, x)
     both = model.apply(variables, jnp.concatenate([x, noisy]), train=False)
     clean, noisy_logits = jnp.split(both, 2)
     hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch["label"])

@@ -1,1 +1,14 @@
 """Thin absl entry points (train, certify, analyze, benchmark): `python -m experiments.X`."""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+
+def start(argv) -> None:
+  """The common start of an entry point: no stray arguments, and Orbax's
+  per-file INFO logs hidden unless --verbosity was given."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)

@@ -11,10 +11,10 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from dssn_jax import certification
+import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Configuration (configs/*.py[:variant]).",
@@ -25,10 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  experiments.start(argv)
   try:
     summary = certification.certify_workdir(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:

@@ -9,10 +9,10 @@ exactly, prints the certified-accuracy table and writes the plots into
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from dssn_jax import pipeline
+import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/fashion_mnist.py:quickstart",
@@ -22,10 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  experiments.start(argv)
   print(pipeline.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
 
 

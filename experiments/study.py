@@ -10,10 +10,10 @@ of all runs into --outdir. Rerunning resumes where it stopped.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from dssn_jax import pipeline
+import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Configuration with a `study` grid.", lock_config=True)
@@ -23,10 +23,7 @@ flags.mark_flags_as_required(["config", "workdir", "outdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  experiments.start(argv)
   config = _CONFIG.value
   runs = pipeline.study_grid(config.study)
   print(pipeline.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))

@@ -8,10 +8,10 @@ Rerunning the same command resumes from the last checkpoint in --workdir.
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from dssn_jax import train
+import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training configuration (configs/*.py[:variant]).",
@@ -22,10 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every file at INFO.
+  experiments.start(argv)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
