@@ -13,8 +13,8 @@ import dataclasses
 import os
 from typing import Sequence
 
+from dssn_jax import analysis
 from dssn_jax import certification
-from dssn_jax import results
 from dssn_jax import train
 
 
@@ -67,9 +67,9 @@ def train_certify_analyze(config, workdir: str) -> str:
   train.train_and_evaluate(config, workdir)
   summary = certification.certify_workdir(config, workdir)
   print(certification.format_summary(summary))
-  return results.analyze(results=[summary["results"]],
-                         outdir=os.path.join(workdir, "analysis"),
-                         radii=tuple(config.certify.radii))
+  return analysis.analyze(results=[summary["results"]],
+                          outdir=os.path.join(workdir, "analysis"),
+                          radii=tuple(config.certify.radii))
 
 
 def run_study(config, runs: Sequence[StudyRun], workdir: str,
@@ -94,5 +94,5 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     summary = certification.certify_workdir(run_config, run_dir)
     print(certification.format_summary(summary))
     paths.append(summary["results"])
-  return results.analyze(results=paths, outdir=outdir,
-                         radii=tuple(config.certify.radii))
+  return analysis.analyze(results=paths, outdir=outdir,
+                          radii=tuple(config.certify.radii))

@@ -15,7 +15,7 @@ comparison. Writes tables.md and PNG plots into --outdir and prints the tables.
 from absl import app
 from absl import flags
 
-from dssn_jax import results as results_lib
+from dssn_jax import analysis
 
 _RESULTS = flags.DEFINE_list(
     "results", [], "Results files, directories or globs (comma-separated).")
@@ -25,7 +25,7 @@ _REFERENCE = flags.DEFINE_string(
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Keep only this dataset (cifar, imagenet, ...); default: all.")
 _RADII = flags.DEFINE_list(
-    "radii", [str(r) for r in results_lib.DEFAULT_RADII],
+    "radii", [str(r) for r in analysis.DEFAULT_RADII],
     "l1 radii of the tables (comma-separated).")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Where tables.md and the plots go.")
 
@@ -38,7 +38,7 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f"--radii must be numbers, got {_RADII.value}") from None
   try:
-    markdown = results_lib.analyze(
+    markdown = analysis.analyze(
         results=_RESULTS.value, reference=_REFERENCE.value, outdir=_OUTDIR.value,
         dataset=_DATASET.value, radii=radii)
   except (ValueError, FileNotFoundError) as e:  # User errors: no traceback.

@@ -7,10 +7,12 @@ The reference data live outside the repository, in ../shared/reference_results
 from pathlib import Path
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
 
+from dssn_jax import analysis
 from dssn_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ README_UNIFORM = [70.54, 58.38, 50.73, 43.16, 32.73, 25.98, 20.66, 17.12]
 
 @pytest.fixture(scope="module")
 def reference_runs():
-  return results_lib.load_reference_runs(REFERENCE / "levine_feizi_2021_certificates.npz")
+  return analysis.load_reference_runs(REFERENCE / "levine_feizi_2021_certificates.npz")
 
 
 def cifar_runs(runs, method, stabilized, sigmas=CIFAR_SIGMAS):
@@ -69,25 +71,25 @@ def test_reference_runs_are_parsed(reference_runs):
   assert reference_runs["cifar_split_derandomized_3.5"].seconds_per_image == pytest.approx(
       0.41, abs=0.005)  # The paper's 0.41 s per image at sigma = 3.5.
   with pytest.raises(ValueError):
-    results_lib.parse_reference_run_name("cifar_gaussian_0.5")
+    analysis.parse_reference_run_name("cifar_gaussian_0.5")
 
 
 @pytest.mark.parametrize("method,stabilized", sorted(PAPER_TABLE1))
 def test_table1_matches_the_paper(reference_runs, method, stabilized):
-  best = results_lib.best_over_sigma(cifar_runs(reference_runs, method, stabilized), RADII)
+  best = analysis.best_over_sigma(cifar_runs(reference_runs, method, stabilized), RADII)
   expected_pct, expected_sigma = PAPER_TABLE1[(method, stabilized)]
   assert percent(best) == expected_pct
   assert [b.sigma for b in best] == expected_sigma
 
 
 def test_table1_clean_accuracies(reference_runs):
-  best = results_lib.best_over_sigma(cifar_runs(reference_runs, "dssn", False), RADII)
+  best = analysis.best_over_sigma(cifar_runs(reference_runs, "dssn", False), RADII)
   # DSSN never abstains: certified accuracy at r = 0 is the paper's clean accuracy.
   assert [round(100 * b.clean_accuracy, 2) for b in best] == PAPER_CLEAN_DSSN
   # For randomized runs the paper's clean accuracy counts the top class of
   # abstentions too (mean of predict == label); certified accuracy at r = 0
   # does not, so it is lower.
-  best = results_lib.best_over_sigma(cifar_runs(reference_runs, "uniform", False), RADII)
+  best = analysis.best_over_sigma(cifar_runs(reference_runs, "uniform", False), RADII)
   by_sigma = {r.sigma: r for r in cifar_runs(reference_runs, "uniform", False)}
   top_class = [round(100 * by_sigma[b.sigma].results["correct"].mean(), 2) for b in best]
   assert top_class == PAPER_CLEAN_UNIFORM
@@ -103,14 +105,14 @@ def test_readme_numbers_are_best_over_twelve_sigmas(reference_runs):
   and 33.24 at r = 2.5 (sigma 2.0).
   """
   twelve = tuple(s for s in CIFAR_SIGMAS if s not in (1.0, 2.0, 3.0))
-  dssn = results_lib.best_over_sigma(cifar_runs(reference_runs, "dssn", False, twelve), RADII)
-  uniform = results_lib.best_over_sigma(
+  dssn = analysis.best_over_sigma(cifar_runs(reference_runs, "dssn", False, twelve), RADII)
+  uniform = analysis.best_over_sigma(
       cifar_runs(reference_runs, "uniform", False, twelve), RADII)
   assert percent(dssn) == README_DSSN
   assert percent(uniform) == README_UNIFORM
-  all15_dssn = percent(results_lib.best_over_sigma(
+  all15_dssn = percent(analysis.best_over_sigma(
       cifar_runs(reference_runs, "dssn", False), RADII))
-  all15_uniform = percent(results_lib.best_over_sigma(
+  all15_uniform = percent(analysis.best_over_sigma(
       cifar_runs(reference_runs, "uniform", False), RADII))
   differ = [(m, r) for m, a, b in (("dssn", all15_dssn, README_DSSN),
                                    ("uniform", all15_uniform, README_UNIFORM))
@@ -120,12 +122,26 @@ def test_readme_numbers_are_best_over_twelve_sigmas(reference_runs):
 
 def test_markdown_table1(reference_runs):
   runs = [r for r in reference_runs.values() if r.dataset == "cifar"]
-  table = results_lib.table1_markdown(runs, RADII)
+  table = analysis.table1_markdown(runs, RADII)
   assert "| DSSN (15 σ in [0.15, 3.5]) | 72.25% (81.50% @ σ=0.75) |" in table
   assert "51.33% (67.98% @ σ=3.0)" in table
   assert "17.12% (42.21% @ σ=3.5) |" in table
-  seconds = results_lib.seconds_per_image_markdown(runs)
+  seconds = analysis.seconds_per_image_markdown(runs)
   assert "| 3.5 | 0.4107 |" in seconds
+
+
+def test_analysis_module_imports_no_jax_or_tensorflow():
+  # The dssn_jax package __init__ imports JAX, so stand in an empty package.
+  code = textwrap.dedent(f"""
+      import sys, types
+      package = types.ModuleType("dssn_jax")
+      package.__path__ = [{str(Path(analysis.__file__).parent)!r}]
+      sys.modules["dssn_jax"] = package
+      import dssn_jax.analysis
+      heavy = [m for m in sys.modules if m.split(".")[0] in ("jax", "tensorflow", "matplotlib")]
+      assert not heavy, heavy
+      """)
+  subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _write_our_runs(directory: Path):

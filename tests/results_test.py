@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from dssn_jax import analysis
 from dssn_jax import results as results_lib
 from dssn_jax.results import ResultsWriter
 
@@ -214,7 +215,7 @@ def test_multi_file_merge(tmp_path):
   assert out["idx"].tolist() == list(range(20))
   assert out["steps"].tolist() == [r["steps"] for r in dssn_rows(range(20))]
   # Grouped by metadata into one run; per-process fields may differ.
-  runs = results_lib.load_result_runs(results_lib.expand_result_paths(str(tmp_path)))
+  runs = analysis.load_result_runs(analysis.expand_result_paths(str(tmp_path)))
   assert list(runs) == ["cifar_dssn_0.5"]
   assert runs["cifar_dssn_0.5"].num_images == 20
   # The same idx in two files: an error naming both.
@@ -228,7 +229,7 @@ def test_multi_file_merge(tmp_path):
   with ResultsWriter(other, "dssn", dict(META, checkpoint="zzz")) as w:
     w.write_rows(dssn_rows([40]))
   with pytest.raises(ValueError, match="checkpoint"):
-    results_lib.load_result_runs(paths + [other])
+    analysis.load_result_runs(paths + [other])
 
 
 def test_certified_accuracy_counts_abstentions_as_wrong():
