@@ -1,0 +1,454 @@
+"""Tests for dssn_jax.convert and experiments/convert_torch.py.
+
+PyTorch models with the authors' key layout (their WRN-40-2, torchvision's
+ResNet-50, both wrapped as `model.module.` + `norm.module.{mu,log_sig}`) get
+random weights and perturbed BatchNorm statistics, are saved, converted, and
+must give our logits and our exact DSSN counts. torch is imported directly:
+CI installs it, and a missing torch must fail, not skip.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import dssn_jax
+from dssn_jax import checkpoints
+from dssn_jax import convert
+from dssn_jax.models import layers
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SIGMA = 0.25  # L = 220 levels.
+_CIFAR_MU = (0.4914, 0.4822, 0.4465)
+_CIFAR_SIG = (0.2023, 0.1994, 0.2010)
+
+
+# ----------------------------------------------------------------------------
+# The authors' PyTorch networks (key layout as in their state_dicts).
+
+
+class _WideBlock(nn.Module):
+  """rs4a / xternalz pre-activation block (shortcut of the activated input)."""
+
+  def __init__(self, cin, cout, stride):
+    super().__init__()
+    self.bn1 = nn.BatchNorm2d(cin)
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.equal = cin == cout
+    self.convShortcut = (None if self.equal else  # pylint: disable=invalid-name
+                         nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
+
+  def forward(self, x):
+    out = F.relu(self.bn1(x))
+    y = self.conv2(F.relu(self.bn2(self.conv1(out))))
+    return (x if self.equal else self.convShortcut(out)) + y
+
+
+class _NetworkBlock(nn.Module):
+
+  def __init__(self, n, cin, cout, stride):
+    super().__init__()
+    self.layer = nn.Sequential(*[
+        _WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+        for i in range(n)])
+
+  def forward(self, x):
+    return self.layer(x)
+
+
+class _WideResNet(nn.Module):
+  """WideResNet(depth=40, widen_factor=2) of the authors' src/lib."""
+
+  def __init__(self, depth=40, k=2, num_classes=10):
+    super().__init__()
+    n = (depth - 4) // 6
+    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    self.block1 = _NetworkBlock(n, 16, 16 * k, 1)
+    self.block2 = _NetworkBlock(n, 16 * k, 32 * k, 2)
+    self.block3 = _NetworkBlock(n, 32 * k, 64 * k, 2)
+    self.bn1 = nn.BatchNorm2d(64 * k)
+    self.fc = nn.Linear(64 * k, num_classes)
+
+  def forward(self, x):
+    out = self.block3(self.block2(self.block1(self.conv1(x))))
+    out = F.avg_pool2d(F.relu(self.bn1(out)), 8)
+    return self.fc(out.flatten(1))
+
+
+class _Bottleneck(nn.Module):
+  """torchvision's Bottleneck (v1.5, stride on the 3x3 convolution)."""
+
+  def __init__(self, cin, width, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, 4 * width, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(4 * width)
+    self.downsample = None
+    if stride != 1 or cin != 4 * width:
+      self.downsample = nn.Sequential(
+          nn.Conv2d(cin, 4 * width, 1, stride, bias=False),
+          nn.BatchNorm2d(4 * width))
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = F.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class _ResNet50(nn.Module):
+  """torchvision's resnet50 (same module names, so the same state_dict)."""
+
+  def __init__(self, num_classes=1000):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = 64
+    for stage, blocks in enumerate((3, 4, 6, 3), start=1):
+      width = 64 * 2**(stage - 1)
+      stride = 1 if stage == 1 else 2
+      stage_blocks = []
+      for i in range(blocks):
+        stage_blocks.append(_Bottleneck(cin, width, stride if i == 0 else 1))
+        cin = 4 * width
+      setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.fc = nn.Linear(2048, num_classes)
+
+  def forward(self, x):
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return self.fc(self.avgpool(x).flatten(1))
+
+
+class _Normalize(nn.Module):
+  """The authors' NormalizeLayer: (x - mu) / exp(log_sig), after the noise."""
+
+  def __init__(self, mu, sig):
+    super().__init__()
+    self.mu = nn.Parameter(torch.tensor(mu).reshape(3, 1, 1),
+                           requires_grad=False)
+    self.log_sig = nn.Parameter(torch.log(torch.tensor(sig)).reshape(3, 1, 1),
+                                requires_grad=False)
+
+  def forward(self, x):
+    return (x - self.mu) / torch.exp(self.log_sig)
+
+
+class _Authors(nn.Module):
+  """Their Forecaster: `norm` and `model`, each in DataParallel."""
+
+  def __init__(self, net, mu, sig):
+    super().__init__()
+    self.norm = nn.DataParallel(_Normalize(mu, sig))
+    self.model = nn.DataParallel(net)
+
+  def forward(self, x):
+    return self.model(self.norm(x))
+
+
+def _randomize(model, image_size, seed):
+  """Random weights and non-trivial BatchNorm statistics, then eval mode.
+
+  Running statistics are first estimated on random images (so activations
+  keep a sensible scale through the depth), then perturbed, and the affine
+  BatchNorm parameters are random.
+  """
+  torch.manual_seed(seed)
+  for m in model.modules():
+    if isinstance(m, nn.BatchNorm2d):
+      m.momentum = None  # Cumulative average.
+  model.train()
+  with torch.no_grad():
+    model(torch.rand(16, 3, image_size, image_size))
+    for m in model.modules():
+      if isinstance(m, nn.BatchNorm2d):
+        m.running_mean.add_(0.1 * torch.randn_like(m.running_mean))
+        m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.))
+        m.weight.uniform_(0.5, 1.5)
+        m.bias.normal_(0., 0.2)
+    # Centre the logits on random images: a random deep network otherwise
+    # predicts one class for every input, and the vote test would be vacuous.
+    model.eval()
+    fc = model.model.module.fc
+    features = []
+    hook = fc.register_forward_hook(lambda m, i, o: features.append(i[0]))
+    model(torch.rand(16, 3, image_size, image_size))
+    hook.remove()
+    fc.weight.mul_(10.)  # Logits of order 1.
+    fc.bias.copy_(-fc.weight @ features[0].mean(0))
+  return model
+
+
+def _grid_images(n, size, seed):
+  """(n, size, size, 3) float32 images on the 1/255 grid."""
+  rng = np.random.RandomState(seed)
+  return (rng.randint(0, 256, (n, size, size, 3)) / 255).astype(np.float32)
+
+
+def _torch_logits(model, x):
+  """Logits of the NCHW torch model for NHWC numpy inputs."""
+  with torch.no_grad():
+    return model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+
+
+def _assert_logits_match(ours, model, x):
+  """Our logits equal torch's to 1e-4 of the logit scale, and are as close
+  to the float64 logits of the same network as torch's float32 ones are."""
+  ours = np.asarray(ours)
+  theirs = _torch_logits(model, x)
+  exact = _torch_logits(copy.deepcopy(model).double(), x.astype(np.float64))
+  scale = np.abs(theirs).max()
+  ours_error = np.abs(ours - exact).max()
+  torch_error = np.abs(theirs - exact).max()
+  print(f"logit scale {scale:.3g}: max |ours - torch| "
+        f"{np.abs(ours - theirs).max():.3g}, float32 errors: ours "
+        f"{ours_error:.3g}, torch {torch_error:.3g}")
+  assert scale > 0.1  # Not a degenerate network.
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
+  # Centred logits cancel (they are differences of terms ~50x larger), so
+  # the 1e-4 above is float32 rounding; this bounds ours by torch's own.
+  assert ours_error <= 4 * torch_error + 1e-6 * scale
+
+
+# ----------------------------------------------------------------------------
+# Fixtures: each model is built, saved and converted once per module.
+
+
+@pytest.fixture(scope="module")
+def torch_wrn(tmp_path_factory):
+  """(torch model, path of its authors'-format checkpoint)."""
+  model = _randomize(_Authors(_WideResNet(), _CIFAR_MU, _CIFAR_SIG), 32, 0)
+  path = str(tmp_path_factory.mktemp("torch") / "wrn_40_2.pth")
+  torch.save(model.state_dict(), path)
+  return model, path
+
+
+@pytest.fixture(scope="module")
+def wrn_classifier(torch_wrn, tmp_path_factory):
+  """The WRN-40-2 converted by the CLI (in a subprocess), restored."""
+  workdir = str(tmp_path_factory.mktemp("converted") / "wrn")
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.convert_torch",
+       f"--checkpoint={torch_wrn[1]}", "--arch=wrn_40_2",
+       f"--sigma={_SIGMA}", f"--workdir={workdir}"],
+      cwd=_REPO, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "L=220" in result.stdout
+  return checkpoints.load_classifier(workdir)
+
+
+@pytest.fixture(scope="module")
+def torch_resnet50(tmp_path_factory):
+  model = _randomize(_Authors(_ResNet50(), (0.485, 0.456, 0.406),
+                              (0.229, 0.224, 0.225)), 64, 1)
+  path = str(tmp_path_factory.mktemp("torch") / "resnet50.pth")
+  # Wrapped as some training scripts save it: {"state_dict": ..., ...}.
+  torch.save({"state_dict": model.state_dict(), "epoch": 30}, path)
+  return model, path
+
+
+# ----------------------------------------------------------------------------
+# Tests.
+
+
+def test_bn_epsilon_matches_pytorch():
+  assert nn.BatchNorm2d(4).eps == convert.TORCH_BN_EPSILON == layers.BN_EPSILON
+
+
+@pytest.mark.parametrize("key,ndim,path", [
+    ("conv1.weight", 4, ("params", "conv1", "kernel")),
+    ("block1.layer.0.bn1.weight", 1,
+     ("params", "block1_layer_0", "bn1", "scale")),
+    ("block3.layer.5.convShortcut.weight", 4,
+     ("params", "block3_layer_5", "convShortcut", "kernel")),
+    ("layer2.0.downsample.1.running_var", 1,
+     ("batch_stats", "layer2_0", "downsample_1", "var")),
+    ("fc.weight", 2, ("params", "fc", "kernel")),
+    ("fc.bias", 1, ("params", "fc", "bias")),
+])
+def test_key_mapping(key, ndim, path):
+  assert convert.flax_path(key, ndim) == path
+  assert convert.torch_key(path) == key
+
+
+def test_wrn_logits_match_pytorch(torch_wrn, wrn_classifier):
+  x = _grid_images(2, 32, seed=10)
+  ours = jax.jit(wrn_classifier.apply_fn)(wrn_classifier.variables, x)
+  _assert_logits_match(ours, torch_wrn[0], x)
+
+
+def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
+  # Through the CLI's library function, into a workdir, then restored. 64x64
+  # inputs (instead of 224x224) keep the test fast: both networks end in a
+  # global average pool, so any size exercises every layer.
+  metadata = convert.convert_checkpoint(
+      torch_resnet50[1], "resnet50", str(tmp_path / "r50"), sigma=0.5)
+  assert metadata["dataset"] == "imagenet2012"
+  assert metadata["input_shape"] == [224, 224, 3]
+  assert metadata["num_classes"] == 1000
+  classifier = checkpoints.load_classifier(str(tmp_path / "r50"))
+  x = _grid_images(2, 64, seed=11)
+  ours = jax.jit(classifier.apply_fn)(classifier.variables, x)
+  _assert_logits_match(ours, torch_resnet50[0], x)
+
+
+def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
+  meta = wrn_classifier.metadata
+  assert (meta["noise"], meta["sigma"], meta["levels"], meta["offsets_seed"],
+          meta["offsets_layout"], meta["model"], meta["dataset"]) == (
+              "dssn", _SIGMA, 220, 0, "torch", "wrn_40_2", "cifar10")
+  norm = torch_wrn[0].norm.module
+  np.testing.assert_array_equal(
+      np.float32(meta["mean"]), norm.mu.detach().numpy().reshape(-1))
+  np.testing.assert_array_equal(
+      np.float32(meta["std"]),
+      torch.exp(norm.log_sig).detach().numpy().reshape(-1))
+  # The authors' template: RandomState(0).randint(L, size=C*H*W) as (C, H, W).
+  template = np.random.RandomState(0).randint(220, size=3 * 32 * 32)
+  np.testing.assert_array_equal(np.asarray(wrn_classifier.offsets),
+                                template.reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def _torch_dssn_votes(model, x, v, levels, q=255):
+  """Per-sample torch predictions and top-two logit gaps, DESIGN.md formulas.
+
+  Args:
+    model: the torch classifier.
+    x: (3, H, W) float64 grid image.
+    v: (3, H, W) int offsets.
+    levels: L.
+    q: quantization.
+
+  Returns:
+    (predictions (L,), relative gap between the top two logits (L,)).
+  """
+  k = torch.arange(levels, dtype=torch.float64).reshape(-1, 1, 1, 1)
+  s = (torch.remainder(v + k, levels) + 0.5) / q
+  t = torch.ceil((x - s) * q / levels) * levels / q + s
+  xt = (torch.clamp(t, max=1.) + torch.clamp(t - levels / q, min=0.)) / 2
+  with torch.no_grad():
+    logits = model(xt.float())
+  top2 = torch.topk(logits, 2, dim=1).values
+  gap = (top2[:, 0] - top2[:, 1]) / logits.abs().max(dim=1).values
+  return torch.argmax(logits, dim=1).numpy(), gap.numpy()
+
+
+def test_dssn_counts_match_pytorch(torch_wrn, wrn_classifier):
+  spec = wrn_classifier.spec
+  assert spec.levels == 220
+  x = _grid_images(3, 32, seed=12)
+  counts = np.asarray(dssn_jax.dssn_counts(
+      wrn_classifier.apply_fn, x, wrn_classifier.offsets, spec,
+      params=wrn_classifier.variables))
+  v = torch.from_numpy(np.random.RandomState(0).randint(
+      220, size=3 * 32 * 32).reshape(3, 32, 32)).double()
+  qualified = 0
+  for i in range(len(x)):
+    image = torch.from_numpy(x[i].transpose(2, 0, 1)).double()
+    preds, gaps = _torch_dssn_votes(torch_wrn[0], image, v, spec.levels)
+    theirs = np.bincount(preds, minlength=10)
+    print(f"image {i}: ours {counts[i]}, torch {theirs}, "
+          f"min top-two gap {gaps.min():.2e}")
+    if gaps.min() > 1e-4:
+      qualified += 1
+      np.testing.assert_array_equal(counts[i], theirs)
+  assert qualified >= 2
+  assert (counts > 0).sum() > len(x)  # The votes are not all for one class.
+
+
+def _state_dict(path):
+  return {k: v.clone() for k, v in
+          torch.load(path, map_location="cpu", weights_only=True).items()}
+
+
+def _edit_unknown(sd):
+  sd["model.module.block1.layer.0.extra.weight"] = torch.zeros(3)
+  return ["model.module.block1.layer.0.extra.weight"]
+
+
+def _edit_missing(sd):
+  del sd["model.module.block2.layer.3.bn2.running_var"]
+  del sd["norm.module.log_sig"]
+  return ["model.module.block2.layer.3.bn2.running_var", "norm.module.log_sig"]
+
+
+def _edit_shape(sd):
+  sd["model.module.block3.layer.0.conv1.weight"] = torch.zeros(128, 64, 1, 3)
+  return ["model.module.block3.layer.0.conv1.weight (128, 64, 1, 3) "
+          "(expected (128, 64, 3, 3))"]
+
+
+def _edit_nan(sd):
+  sd["model.module.fc.bias"][3] = float("nan")
+  return ["model.module.fc.bias"]
+
+
+@pytest.mark.parametrize("edit", [_edit_unknown, _edit_missing, _edit_shape,
+                                  _edit_nan])
+def test_invalid_checkpoint_names_keys_and_writes_nothing(
+    torch_wrn, tmp_path, edit):
+  sd = _state_dict(torch_wrn[1])
+  offending = edit(sd)
+  path = str(tmp_path / "bad.pth")
+  torch.save(sd, path)
+  workdir = str(tmp_path / "workdir")
+  with pytest.raises(ValueError) as error:
+    convert.convert_checkpoint(path, "wrn_40_2", workdir, sigma=_SIGMA)
+  for key in offending:
+    assert key in str(error.value)
+  assert not os.path.exists(workdir)
+
+
+def test_wrong_arch_is_named(torch_wrn, tmp_path):
+  workdir = str(tmp_path / "workdir")
+  with pytest.raises(ValueError, match="--arch=wrn_40_2") as error:
+    convert.convert_checkpoint(torch_wrn[1], "resnet110", workdir,
+                               sigma=_SIGMA)
+  message = str(error.value)
+  assert "unknown keys: model.module.block1.layer.0.bn1.bias" in message
+  assert "model.module.layer1.0.bn1.weight" in message  # Missing.
+  assert "num_batches_tracked" not in message
+  assert not os.path.exists(workdir)
+
+
+def test_option_a_resnet110_is_explained():
+  shapes = convert.expected_state_dict(convert.OPTION_A_RESNET110, 10)
+  sd = {"model.module." + k: np.ones(s, np.float32) for k, s in shapes.items()}
+  sd.update({"norm.module.mu": np.zeros((3, 1, 1), np.float32),
+             "norm.module.log_sig": np.zeros((3, 1, 1), np.float32)})
+  with pytest.raises(ValueError, match="zero-padding.*cannot be converted"):
+    convert.convert_state_dict(sd, "resnet110")
+
+
+def test_existing_checkpoint_is_not_overwritten(torch_wrn, tmp_path):
+  workdir = str(tmp_path / "w")
+  converted = convert.convert_state_dict(
+      convert.load_torch_checkpoint(torch_wrn[1]), "wrn_40_2")
+  convert.write_checkpoint(converted, workdir, sigma=_SIGMA)
+  with pytest.raises(ValueError, match="already holds checkpoints"):
+    convert.convert_checkpoint(torch_wrn[1], "wrn_40_2", workdir, sigma=1.0)
+  assert checkpoints.load_classifier(workdir).metadata["sigma"] == _SIGMA
+
+
+def test_bad_flags_are_refused_before_reading(tmp_path):
+  missing = str(tmp_path / "none.pth")
+  with pytest.raises(ValueError, match="architecture"):
+    convert.convert_checkpoint(missing, "wrn_28_10", str(tmp_path), sigma=0.5)
+  with pytest.raises(ValueError, match="sigma"):
+    convert.convert_checkpoint(missing, "wrn_40_2", str(tmp_path), sigma=0.)
+  with pytest.raises(FileNotFoundError):
+    convert.convert_checkpoint(missing, "wrn_40_2", str(tmp_path), sigma=0.5)
