@@ -10,6 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# torch only serves the converter of the authors' checkpoints and its tests;
+# pinned, since an unpinned torch resolves to a multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
