@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     # batch split and, for 1 input, the split over noise samples), and chunk
     # sizes 1, 7 and L on several meshes.
     cases = [(d, b, 7) for d in (1, 2, 8) for b in (1, 13)]
-    cases += [(8, 13, 1), (8, 1, 1), (8, 1, spec.levels), (2, 13, spec.levels)]
+    cases += [(8, 13, 1), (8, 1, spec.levels)]
     for devices, batch, chunk in cases:
       mesh = dssn_jax.make_mesh(jax.devices()[:devices])
       counts = dssn_jax.dssn_counts(apply_fn, x[:batch], v, spec,
@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
       checked += 1
       if not np.array_equal(np.asarray(counts), reference[:batch]):
         mismatches.append(("dssn", devices, batch, chunk))
-    for devices, batch in ((2, 13), (8, 1), (8, 13)):
+    for devices, batch in ((2, 13), (8, 1)):
       mesh = dssn_jax.make_mesh(jax.devices()[:devices])
       counts = dssn_jax.sample_counts(apply_fn, x[:batch], spec, key,
                                       noise="uniform", num_samples=200,
@@ -63,6 +63,6 @@ def test_counts_identical_on_1_2_and_8_devices():
                           check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
-  assert report["checked"] == 13
+  assert report["checked"] == 10
   assert report["mismatches"] == []
   assert report["row_sums"] == [106]
