@@ -231,6 +231,7 @@ def _assert_logits_match(ours, model, x):
 @pytest.fixture(scope="module")
 def torch_wrn(tmp_path_factory):
   """(torch model, path of its authors'-format checkpoint)."""
+  torch.manual_seed(0)  # Construction draws the weights: seed it first.
   model = _randomize(_Authors(_WideResNet(), _CIFAR_MU, _CIFAR_SIG), 32, 0)
   path = str(tmp_path_factory.mktemp("torch") / "wrn_40_2.pth")
   torch.save(model.state_dict(), path)
@@ -253,6 +254,7 @@ def wrn_classifier(torch_wrn, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_resnet50(tmp_path_factory):
+  torch.manual_seed(1)
   model = _randomize(_Authors(_ResNet50(), (0.485, 0.456, 0.406),
                               (0.229, 0.224, 0.225)), 64, 1)
   path = str(tmp_path_factory.mktemp("torch") / "resnet50.pth")
