@@ -1,5 +1,8 @@
 """Thin absl entry points (train, certify, analyze, benchmark): `python -m experiments.X`."""
 
+import contextlib
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -12,3 +15,14 @@ def start(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+@contextlib.contextmanager
+def user_errors():
+  """Ends the program with the message and exit code 1 on a user error (bad
+  input, mismatched metadata, missing files): the message names the fix, a
+  traceback would only hide it."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")

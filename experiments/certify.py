@@ -7,8 +7,6 @@ Writes `certify_<method>.tsv` (one row per image, fsynced per batch) and its
 `.summary.json` into --workdir; rerunning the same command resumes.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -26,10 +24,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   experiments.start(argv)
-  try:
+  with experiments.user_errors():
     summary = certification.certify_workdir(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
   print(certification.format_summary(summary))
 
 

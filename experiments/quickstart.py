@@ -23,7 +23,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
 
 def main(argv):
   experiments.start(argv)
-  print(pipeline.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
+  with experiments.user_errors():
+    print(pipeline.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main(argv):
   experiments.start(argv)
   config = _CONFIG.value
   runs = pipeline.study_grid(config.study)
-  print(pipeline.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))
+  with experiments.user_errors():
+    print(pipeline.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))
 
 
 if __name__ == "__main__":

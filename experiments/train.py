@@ -23,7 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   experiments.start(argv)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  with experiments.user_errors():
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
