@@ -1,0 +1,77 @@
+r"""Benchmark of the certifier against this machine's own limits.
+
+  python -m experiments.benchmark --config=configs/benchmark.py \
+      --workdir=runs/benchmark
+
+writes `benchmark.json` and `benchmark.md` into --workdir: the float32 (and
+bfloat16) matmul peak; per model (small CNN 28x28x1, WRN-40-2 32x32x3,
+ResNet-50 224x224x3) FLOPs per forward, raw forward and certification
+throughput at sigma 0.5 and 3.5, their ratio, model FLOP utilization, peak
+memory; training step throughput; the work split over fake CPU devices. See
+dssn_jax/benchmark.py for what is timed. XLA options for a trial go through
+the environment, e.g. `XLA_FLAGS=--xla_cpu_... python -m experiments...`,
+and are recorded in the report.
+
+Variants: `configs/benchmark.py:smoke` (small CNN only, tiny sizes; seconds,
+for tests), `configs/benchmark.py:cpu_quick` (no ResNet-50, fewer rounds).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None):
+  config = ml_collections.ConfigDict()
+  config.models = ("small_cnn", "wrn_40_2", "resnet50")
+  config.train_models = ("small_cnn", "wrn_40_2", "resnet50")
+  # bfloat16 rows (where the backend has bfloat16 convolutions) for these.
+  config.compute_dtypes = ("float32", "bfloat16")
+  config.reduced_precision_models = ("small_cnn", "wrn_40_2")
+  config.sigmas = (0.5, 3.5)
+  config.q = 255
+  config.repeats = 5  # Timed rounds (after warm-up) per measurement.
+  config.warmup = 1
+  config.peak_sizes = (1024, 2048, 4096)  # Square matmuls of the peak table.
+  config.peak_size = 2048  # The matmul interleaved with every measurement.
+  # Per-model overrides; -1 inherits the top-level value (or automatic).
+  config.images = 32  # Images per certification batch (configs' default).
+  config.chunk_size = -1  # -1: what dssn_counts picks.
+  config.timed_chunks = 3  # Chunks of noise samples timed per call.
+  config.train_batch = 64
+  config.model_settings = ml_collections.ConfigDict({
+      "small_cnn": {"images": 16, "train_batch": 128, "timed_chunks": 6},
+      "wrn_40_2": {"images": 32, "train_batch": 64, "repeats": 3,
+                   "timed_chunks": 2},
+      # One ResNet-50 forward is ~8 GFLOP: a small batch and 2 rounds.
+      "resnet50": {"images": 4, "train_batch": 8, "repeats": 2,
+                   "timed_chunks": 1},
+  })
+  # "model:dtype" pairs also timed as one full dssn_counts call (first sigma).
+  config.end_to_end = ("small_cnn:float32",)
+  config.end_to_end_repeats = 2
+  config.train = ml_collections.ConfigDict({
+      "noise": "dssn", "sigma": 0.5, "q": 255, "stability": False,
+      "stability_gamma": 6.0, "learning_rate": 0.1, "momentum": 0.9,
+      "nesterov": True, "weight_decay": 1e-4})
+  config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
+  if arg == "smoke":
+    config.models = ("small_cnn",)
+    config.train_models = ("small_cnn",)
+    config.compute_dtypes = ("float32",)
+    config.sigmas = (0.05, 0.1)  # L = 44 and 88.
+    config.repeats = 2
+    config.peak_sizes = (256,)
+    config.peak_size = 256
+    config.model_settings = ml_collections.ConfigDict({
+        "small_cnn": {"images": 2, "chunk_size": 8, "timed_chunks": 2,
+                      "train_batch": 8}})
+    config.end_to_end = ("small_cnn:float32",)
+    config.end_to_end_repeats = 1
+    config.split_devices = ()
+  elif arg == "cpu_quick":
+    config.models = ("small_cnn", "wrn_40_2")
+    config.train_models = ("small_cnn", "wrn_40_2")
+    config.repeats = 3
+  elif arg:
+    raise ValueError(
+        f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'.")
+  return config
