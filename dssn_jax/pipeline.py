@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 from typing import Sequence
 
 from dssn_jax import analysis
 from dssn_jax import certification
+from dssn_jax import results
 from dssn_jax import train
 
 
@@ -76,16 +78,22 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
               outdir: str) -> str:
   """Trains and certifies every run, then analyzes them together.
 
+  The per-image results of every run (the results file, its metadata and
+  summary) are copied to outdir/results/<run.name>/, and the analysis reads
+  those copies, so `python -m experiments.analyze
+  --results=<outdir>/results --outdir=<outdir>` regenerates every table and
+  plot from outdir alone (checkpoints and training workdirs can go).
+
   Args:
     config: the shared config (model, data, training budget, subset, N).
     runs: the grid.
     workdir: runs go to workdir/<run.name>.
-    outdir: tables.md and the plots of all runs.
+    outdir: tables.md, the plots and results/ of all runs.
 
   Returns:
     The Markdown tables.
   """
-  paths = []
+  copies = []
   for run in runs:
     run_config = configure(config, run)
     run_dir = os.path.join(workdir, run.name)
@@ -93,6 +101,18 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     train.train_and_evaluate(run_config, run_dir)
     summary = certification.certify_workdir(run_config, run_dir)
     print(certification.format_summary(summary))
-    paths.append(summary["results"])
-  return analysis.analyze(results=paths, outdir=outdir,
+    copies.append(_copy_results(summary["results"],
+                                os.path.join(outdir, "results", run.name)))
+  return analysis.analyze(results=copies, outdir=outdir,
                           radii=tuple(config.certify.radii))
+
+
+def _copy_results(path: str, destination: str) -> str:
+  """Copies a results file and its sidecars (metadata, summary) into
+  destination; returns the copied results file."""
+  os.makedirs(destination, exist_ok=True)
+  for source in (path, results.metadata_path(path),
+                 path[:-len(".tsv")] + ".summary.json"):
+    if os.path.exists(source):
+      shutil.copy2(source, destination)
+  return os.path.join(destination, os.path.basename(path))

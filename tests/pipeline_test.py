@@ -3,6 +3,7 @@
 import os
 
 from configs import fashion_mnist as fashion_mnist_config
+from dssn_jax import analysis
 from dssn_jax import pipeline
 from dssn_jax import results
 
@@ -47,3 +48,12 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
         tmp_path / "runs" / run.name / f"certify_{run.noise}.tsv")
     assert meta["run"]["training_noise"] == run.noise
   assert os.path.exists(os.path.join(outdir, "tables.md"))
+  # The committed copies alone regenerate the tables.
+  for run in runs:
+    copied = os.path.join(outdir, "results", run.name,
+                          f"certify_{run.noise}.tsv")
+    assert results.read_metadata(copied)["run"]["training_noise"] == run.noise
+  again = analysis.analyze(results=[os.path.join(outdir, "results")],
+                           outdir=str(tmp_path / "again"),
+                           radii=tuple(config.certify.radii))
+  assert again == tables
