@@ -18,6 +18,11 @@ for tests), `configs/benchmark.py:cpu_quick` (no ResNet-50, fewer rounds).
 
 import ml_collections
 
+# Lets XLA:CPU hand BatchNorm, ReLU, residual adds and pooling to the same
+# YNNPACK fusions as the convolutions (an xla_cpu_* option: no effect on GPU or
+# TPU). It changes the low bits of the logits; see README "Performance".
+CPU_FUSION_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce"
+
 
 def get_config(arg: str | None = None):
   config = ml_collections.ConfigDict()
@@ -38,21 +43,45 @@ def get_config(arg: str | None = None):
   config.timed_chunks = 3  # Chunks of noise samples timed per call.
   config.train_batch = 64
   config.model_settings = ml_collections.ConfigDict({
-      "small_cnn": {"images": 16, "train_batch": 128, "timed_chunks": 6},
+      "small_cnn": {"images": 16, "train_batch": 128, "timed_chunks": 6,
+                    "repeats": 9},
       "wrn_40_2": {"images": 32, "train_batch": 64, "repeats": 3,
                    "timed_chunks": 2},
-      # One ResNet-50 forward is ~8 GFLOP: a small batch and 2 rounds.
-      "resnet50": {"images": 4, "train_batch": 8, "repeats": 2,
-                   "timed_chunks": 1},
+      # One ResNet-50 forward is ~8 GFLOP: on a CPU, time chunks of 8
+      # samples (forward batch 32; automatic: 124, i.e. 496) and 2 rounds.
+      "resnet50": {"images": 4, "chunk_size": 8, "train_batch": 8,
+                   "repeats": 2, "timed_chunks": 2},
   })
   # "model:dtype" pairs also timed as one full dssn_counts call (first sigma).
   config.end_to_end = ("small_cnn:float32",)
   config.end_to_end_repeats = 2
+  # Every model: full dssn_counts calls at this sigma (L = 8) measure the
+  # host's share of a call.
+  config.host_sigma = 0.01
   config.train = ml_collections.ConfigDict({
       "noise": "dssn", "sigma": 0.5, "q": 255, "stability": False,
       "stability_gamma": 6.0, "learning_rate": 0.1, "momentum": 0.9,
       "nesterov": True, "weight_decay": 1e-4})
   config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
+  # Appended to XLA_FLAGS by experiments/benchmark.py before JAX starts. ""
+  # measures what the other entry points get by default; set it to
+  # CPU_FUSION_FLAGS to measure the opt-in CPU setting of README
+  # "Performance" throughout.
+  config.xla_flags = ""
+  # Tuning trials (dssn_jax/tuning.py). Raw forward throughput per forward
+  # batch size (the evidence for certify.DEFAULT_FORWARD_BATCH):
+  config.sweep = ml_collections.ConfigDict({
+      "small_cnn": (64, 128, 256, 512, 1024, 2048),
+      "wrn_40_2": (32, 64, 128, 256, 512, 1024),
+  })
+  # XLA_FLAGS settings, each in fresh subprocesses, alternated; the first is
+  # the baseline of the ratios.
+  config.flag_trials = ("", CPU_FUSION_FLAGS)
+  config.flag_trial_models = (("small_cnn", 512), ("wrn_40_2", 256))
+  config.flag_trial_alternations = 2
+  # Trace one certification call per model into workdir/profile and break
+  # its time down by XLA operation.
+  config.profile = True
   if arg == "smoke":
     config.models = ("small_cnn",)
     config.train_models = ("small_cnn",)
@@ -67,10 +96,15 @@ def get_config(arg: str | None = None):
     config.end_to_end = ("small_cnn:float32",)
     config.end_to_end_repeats = 1
     config.split_devices = ()
+    config.profile = False
+    config.sweep = ml_collections.ConfigDict({"small_cnn": (8, 16)})
+    config.flag_trials = ()
   elif arg == "cpu_quick":
     config.models = ("small_cnn", "wrn_40_2")
     config.train_models = ("small_cnn", "wrn_40_2")
     config.repeats = 3
+    config.sweep = ml_collections.ConfigDict({
+        "small_cnn": (128, 256, 512, 1024), "wrn_40_2": (64, 128, 256, 512)})
   elif arg:
     raise ValueError(
         f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'.")

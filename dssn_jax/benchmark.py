@@ -10,8 +10,9 @@ every section, so a long run leaves partial results):
   forward batch, certification throughput of the vote-counting program of
   `dssn_counts` at each sigma, its ratio to the raw forward, model FLOP
   utilization (achieved model FLOP/s over the matmul peak) and peak memory
-  (compiled memory analysis of the whole certification program at the full
-  L, and the process's peak resident memory during a timed call);
+  (XLA's memory analysis of the whole certification program compiled at the
+  full L: temporaries + arguments + outputs; and the process's peak resident
+  memory so far);
 - training step throughput (images/s) per model;
 - optionally, on fake CPU devices in a subprocess, how the work splits over a
   mesh (per-device shapes in the partitioned HLO) and that counts are equal.
@@ -29,20 +30,24 @@ jitted computation that `dssn_counts` runs (`certify._vote_counts` with the
 same noise, chunk size and batch), but over a prefix k = 0..n-1 of the L
 noise samples, with n = `timed_chunks` full chunks, because one ResNet-50
 image at sigma = 3.5 is 3,091 forward passes. The lax.scan body is the same
-for every chunk, so seconds per image is extrapolated as L / (forward passes
-per second) per image. For the configs listed in `end_to_end`, one full
-`dssn_counts` call (all L samples, host-side input checks included) is also
-timed to check that extrapolation.
+for every chunk, so the full certification of an image takes
+ceil(L / chunk) * chunk forward passes at the timed rate (the last chunk is
+padded; its extra samples are evaluated but not counted), and "forward
+passes per second" counts only the L useful ones. For the configs listed in
+`end_to_end`, full `dssn_counts` calls (all L samples, host-side input
+checks included) are also timed to check that extrapolation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,6 +63,7 @@ from dssn_jax import data
 from dssn_jax import models
 from dssn_jax import smoothing
 from dssn_jax import train
+from dssn_jax import tuning
 
 RESULTS_JSON = "benchmark.json"
 RESULTS_MARKDOWN = "benchmark.md"
@@ -121,26 +127,20 @@ def load_average() -> list[float] | None:
     return None
 
 
-def reset_peak_rss() -> bool:
-  """Resets the process's peak resident set size (Linux; False elsewhere)."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def peak_rss_bytes() -> int | None:
-  """Peak resident set size of this process since the last reset (Linux)."""
+def _proc_status(field: str) -> int | None:
   try:
     with open("/proc/self/status") as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
           return int(line.split()[1]) * 1024
   except OSError:
     pass
   return None
+
+
+def peak_rss_bytes() -> int | None:
+  """Peak resident set size of this process since the last reset (Linux)."""
+  return _proc_status("VmHWM")
 
 
 def compiled_costs(compiled) -> dict[str, float | None]:
@@ -166,6 +166,57 @@ def compiled_costs(compiled) -> dict[str, float | None]:
   return out
 
 
+# Runtime events that wait rather than compute.
+_PROFILE_WAITS = ("ThunkExecutor::Execute", "SlinkyThreadPool::Await", "end: ")
+
+
+def profile_breakdown(fn: Callable[[], Any], trace_dir: str,
+                      top: int = 12) -> dict[str, Any]:
+  """Where one call of fn spends its time, from a `jax.profiler` trace.
+
+  Sums the exclusive time of each XLA operation (thunk) over the runtime's
+  threads (names without their `.N` suffix, so all library fusions of one
+  kind add up) and returns the largest shares. The trace stays in trace_dir
+  for TensorBoard or Perfetto.
+  """
+  jax.block_until_ready(fn())
+  jax.profiler.start_trace(trace_dir)
+  try:
+    jax.block_until_ready(fn())
+  finally:
+    jax.profiler.stop_trace()
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"),
+                           recursive=True), key=os.path.getmtime)
+  if not paths:
+    return {"error": "no trace written"}
+  profile = jax.profiler.ProfileData.from_file(paths[-1])
+  exclusive: dict[str, float] = {}
+  for plane in profile.planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):
+        continue  # The Python thread waits; XLA's threads do the work.
+      events = sorted(((e.start_ns, e.duration_ns, e.name)
+                       for e in line.events
+                       if not e.name.startswith(_PROFILE_WAITS)),
+                      key=lambda e: (e[0], -e[1]))
+      stack: list[list[Any]] = []  # [end_ns, name, exclusive_ns]
+      for start, duration, name in events:
+        while stack and stack[-1][0] <= start:
+          end, done, own = stack.pop()
+          exclusive[done] = exclusive.get(done, 0.0) + own
+        if stack:
+          stack[-1][2] -= duration
+        stack.append([start + duration, re.sub(r"\.\d+$", "", name),
+                      duration])
+      for _, done, own in stack:
+        exclusive[done] = exclusive.get(done, 0.0) + own
+  total = sum(exclusive.values()) or 1.0
+  ranked = sorted(exclusive.items(), key=lambda kv: -kv[1])[:top]
+  return {"trace_dir": trace_dir, "thread_seconds": total / 1e9,
+          "top": [{"op": name, "seconds": ns / 1e9, "share": ns / total}
+                  for name, ns in ranked]}
+
+
 # ----------------------------------------------------------------------------
 # The measured peak.
 # ----------------------------------------------------------------------------
@@ -182,22 +233,25 @@ def matmul(size: int, dtype) -> tuple[Callable[[], jax.Array], float]:
 
 def measure_peak(sizes: Sequence[int], dtypes: Sequence[str], *,
                  repeats: int, warmup: int) -> list[dict[str, Any]]:
-  """FLOP/s of square matrix products of each size and dtype."""
-  rows = []
+  """FLOP/s of square matrix products of each size and dtype, interleaved
+  (one product of each per round), so that they see the same load."""
+  rows, fns, flops = [], {}, {}
   for dtype in dtypes:
     for size in sizes:
       try:
-        fn, flops = matmul(size, jnp.dtype(dtype))
-        seconds = timed_rounds({"mm": fn}, repeats=repeats,
-                               warmup=warmup)["mm"]
+        fn, count = matmul(size, jnp.dtype(dtype))
+        jax.block_until_ready(fn())
       except Exception as e:  # pylint: disable=broad-except
         rows.append({"dtype": dtype, "size": size, "supported": False,
                      "error": f"{type(e).__name__}: {e}"[:300]})
         continue
-      rows.append({"dtype": dtype, "size": size, "supported": True,
-                   "flops": flops,
-                   "flops_per_second": summarize([flops / s
-                                                  for s in seconds])})
+      fns[(dtype, size)], flops[(dtype, size)] = fn, count
+  seconds = timed_rounds(fns, repeats=repeats, warmup=warmup)
+  for (dtype, size), times in seconds.items():
+    count = flops[(dtype, size)]
+    rows.append({"dtype": dtype, "size": size, "supported": True,
+                 "flops": count,
+                 "flops_per_second": summarize([count / s for s in times])})
   return rows
 
 
@@ -256,48 +310,61 @@ def _auto_chunk(subject: Subject, images: int, levels: int,
   return min(certify.default_chunk_size(per_device, items), items)
 
 
+def evaluated_items(levels: int, chunk: int) -> int:
+  """Noise samples the vote program evaluates per input for L = levels: the
+  last chunk is padded to the full chunk size (its extra samples are not
+  counted) so that the program holds one copy of the forward pass."""
+  if hasattr(certify, "auto_chunk_size"):
+    return math.ceil(levels / chunk) * chunk
+  return levels  # Versions before auto_chunk_size peeled the remainder.
+
+
 def certification_program(subject: Subject, x, spec: smoothing.SmoothingSpec,
                           *, chunk_size: int, num_items: int):
   """The compiled vote-counting program of `dssn_counts` over k < num_items.
 
   Returns:
-    (run, compiled): `run()` executes it on x; `compiled` is the executable
-    (for cost and memory analysis).
+    (run, compiled, compile_seconds): `run()` executes it on x; `compiled`
+    is the executable (for cost and memory analysis).
   """
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
   x = jnp.asarray(x)
   row_ids = jnp.zeros(x.shape[0], jnp.int32)
+  start = time.perf_counter()
   compiled = certify._vote_counts.lower(  # pylint: disable=protected-access
       subject.variables, x, row_ids, v, apply_fn=subject.apply_fn,
       make_noisy=certify._dssn_sample(spec),  # pylint: disable=protected-access
       num_items=num_items, chunk_size=chunk_size, mesh=None).compile()
-  return functools.partial(compiled, subject.variables, x, row_ids, v), compiled
+  compile_seconds = time.perf_counter() - start
+  run = functools.partial(compiled, subject.variables, x, row_ids, v)
+  return run, compiled, compile_seconds
 
 
 def noise_fusion_report(compiled_text: str, spec: smoothing.SmoothingSpec,
                         images: int, input_shape: Sequence[int]) -> dict:
-  """Checks in the optimized HLO that the noisy inputs are never stored for
-  all L samples at once, and that the noise kernel's integer ops sit inside
-  fusions (no separate pass over memory)."""
-  d = math.prod(input_shape)
+  """Checks the optimized HLO of a certification program: one loop, no
+  buffer holding the noisy inputs of all L samples, and the noise kernel's
+  integer `remainder` ops only inside fusions (computed on the fly where the
+  noisy input is consumed, not in a separate pass over memory)."""
   all_noisy = f"[{spec.levels},{images}," + ",".join(
       str(n) for n in input_shape) + "]"
-  lines = compiled_text.splitlines()
-  top_level_remainders = 0
-  in_fused = False
-  for line in lines:
-    stripped = line.strip()
-    if stripped.startswith(("%fused", "fused_computation", "%parallel")) or (
-        " fused_computation" in line and "{" in line):
-      in_fused = True
-    if stripped.startswith("}"):
-      in_fused = False
-    if " remainder(" in line and not in_fused:
-      top_level_remainders += 1
-  return {"while_loops": sum(" while(" in line for line in lines),
-          "buffer_of_all_L_noisy_inputs": all_noisy in compiled_text
-                                          and d > 0,
-          "unfused_noise_ops": top_level_remainders}
+  fused, remainders, computation = set(), {}, None
+  for line in compiled_text.splitlines():
+    if line and not line[0].isspace() and line.rstrip().endswith("{"):
+      words = line.split()
+      computation = (words[1] if words[0] == "ENTRY" else words[0]).lstrip("%")
+    elif " fusion(" in line:
+      called = re.search(r"calls=%?([\w.\-]+)", line)
+      if called:
+        fused.add(called.group(1))
+    if " remainder(" in line:
+      remainders[computation] = remainders.get(computation, 0) + 1
+  return {"while_loops": compiled_text.count(" while("),
+          "buffer_of_all_L_noisy_inputs": all_noisy in compiled_text,
+          "noise_ops_in_fusions": sum(n for c, n in remainders.items()
+                                      if c in fused),
+          "noise_ops_outside_fusions": sum(n for c, n in remainders.items()
+                                           if c not in fused)}
 
 
 # ----------------------------------------------------------------------------
@@ -315,8 +382,13 @@ def _setting(config, name: str, field: str):
 
 
 def benchmark_model(config, name: str, compute_dtype: str,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
-  """Forward, certification and memory figures of one model and dtype."""
+                    log: Callable[[str], None] = print,
+                    profile_dir: str | None = None) -> dict[str, Any]:
+  """Forward, certification and memory figures of one model and dtype.
+
+  With profile_dir, one call of the certification program at the first
+  sigma is also traced there and broken down by XLA operation.
+  """
   repeats = _setting(config, name, "repeats")
   warmup = config.warmup
   images = _setting(config, name, "images")
@@ -328,13 +400,19 @@ def benchmark_model(config, name: str, compute_dtype: str,
 
   x = grid_images(subject.input_shape, images)
   chunk_override = _setting(config, name, "chunk_size")
-  # The chunk dssn_counts would pick for this batch (per sigma).
-  chunks = {}
+  # The chunk dssn_counts would pick for this batch (per sigma), and the one
+  # timed (a config override, e.g. to keep ResNet-50 short on a CPU).
+  chunks, auto = {}, {}
   for spec in specs:
+    auto[spec.sigma] = _auto_chunk(subject, images, spec.levels)
     if chunk_override and chunk_override > 0:
       chunks[spec.sigma] = min(chunk_override, spec.levels)
     else:
-      chunks[spec.sigma] = _auto_chunk(subject, images, spec.levels)
+      chunks[spec.sigma] = auto[spec.sigma]
+  row["auto_chunk_size"] = {str(k): c for k, c in auto.items()}
+  row["chunk_size_overridden"] = bool(chunk_override and chunk_override > 0)
+  if hasattr(certify, "device_memory_budget"):
+    row["memory_budget_bytes"] = certify.device_memory_budget()
   forward_batch = max(chunks.values()) * images
   row["forward_batch"] = forward_batch
 
@@ -354,8 +432,8 @@ def benchmark_model(config, name: str, compute_dtype: str,
     chunk = chunks[spec.sigma]
     num_items = min(spec.levels, _setting(config, name, "timed_chunks") *
                     chunk)
-    run, compiled = certification_program(subject, x, spec, chunk_size=chunk,
-                                          num_items=num_items)
+    run, compiled, _ = certification_program(
+        subject, x, spec, chunk_size=chunk, num_items=num_items)
     programs[spec.sigma] = (run, compiled, num_items, chunk)
     fns[f"cert_{spec.sigma}"] = run
 
@@ -373,48 +451,79 @@ def benchmark_model(config, name: str, compute_dtype: str,
 
   for spec in specs:
     run, compiled, num_items, chunk = programs[spec.sigma]
-    rate = [images * num_items / s for s in seconds[f"cert_{spec.sigma}"]]
-    costs = compiled_costs(compiled)
+    evaluated = evaluated_items(spec.levels, chunk)
+    timed_rate = [images * num_items / s
+                  for s in seconds[f"cert_{spec.sigma}"]]
+    # Useful forward passes per second over the whole certification: the
+    # padding of the last chunk is evaluated but does not count.
+    rate = [r * spec.levels / evaluated for r in timed_rate]
     entry = {
         "levels": spec.levels, "chunk_size": chunk,
         "timed_items": num_items,
         "timed_forwards": images * num_items,
+        "evaluated_items": evaluated,
+        "timed_forwards_per_second": summarize(timed_rate),
         "forwards_per_second": summarize(rate),
         "seconds_per_image": summarize([spec.levels / r for r in rate]),
         "ratio_to_raw": per_round(rate, raw_rate),
         "utilization": per_round([r * flops_per_forward for r in rate],
                                  peak_rate),
-        "timed_program": costs,
+        "timed_program": compiled_costs(compiled),
     }
     # Memory of the whole certification program at the full L (compiled,
-    # not run), and the process's peak RSS during one timed call.
-    _, full = certification_program(subject, x, spec, chunk_size=chunk,
-                                     num_items=spec.levels)
+    # not run): XLA's temporaries, arguments and outputs.
+    _, full, compile_seconds = certification_program(
+        subject, x, spec, chunk_size=chunk, num_items=spec.levels)
     full_costs = compiled_costs(full)
     entry["full_program"] = full_costs
+    entry["full_program_compile_seconds"] = compile_seconds
+    entry["peak_bytes"] = _footprint(full_costs)
     entry["noise_fusion"] = noise_fusion_report(
         full.as_text(), spec, images, subject.input_shape)
-    if reset_peak_rss():
-      jax.block_until_ready(run())
-      entry["peak_rss_bytes"] = peak_rss_bytes()
     row["sigmas"][str(spec.sigma)] = entry
+  if profile_dir:
+    row["profile"] = profile_breakdown(
+        programs[specs[0].sigma][0],
+        os.path.join(profile_dir, f"{name}_{compute_dtype}"))
+  peaks = [e["peak_bytes"] for e in row["sigmas"].values()]
+  row["peak_bytes_ratio_max_min"] = (
+      max(peaks) / max(1, min(peaks)) if None not in peaks else None)
+  row["process_peak_rss_bytes"] = peak_rss_bytes()
 
   if f"{name}:{compute_dtype}" in config.end_to_end:
     row["end_to_end"] = _end_to_end(subject, x, specs[0],
                                     repeats=config.end_to_end_repeats)
+  # Host work per dssn_counts call, at a small L (the host's share of the
+  # call does not depend on L).
+  row["host_overhead"] = _end_to_end(
+      subject, x, smoothing.SmoothingSpec(config.host_sigma, config.q),
+      repeats=config.end_to_end_repeats)
   return row
 
 
 def _end_to_end(subject: Subject, x, spec, *, repeats: int) -> dict:
-  """One full `dssn_counts` call (all L samples, host checks included)."""
+  """Full `dssn_counts` calls (all L samples, host checks included).
+
+  Also times how long the call takes to return before its result is ready:
+  the host-side work (input checks, dispatch); the rest runs on the device
+  without the host.
+  """
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
   call = lambda: certify.dssn_counts(subject.apply_fn, x, v, spec,
                                      params=subject.variables)
-  seconds = timed_rounds({"full": call}, repeats=repeats, warmup=1)["full"]
+  jax.block_until_ready(call())  # Compile.
+  total, host = [], []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    counts = call()
+    host.append(time.perf_counter() - start)
+    jax.block_until_ready(counts)
+    total.append(time.perf_counter() - start)
   return {"sigma": spec.sigma, "levels": spec.levels,
           "images": int(x.shape[0]),
-          "seconds_per_call": summarize(seconds),
-          "seconds_per_image": summarize([s / x.shape[0] for s in seconds])}
+          "seconds_per_call": summarize(total),
+          "host_seconds_per_call": summarize(host),
+          "seconds_per_image": summarize([s / x.shape[0] for s in total])}
 
 
 def benchmark_training(config, name: str,
@@ -440,6 +549,10 @@ def benchmark_training(config, name: str,
   key = jax.random.key(0)
   compiled = step.lower(state, batch, key).compile()
   costs = compiled_costs(compiled)
+  # What donating the state saves: the same step compiled without donation.
+  undonated = compiled_costs(jax.jit(train.make_train_step(
+      subject.model, train_config, spec, offsets)).lower(
+          state, batch, key).compile())
   holder = [state]
 
   def run():
@@ -457,7 +570,8 @@ def benchmark_training(config, name: str,
           "flops_per_step": flops,
           "utilization": per_round([flops / s for s in seconds["train"]],
                                    peak_rate),
-          "step_program": costs}
+          "step_program": costs,
+          "step_program_without_donation": undonated}
 
 
 # ----------------------------------------------------------------------------
@@ -477,38 +591,55 @@ _SPLIT_SCRIPT = textwrap.dedent("""
     x = benchmark.grid_images(subject.input_shape, batch)
     report = {"devices": devices, "model": name, "levels": spec.levels,
               "cases": []}
-    reference = np.asarray(certify.dssn_counts(
-        subject.apply_fn, x, v, spec, params=subject.variables))
-    for rows in (batch, 1):
-      mesh = certify.make_mesh()
-      chunk = benchmark._auto_chunk(subject, rows, spec.levels, devices)
-      counts = np.asarray(certify.dssn_counts(
-          subject.apply_fn, x[:rows], v, spec, params=subject.variables,
-          mesh=mesh))
-      lowered = certify._vote_counts.lower(
+    dims = ",".join(str(n) for n in subject.input_shape)
+
+    def program(rows, mesh, chunk):
+      return certify._vote_counts.lower(
           subject.variables, jnp.asarray(x[:rows]),
           jnp.zeros(rows, jnp.int32), v, apply_fn=subject.apply_fn,
           make_noisy=certify._dssn_sample(spec), num_items=spec.levels,
-          chunk_size=None, mesh=mesh)
-      text = lowered.compile().as_text()
-      # Input shapes of the convolutions of the partitioned (per-device)
-      # program: their batch dimension is the per-device forward batch.
-      conv_batches = sorted({int(m.group(1)) for m in re.finditer(
-          r"f32\\[(\\d+),\\d+,\\d+,\\d+\\]\\{[^}]*\\} convolution", text)})
-      forward_batches = sorted({int(m.group(1)) for m in re.finditer(
-          r"= f32\\[(\\d+),%d\\]" % subject.num_classes, text)})
+          chunk_size=chunk, mesh=mesh).compile()
+
+    for rows in (batch, 1):
+      reference = np.asarray(certify.dssn_counts(
+          subject.apply_fn, x[:rows], v, spec, params=subject.variables))
+      mesh = certify.make_mesh()
+      counts = np.asarray(certify.dssn_counts(
+          subject.apply_fn, x[:rows], v, spec, params=subject.variables,
+          mesh=mesh))
+      chunk = benchmark._auto_chunk(subject, rows, spec.levels, devices)
+      one_chunk = benchmark._auto_chunk(subject, rows, spec.levels, 1)
+      sharded = program(rows, mesh, chunk)
+      single = program(rows, None, one_chunk)
+      text = sharded.as_text()
+      # Leading dimensions of the input-shaped arrays of the partitioned
+      # (per-device) program: the device's rows and its noisy forward batch.
+      input_batches = sorted({int(n) for n in re.findall(
+          r"f32\\[(\\d+),%s\\]" % dims, text)})
+      def forwards(text):
+        # Noisy inputs per forward pass x trips of the scan over chunks
+        # (XLA's cost analysis counts a loop body once, so count from HLO).
+        batches = [int(n) for n in re.findall(r"f32\\[(\\d+),%s\\]" % dims,
+                                              text)]
+        trips = [int(n) for n in re.findall(
+            r'"known_trip_count":\\{"n":"(\\d+)"', text)] or [1]
+        return max(batches) * max(trips)
+      per_device = forwards(text)
+      one_device = forwards(single.as_text())
       report["cases"].append({
           "batch": rows,
           "split": "batch" if rows >= devices else "noise samples",
           "chunk_per_device": chunk,
-          "per_device_conv_output_batch": conv_batches,
-          "per_device_logits_rows": forward_batches,
-          "identical_to_one_device": bool(np.array_equal(counts,
-                                                         reference[:rows])),
+          "per_device_input_batches": input_batches,
+          "forwards_per_device": per_device,
+          "forwards_one_device": one_device,
+          "per_device_share": per_device / one_device,
+          "identical_to_one_device": bool(np.array_equal(counts, reference)),
           "row_sums": sorted(set(counts.sum(1).tolist())),
       })
     print(json.dumps(report))
 """)
+
 
 
 def device_split_report(num_devices: int, *, model: str = "small_cnn",
@@ -586,6 +717,11 @@ def run_benchmark(config, workdir: str,
     report["elapsed_seconds"] = round(time.time() - started, 1)
     write_report(report, workdir)
 
+  wanted = config.get("xla_flags", "")
+  report["xla_flags_applied"] = wanted in os.environ.get("XLA_FLAGS", "")
+  if not report["xla_flags_applied"]:
+    log(f"warning: config.xla_flags {wanted!r} are not in XLA_FLAGS: they "
+        f"must be set before JAX starts (experiments/benchmark.py does that).")
   dtypes = list(config.compute_dtypes)
   if "bfloat16" in dtypes and not bfloat16_supported():
     dtypes.remove("bfloat16")
@@ -601,7 +737,9 @@ def run_benchmark(config, workdir: str,
       if dtype != "float32" and name not in config.reduced_precision_models:
         continue
       log(f"model {name} ({dtype})")
-      report["models"].append(benchmark_model(config, name, dtype, log))
+      report["models"].append(benchmark_model(
+          config, name, dtype, log,
+          os.path.join(workdir, "profile") if config.profile else None))
       save()
   for name in config.train_models:
     log(f"training {name}")
@@ -610,6 +748,20 @@ def run_benchmark(config, workdir: str,
   for devices in config.split_devices:
     log(f"device split on {devices} fake CPU devices")
     report["device_split"].append(device_split_report(devices))
+    save()
+  report["sweep"] = []
+  for name, batches in config.get("sweep", {}).items():
+    log(f"forward batch sweep {name}: {tuple(batches)}")
+    report["sweep"].append(tuning.forward_batch_sweep(
+        name, batches, repeats=_setting(config, name, "repeats"),
+        warmup=config.warmup, peak_size=config.peak_size))
+    save()
+  if config.get("flag_trials"):
+    log(f"XLA flag trials: {tuple(config.flag_trials)}")
+    report["flag_trials"] = tuning.xla_flag_trials(
+        config.flag_trials, [tuple(m) for m in config.flag_trial_models],
+        alternations=config.flag_trial_alternations,
+        peak_size=config.peak_size, repeats=config.repeats, log=log)
     save()
   report["peak_rss_bytes_process"] = peak_rss_bytes()
   save()
@@ -630,6 +782,15 @@ def _fmt(value, digits=3) -> str:
   if abs(value) >= 1000:
     return f"{value:,.0f}"
   return f"{value:.{digits}g}"
+
+
+def _footprint(costs: Mapping[str, Any]) -> int | None:
+  """Bytes XLA holds during a program: arguments + outputs + temporaries,
+  minus the outputs that alias (reuse) donated arguments."""
+  if costs.get("temp_bytes") is None:
+    return None
+  return (costs["argument_bytes"] + costs["output_bytes"] +
+          costs["temp_bytes"] - (costs["alias_bytes"] or 0))
 
 
 def _mib(value) -> str:
@@ -668,14 +829,16 @@ def to_markdown(report: Mapping[str, Any]) -> str:
       "",
       "## Forward pass and certification",
       "",
-      "Certification = the jitted vote-counting program of `dssn_counts` over "
-      "the first `timed` noise samples (same chunk and batch); s/image = L / "
-      "(forwards/s per image). MFU = model FLOP/s over the float32 matmul "
-      "peak of the same round.",
+      "Certification = the jitted vote-counting program of `dssn_counts`, "
+      "timed over the first `timed` noise samples (same chunk and batch) and "
+      "extrapolated to all L (padded last chunk included; cert fwd/s counts "
+      "the L useful forward passes per image). MFU = model FLOP/s over the "
+      "float32 matmul peak of the same round. XLA peak = temporaries + "
+      "arguments + outputs of the program compiled for the full L.",
       "",
       "| model | dtype | MFLOP/fwd | fwd batch (images x chunk) | raw fwd/s "
       "| raw MFU | sigma | L | timed | cert fwd/s | cert/raw | cert MFU "
-      "| s/image | temp MiB (full L) | peak RSS MiB |",
+      "| s/image | XLA peak MiB (full L) | compile s |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row in report["models"]:
@@ -689,43 +852,62 @@ def to_markdown(report: Mapping[str, Any]) -> str:
           f"{entry['timed_items']} | {_fmt(entry['forwards_per_second'])} | "
           f"{_fmt(entry['ratio_to_raw'])} | {_fmt(entry['utilization'], 2)} | "
           f"{_fmt(entry['seconds_per_image'])} | "
-          f"{_mib(entry['full_program']['temp_bytes'])} | "
-          f"{_mib(entry.get('peak_rss_bytes'))} |")
-  end_to_end = [r for r in report["models"] if "end_to_end" in r]
+          f"{_mib(entry['peak_bytes'])} | "
+          f"{_fmt(entry['full_program_compile_seconds'], 2)} |")
+  end_to_end = [(r, r[k]) for k in ("end_to_end", "host_overhead")
+                for r in report["models"] if k in r]
   if end_to_end:
     lines += ["", "Full `dssn_counts` calls (all L samples, host checks "
-              "included):", "",
-              "| model | dtype | sigma | L | images | s/call | s/image |",
-              "|---|---|---|---|---|---|---|"]
-    for row in end_to_end:
-      e = row["end_to_end"]
+              "included; host s/call = until the call returns, before its "
+              "result is ready):", "",
+              "| model | dtype | sigma | L | images | s/call | host s/call "
+              "| s/image |", "|---|---|---|---|---|---|---|---|"]
+    for row, e in end_to_end:
       lines.append(f"| {row['model']} | {row['compute_dtype']} | {e['sigma']} "
                    f"| {e['levels']} | {e['images']} | "
                    f"{_fmt(e['seconds_per_call'])} | "
+                   f"{_fmt(e['host_seconds_per_call'])} | "
                    f"{_fmt(e['seconds_per_image'])} |")
+  profiled = [r for r in report["models"] if "top" in r.get("profile", {})]
+  if profiled:
+    lines += ["", "## Where certification time goes (jax.profiler trace, "
+              "exclusive thread time per XLA operation)", "",
+              "| model | dtype | top operations (share of thread time) |",
+              "|---|---|---|"]
+    for row in profiled:
+      ops = ", ".join(f"{op['op']} {op['share']:.1%}"
+                      for op in row["profile"]["top"][:6])
+      lines.append(f"| {row['model']} | {row['compute_dtype']} | {ops} |")
   if report["training"]:
     lines += ["", "## Training step (DSSN noise, SGD, donated state)", "",
-              "| model | batch | images/s | GFLOP/step | MFU |",
-              "|---|---|---|---|---|"]
+              "| model | batch | images/s | GFLOP/step | MFU | XLA MiB "
+              "(donated) | XLA MiB (not donated) |",
+              "|---|---|---|---|---|---|---|"]
     for row in report["training"]:
       lines.append(f"| {row['model']} | {row['batch']} | "
                    f"{_fmt(row['images_per_second'])} | "
                    f"{_fmt(row['flops_per_step'] / 1e9)} | "
-                   f"{_fmt(row['utilization'], 2)} |")
+                   f"{_fmt(row['utilization'], 2)} | "
+                   f"{_mib(_footprint(row['step_program']))} | "
+                   f"{_mib(_footprint(row['step_program_without_donation']))}"
+                   f" |")
   if report["device_split"]:
     lines += ["", "## Work split over fake CPU devices", "",
-              "| devices | batch | split | chunk/device | per-device conv "
-              "batch | identical counts |", "|---|---|---|---|---|---|"]
+              "| devices | batch | split | chunk/device | per-device input "
+              "batches | per-device FLOPs / one device's | identical counts |",
+              "|---|---|---|---|---|---|---|"]
     for row in report["device_split"]:
       if "error" in row:
-        lines.append(f"| {row['devices']} | error | | | | |")
+        lines.append(f"| {row['devices']} | error | | | | | |")
         continue
       for case in row["cases"]:
         lines.append(
             f"| {row['devices']} | {case['batch']} | {case['split']} | "
             f"{case['chunk_per_device']} | "
-            f"{case['per_device_conv_output_batch']} | "
+            f"{case['per_device_input_batches']} | "
+            f"{_fmt(case['per_device_share'])} | "
             f"{case['identical_to_one_device']} |")
+  lines += tuning.to_markdown(report)
   return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,12 @@ index winning ties, accumulated as int32 counts.
 Over a device mesh the batch is split across devices with `shard_map`; a batch
 smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
+
+Without an explicit `chunk_size`, a forward pass sees up to
+`DEFAULT_FORWARD_BATCH` noisy inputs per device, fewer when the model's
+activations would not fit a fraction of the device's free memory
+(`auto_chunk_size`): the memory of one forward pass is bounded from its jaxpr
+and, when that bound is too coarse, taken from XLA's memory analysis.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Callable
 
 import jax
@@ -27,8 +34,10 @@ from scipy import stats
 from dssn_jax import smoothing
 from dssn_jax.smoothing import SmoothingSpec
 
-# Noisy inputs per forward pass (per device) when no chunk size is given.
+# Noisy inputs per forward pass (per device) when no chunk size is given, at
+# most: fewer when they would not fit MEMORY_FRACTION of the free memory.
 DEFAULT_FORWARD_BATCH = 512
+MEMORY_FRACTION = 0.5
 RANDOMIZED_NOISE_KINDS = ("uniform", "ssn")
 _GRID_TOLERANCE = 1e-3  # in grid steps; float32 a/q is within ~1e-5 of one.
 
@@ -97,10 +106,7 @@ def check_offsets(v, spec: SmoothingSpec) -> None:
           f"spec.levels).")
 
 
-def _check_classifier(forward, input_shape, batch: int) -> int:
-  """Returns the number of classes of forward, checking its output shape."""
-  out = jax.eval_shape(
-      forward, jax.ShapeDtypeStruct((batch,) + tuple(input_shape), jnp.float32))
+def _check_logits(out, input_shape, batch: int) -> None:
   if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != batch:
     raise ValueError(
         f"apply_fn must map a batch (n, *{tuple(input_shape)}) to logits "
@@ -109,7 +115,69 @@ def _check_classifier(forward, input_shape, batch: int) -> int:
     raise ValueError(
         f"A classifier needs at least 2 classes, apply_fn returns "
         f"{out.shape[1]} logit(s).")
-  return out.shape[1]
+
+
+def _abstract(tree):
+  """Shapes and dtypes of a pytree of arrays (hashable with its treedef)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
+                        for a in leaves)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForwardFacts:
+  """What the certifier needs to know of a classifier, from one trace."""
+
+  num_classes: int
+  # Bytes of all intermediate values of a forward pass of one input, summed
+  # (no buffer reuse): an upper bound on its live memory, up to the scratch
+  # space of library calls.
+  intermediate_bytes: int
+  # The largest single intermediate value of one input, in bytes.
+  largest_bytes: int
+
+
+def _jaxpr_bytes(jaxpr) -> tuple[int, int]:
+  """(sum, max) of the byte sizes of every value a jaxpr computes."""
+  total = largest = 0
+  for eqn in jaxpr.eqns:
+    for var in eqn.outvars:
+      aval = var.aval
+      if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+        size = math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+        total += size
+        largest = max(largest, size)
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else (param,)):
+        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr.
+        if hasattr(sub, "eqns"):
+          sub_total, sub_largest = _jaxpr_bytes(sub)
+          total += sub_total
+          largest = max(largest, sub_largest)
+  return total, largest
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_facts(apply_fn, params_signature, input_shape) -> _ForwardFacts:
+  """Traces apply_fn once per (function, params shapes, input shape)."""
+  treedef, leaves = params_signature
+  params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
+  closed, out = jax.make_jaxpr(
+      lambda params, batch: _bind(apply_fn, params)(batch),
+      return_shape=True)(params, jax.ShapeDtypeStruct((1,) + input_shape,
+                                                      jnp.float32))
+  _check_logits(out, input_shape, 1)
+  total, largest = _jaxpr_bytes(closed.jaxpr)
+  return _ForwardFacts(out.shape[1], total, largest)
+
+
+def _classifier_facts(apply_fn, params, input_shape) -> _ForwardFacts:
+  """`_ForwardFacts` of apply_fn, cached by identity and shapes."""
+  signature = (None, ()) if params is None else _abstract(params)
+  try:
+    return _forward_facts(apply_fn, signature, tuple(input_shape))
+  except TypeError:  # An unhashable apply_fn: no cache.
+    return _forward_facts.__wrapped__(apply_fn, signature, tuple(input_shape))
 
 
 # ----------------------------------------------------------------------------
@@ -118,8 +186,15 @@ def _check_classifier(forward, input_shape, batch: int) -> int:
 
 
 def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
-                      item_start, item_stride: int, num_valid: int):
+                      item_start, item_stride: int, num_valid: int,
+                      varying_axes: tuple[str, ...] = ()):
   """Counts argmax votes of forward over noisy copies of one batch.
+
+  One `lax.scan` over ceil(num_items / chunk_size) chunks of equal size, so
+  the program holds a single copy of the forward pass and its memory does not
+  depend on num_items; positions past num_items in the last chunk are
+  evaluated but not counted (fewer than one per chunk on average, since the
+  chunk size is evened out).
 
   Args:
     forward: batch (n, *shape) -> logits (n, C).
@@ -130,12 +205,15 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
     item_stride: distance between consecutive items.
     num_valid: items with index >= num_valid are evaluated but not counted
       (only when several devices split the items unevenly).
+    varying_axes: mesh axes the votes vary over inside `shard_map` (the
+      initial counts get that type); () outside shard_map.
 
   Returns:
     (B, C) int32 vote counts.
   """
 
-  def chunk_votes(positions):
+  def chunk_votes(chunk_index):
+    positions = chunk_index * chunk_size + jnp.arange(chunk_size)
     items = item_start + item_stride * positions
     noisy = jax.vmap(make_noisy)(items)  # (c, B, *shape)
     c, b = noisy.shape[:2]
@@ -143,22 +221,25 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
     num_classes = logits.shape[-1]
     votes = jnp.argmax(logits, axis=-1).reshape(c, b)  # First index on ties.
     hits = votes[..., None] == jnp.arange(num_classes, dtype=votes.dtype)
-    hits &= (items < num_valid)[:, None, None]
+    counted = (positions < num_items) & (items < num_valid)
+    hits &= counted[:, None, None]
     return jnp.sum(hits, axis=0, dtype=jnp.int32)
 
-  # The first chunk seeds the carry, so it has the (possibly device-varying)
-  # type of the votes inside shard_map. Requires chunk_size <= num_items.
-  num_full, rest = divmod(num_items, chunk_size)
-  counts = chunk_votes(jnp.arange(chunk_size))
-  if num_full > 1:
+  num_chunks = math.ceil(num_items / chunk_size)
+  if num_chunks == 1:
+    return chunk_votes(0)
+  shape = jax.eval_shape(chunk_votes, 0)
+  counts = jnp.zeros(shape.shape, shape.dtype)
+  if varying_axes:  # pcast since JAX 0.8.2; pvary before.
+    if hasattr(jax.lax, "pcast"):
+      counts = jax.lax.pcast(counts, varying_axes, to="varying")
+    else:
+      counts = jax.lax.pvary(counts, varying_axes)
 
-    def body(counts, chunk_index):
-      positions = chunk_index * chunk_size + jnp.arange(chunk_size)
-      return counts + chunk_votes(positions), None
+  def body(counts, chunk_index):
+    return counts + chunk_votes(chunk_index), None
 
-    counts, _ = jax.lax.scan(body, counts, jnp.arange(1, num_full))
-  if rest:
-    counts += chunk_votes(num_full * chunk_size + jnp.arange(rest))
+  counts, _ = jax.lax.scan(body, counts, jnp.arange(num_chunks))
   return counts
 
 
@@ -181,6 +262,126 @@ def default_chunk_size(batch_per_device: int, num_items: int,
   return math.ceil(num_items / num_chunks)
 
 
+def _host_available_bytes() -> int | None:
+  """Memory the host can still give this process (Linux MemAvailable)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def device_memory_budget(device=None) -> int | None:
+  """Bytes a forward pass may use on one device (None: unknown).
+
+  `MEMORY_FRACTION` of the device's free memory when it is first asked
+  (cached, so that the chunk size, and with it the compiled program, stays
+  the same for the whole process). CPU devices share the host's memory.
+  """
+  device = jax.local_devices()[0] if device is None else device
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and "bytes_limit" in stats:
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  elif device.platform == "cpu":
+    free = _host_available_bytes()
+    if free is None:
+      return None
+    free //= max(1, len(jax.local_devices(backend="cpu")))
+  else:
+    return None
+  return int(free * MEMORY_FRACTION)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_bytes_per_input(apply_fn, params_signature, input_shape,
+                              batch: int) -> float | None:
+  """Bytes per input of one compiled forward pass of `batch` inputs, from
+  XLA's memory analysis (temporaries, the input batch and the logits)."""
+  treedef, leaves = params_signature
+  params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
+  inputs = jax.ShapeDtypeStruct((batch,) + input_shape, jnp.float32)
+  try:
+    memory = jax.jit(lambda params, inputs: _bind(apply_fn, params)(
+        inputs)).lower(params, inputs).compile().memory_analysis()
+    used = memory.temp_size_in_bytes + memory.output_size_in_bytes
+  except Exception:  # pylint: disable=broad-except
+    return None  # The backend has no memory analysis.
+  return used / batch + math.prod(input_shape) * 4
+
+
+def forward_batch_for_memory(apply_fn, params, input_shape,
+                             memory_budget: int | None,
+                             max_batch: int = DEFAULT_FORWARD_BATCH) -> int:
+  """The largest forward batch <= max_batch whose activations fit the budget.
+
+  The bound from the jaxpr (every intermediate value of a forward pass kept)
+  decides when it fits max_batch; otherwise XLA's memory analysis of the
+  compiled forward pass at max_batch gives the bytes per input (not less
+  than twice the largest intermediate: an op's input and output coexist).
+  """
+  if memory_budget is None:
+    return max_batch
+  input_shape = tuple(input_shape)
+  facts = _classifier_facts(apply_fn, params, input_shape)
+  input_bytes = math.prod(input_shape) * 4
+  per_input = facts.intermediate_bytes + input_bytes
+  if per_input * max_batch <= memory_budget:
+    return max_batch
+  signature = (None, ()) if params is None else _abstract(params)
+  try:
+    measured = _compiled_bytes_per_input(apply_fn, signature, input_shape,
+                                         max_batch)
+  except TypeError:  # Unhashable apply_fn.
+    measured = _compiled_bytes_per_input.__wrapped__(
+        apply_fn, signature, input_shape, max_batch)
+  if measured is not None:
+    per_input = max(measured, 2 * facts.largest_bytes + input_bytes)
+  return int(max(1, min(max_batch, memory_budget // per_input)))
+
+
+def auto_chunk_size(apply_fn, params, input_shape, batch: int,
+                    num_items: int, *, devices: int = 1,
+                    memory_budget: int | None | str = "device") -> int:
+  """The chunk size `dssn_counts` and `sample_counts` use when given none.
+
+  Each device evaluates `rows` inputs (its share of the batch, or the whole
+  batch when the noise samples are split over devices) on `chunk` noise
+  samples per forward pass, so that rows * chunk noisy inputs fit
+  `forward_batch_for_memory` (at most `DEFAULT_FORWARD_BATCH`).
+
+  Args:
+    apply_fn, params: the classifier, as given to `dssn_counts`.
+    input_shape: shape of one input.
+    batch: inputs per call.
+    num_items: noise samples per input (L for DSSN).
+    devices: devices of the mesh (1 without one).
+    memory_budget: bytes a forward pass may use per device; "device" asks
+      the device (`device_memory_budget`), None means unlimited.
+
+  Returns:
+    The chunk size, in 1..num_items per device.
+  """
+  if batch >= devices:
+    rows, items = math.ceil(batch / devices), num_items
+  else:
+    rows, items = batch, math.ceil(num_items / devices)
+  if memory_budget == "device":
+    memory_budget = device_memory_budget()
+  forward_batch = forward_batch_for_memory(apply_fn, params, input_shape,
+                                           memory_budget)
+  return min(default_chunk_size(rows, items, forward_batch), items)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("apply_fn", "make_noisy", "num_items", "chunk_size",
@@ -198,17 +399,19 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
     apply_fn: the classifier (static, hashed by identity).
     make_noisy: (x_rows, row_ids, aux, item) -> noisy rows (static).
     num_items: number of noise items per input (L for DSSN, N for sampling).
-    chunk_size: items per forward pass; None picks `default_chunk_size`.
+    chunk_size: items per forward pass; None picks `default_chunk_size`
+      (the public functions pass `auto_chunk_size`).
     mesh: device mesh or None for the default device.
   """
   forward = _bind(apply_fn, params)
   batch = x.shape[0]
 
-  def local_counts(x, row_ids, aux, item_start, stride, items, chunk):
+  def local_counts(x, row_ids, aux, item_start, stride, items, chunk,
+                   varying=()):
     noisy = lambda item: make_noisy(x, row_ids, aux, item)
     chunk = chunk or default_chunk_size(x.shape[0], items)
     return _accumulate_votes(forward, noisy, items, min(chunk, items),
-                             item_start, stride, num_items)
+                             item_start, stride, num_items, varying)
 
   if mesh is None or mesh.size == 1:
     return local_counts(x, row_ids, aux, 0, 1, num_items, chunk_size)
@@ -224,7 +427,7 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
     ids_pad = jnp.pad(row_ids, (0, padded - batch))
     counts = jax.shard_map(
         lambda x, ids, aux: local_counts(x, ids, aux, 0, 1, num_items,
-                                         chunk_size),
+                                         chunk_size, axes),
         mesh=mesh,
         in_specs=(P(axes), P(axes), P()),
         out_specs=P(axes))(x_pad, ids_pad, aux)
@@ -236,7 +439,7 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
   def split_items(x, ids, aux):
     device = jax.lax.axis_index(axes)
     counts = local_counts(x, ids, aux, device, devices, items_per_device,
-                          chunk_size)
+                          chunk_size, axes)
     return jax.lax.psum(counts, axes)
 
   return jax.shard_map(
@@ -259,6 +462,10 @@ def _replicate(mesh: Mesh | None, tree):
   sharding = NamedSharding(mesh, P())
   return jax.tree.map(
       lambda a: jax.device_put(a, sharding) if _is_concrete(a) else a, tree)
+
+
+def _mesh_size(mesh: Mesh | None) -> int:
+  return 1 if mesh is None else mesh.size
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -302,20 +509,24 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
     v: int offsets of shape `shape` in {0..L-1} (`make_offsets`).
     spec: the smoothing spec.
     params: optional first argument of apply_fn.
-    chunk_size: noise samples per forward pass; default aims at
-      `DEFAULT_FORWARD_BATCH` noisy inputs per forward pass per device.
+    chunk_size: noise samples per forward pass; default
+      `auto_chunk_size`: up to `DEFAULT_FORWARD_BATCH` noisy inputs per
+      forward pass per device, fewer when they would not fit its memory.
     mesh: optional device mesh to shard the work over.
 
   Returns:
     (B, C) int32 counts; each row sums to L.
   """
-  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   v = jnp.asarray(v) if isinstance(v, np.ndarray) else v
   check_offsets(v, spec)
-  check_inputs(x, v.shape, q=spec.q)
-  _check_classifier(_bind(apply_fn, params), v.shape, 1)
+  check_inputs(x, v.shape, q=spec.q)  # numpy x is checked before transfer.
+  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
+  _classifier_facts(apply_fn, params, v.shape)  # Checks the logits' shape.
   if chunk_size is not None and chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+  if chunk_size is None:
+    chunk_size = auto_chunk_size(apply_fn, params, v.shape, x.shape[0],
+                                 spec.levels, devices=_mesh_size(mesh))
   row_ids = jnp.zeros(x.shape[0], jnp.int32)  # DSSN noise is per sample k.
   return _vote_counts(
       _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
@@ -401,9 +612,12 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
                      f"{RANDOMIZED_NOISE_KINDS}.")
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   check_inputs(x, x.shape[1:])
-  _check_classifier(_bind(apply_fn, params), x.shape[1:], 1)
+  x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
+  _classifier_facts(apply_fn, params, x.shape[1:])  # Checks the logits.
+  if chunk_size is None:
+    chunk_size = auto_chunk_size(apply_fn, params, x.shape[1:], x.shape[0],
+                                 num_samples, devices=_mesh_size(mesh))
   if row_ids is None:
     row_ids = jnp.arange(x.shape[0], dtype=jnp.int32)
   row_ids = jnp.asarray(row_ids, jnp.int32)
