@@ -60,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
   # error unless this is True (then the config's sigma/seed/layout are used).
   config.certify.override_smoothing = False
   config.certify.results_name = ""  # "" -> certify_{method}.tsv
+  # "" certifies in the checkpoint's compute dtype; "bfloat16" or "float32"
+  # override it. The certificate holds for the classifier as computed in
+  # that dtype (README, "Performance").
+  config.certify.compute_dtype = ""
   # Radii (l1, in [0, 1] pixel units) of the summary and the tables.
   config.certify.radii = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
   return config

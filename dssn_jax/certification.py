@@ -90,7 +90,8 @@ def run_metadata(config, classifier, spec, offsets) -> dict[str, Any]:
       "training_noise": classifier.metadata["noise"],
       "stabilized": bool(classifier.metadata.get("stability", False)),
       "checkpoint_step": classifier.step,
-      "compute_dtype": classifier.metadata.get("compute_dtype", "float32"),
+      "compute_dtype": (cfg.get("compute_dtype") or
+                        classifier.metadata.get("compute_dtype", "float32")),
       "process_index": jax.process_index(),
       "process_count": jax.process_count(),
   }
@@ -157,7 +158,8 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
     raise ValueError(f"Unknown certification method {cfg.method!r}; expected "
                      f"one of {METHODS}.")
   data.hide_tf_from_accelerators()
-  classifier = checkpoints.load_classifier(workdir)
+  classifier = checkpoints.load_classifier(
+      workdir, compute_dtype=cfg.get("compute_dtype") or None)
   spec, offsets = _resolve_smoothing(config, classifier)
   batches = data.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,

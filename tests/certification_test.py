@@ -55,7 +55,8 @@ def smoke(module, data_dir=None, **certify_overrides):
 
 def library_rows(config, workdir):
   """The rows computed by calling dssn_counts / certify_randomized directly."""
-  classifier = checkpoints.load_classifier(workdir)
+  classifier = checkpoints.load_classifier(
+      workdir, compute_dtype=config.certify.compute_dtype or None)
   cfg = config.certify
   rows = {name: [] for name in ROW_COLUMNS}
   for batch in data.eval_dataset(
@@ -128,6 +129,21 @@ def test_fashion_mnist_rows_match_library(fmnist_workdir, tmp_path,
     levels = dssn_jax.SmoothingSpec(config.sigma).levels
     assert (rows["count_top"] + rows["count_runner_up"] <= levels).all()
     np.testing.assert_allclose(rows["radius"], rows["steps"] / 255)
+
+
+def test_bfloat16_certification_is_recorded_and_not_mixed(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+  workdir = fresh_copy(fmnist_workdir, tmp_path)
+  config = smoke(fashion_mnist_config, fashion_mnist_data_dir,
+                 max_examples=3, compute_dtype="bfloat16")
+  certification.certify_workdir(config, workdir)
+  path = certification.results_path(workdir, config)
+  assert results.read_metadata(path)["run"]["compute_dtype"] == "bfloat16"
+  assert_rows_equal(results.read_results(path), library_rows(config, workdir))
+  # Rows of a float32 classifier do not go into the bfloat16 file.
+  config.certify.compute_dtype = "float32"
+  with pytest.raises(ValueError, match="compute_dtype"):
+    certification.certify_workdir(config, workdir)
 
 
 def test_cifar10_rows_match_library(tmp_path, mock_cifar10):
