@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
     config.study.sigmas = (0.5,)
     config.study.stability_noises = ()
   elif arg == "quickstart":
-    config.num_epochs = 3
+    config.num_epochs = 2
     config.certify.max_examples = 300
   elif arg == "study":
     # Same model and training budget (2 epochs) for every run; the same
