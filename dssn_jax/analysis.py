@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from dssn_jax import results as results_lib
+from dssn_jax import sample_size
 
 DEFAULT_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 
@@ -87,6 +88,7 @@ class Run:
   results: Mapping[str, np.ndarray]  # Columns: at least idx, label, predict, radius, correct.
   seconds_per_image: float | None = None
   source: str = "ours"  # 'ours' or 'reference' (the authors' published runs).
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
   def num_images(self) -> int:
@@ -231,7 +233,8 @@ def load_result_runs(paths: str | os.PathLike | Sequence[str | os.PathLike],
     name = f"{dataset}_{method}_{format_sigma(sigma)}" + ("_stabilized" if stabilized else "")
     runs[name] = Run(name=name, dataset=dataset, method=method, sigma=sigma,
                      stabilized=stabilized, results=results, source=source,
-                     seconds_per_image=float(results["time"].mean()))
+                     seconds_per_image=float(results["time"].mean()),
+                     metadata=members[0][1])
   return runs
 
 
@@ -477,15 +480,30 @@ def _slug(*parts) -> str:
   return "_".join(re.sub(r"[^A-Za-z0-9._]+", "-", str(p)) for p in parts if p)
 
 
+def at_sample_size(run: Run, n_new: int) -> Run | None:
+  """Our randomized run with radii recomputed for n_new samples at the same
+  empirical frequencies (`sample_size.radius_at_n`); None for other runs."""
+  meta = run.metadata
+  if (run.source != "ours" or run.method == "dssn" or "p_lower" not in
+      run.results or "n" not in meta or "alpha" not in meta):
+    return None
+  radius = sample_size.radius_at_n(
+      run.results["p_lower"], int(meta["n"]), n_new, float(meta["alpha"]),
+      math.sqrt(3) * run.sigma)  # lambda of DESIGN.md section 1.
+  return dataclasses.replace(run, results={**run.results, "radius": radius})
+
+
 def analyze(results: str | Sequence[str] = (), reference: str | os.PathLike | None = None,
             outdir: str | os.PathLike = ".", dataset: str | None = None,
-            radii=DEFAULT_RADII) -> str:
+            radii=DEFAULT_RADII, what_if_n: int | None = None) -> str:
   """Writes tables.md and PNG plots into `outdir`; returns the markdown.
 
   `results`: our results files, directories (every *.tsv below) or globs,
   grouped into runs by their metadata. `reference`: the published
   certificates (.npz or its directory). `dataset`: keep only this dataset
-  ('cifar', 'imagenet', ...; aliases like 'cifar10' work).
+  ('cifar', 'imagenet', ...; aliases like 'cifar10' work). `what_if_n`: also
+  tabulate our randomized runs as if their empirical frequencies had been
+  observed with that many samples (`at_sample_size`; an estimate).
   """
   radii = tuple(float(r) for r in radii)
   if not radii or any(not math.isfinite(r) or r < 0 for r in radii):
@@ -545,6 +563,19 @@ def analyze(results: str | Sequence[str] = (), reference: str | os.PathLike | No
         certified_accuracy_markdown(ds_runs, radii),
         "### Seconds per image\n",
         seconds_per_image_markdown(ds_runs),
+    ]
+    what_if = [r for r in (at_sample_size(run, what_if_n) for run in ds_runs)
+               if r is not None] if what_if_n else []
+    if what_if:
+      sections += [
+          f"### Randomized runs at N = {what_if_n:,}, same frequencies "
+          "(an estimate, not certificates)\n",
+          "Each randomized row's count of its selected class is recovered from "
+          "its Clopper-Pearson bound and scaled to N; the radius is then "
+          "recomputed. Abstentions stay abstentions.\n",
+          table1_markdown(what_if, radii),
+      ]
+    sections += [
         "### Plots\n",
         "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n",
     ]

@@ -29,9 +29,9 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from dssn_jax import smoothing
+from dssn_jax.sample_size import clopper_pearson_lower
 from dssn_jax.smoothing import SmoothingSpec
 
 # Noisy inputs per forward pass (per device) when no chunk size is given, at
@@ -629,17 +629,6 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
       _replicate(mesh, key),
       apply_fn=apply_fn, make_noisy=_random_sample(noise, spec),
       num_items=num_samples, chunk_size=chunk_size, mesh=mesh)
-
-
-def clopper_pearson_lower(successes, trials: int, alpha: float) -> np.ndarray:
-  """Lower end of the two-sided Clopper-Pearson interval at level alpha.
-
-  `Beta(alpha/2; k, n - k + 1)` quantile, 0 when k = 0 (float64).
-  """
-  successes = np.asarray(successes)
-  bound = stats.beta.ppf(alpha / 2, np.maximum(successes, 1),
-                         trials - successes + 1)
-  return np.where(successes == 0, 0.0, bound)
 
 
 @dataclasses.dataclass(frozen=True)

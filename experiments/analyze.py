@@ -28,6 +28,10 @@ _RADII = flags.DEFINE_list(
     "radii", [str(r) for r in analysis.DEFAULT_RADII],
     "l1 radii of the tables (comma-separated).")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Where tables.md and the plots go.")
+_WHAT_IF_N = flags.DEFINE_integer(
+    "what_if_n", None,
+    "Also tabulate our randomized runs at this many samples, at the same "
+    "empirical frequencies (an estimate of what a small N costs).")
 
 
 def main(argv):
@@ -40,7 +44,7 @@ def main(argv):
   try:
     markdown = analysis.analyze(
         results=_RESULTS.value, reference=_REFERENCE.value, outdir=_OUTDIR.value,
-        dataset=_DATASET.value, radii=radii)
+        dataset=_DATASET.value, radii=radii, what_if_n=_WHAT_IF_N.value)
   except (ValueError, FileNotFoundError) as e:  # User errors: no traceback.
     raise SystemExit(f"analyze: error: {e}") from None
   print(markdown)

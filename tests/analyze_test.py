@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dssn_jax import analysis
+from dssn_jax import sample_size
 from dssn_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,3 +203,46 @@ def test_cli_reports_user_errors(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode != 0
   assert "missing.tsv" in proc.stderr
+
+
+def test_counts_are_recovered_from_clopper_pearson_bounds():
+  n, alpha = 500, 0.001
+  k = np.array([0, 1, 137, 250, 251, 499, 500])
+  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  np.testing.assert_array_equal(
+      sample_size.counts_from_p_lower(p_lower, n, alpha), k)
+  lam = 0.5 * np.sqrt(3)
+  np.testing.assert_allclose(sample_size.radius_at_n(p_lower, n, n, alpha, lam),
+                             2 * lam * (p_lower - 0.5))
+  # More samples at the same frequency: a tighter bound, a larger radius.
+  more = sample_size.radius_at_n(p_lower, n, 100_000, alpha, lam)
+  assert (more[k > n // 2] > 2 * lam * (p_lower[k > n // 2] - 0.5)).all()
+  assert more.max() <= lam
+  with pytest.raises(ValueError, match="Clopper-Pearson"):
+    sample_size.counts_from_p_lower([0.77], n, alpha)  # Not a bound of n.
+
+
+def test_what_if_n_tabulates_randomized_runs_only(tmp_path):
+  _write_our_runs(tmp_path / "dssn")
+  n, alpha, sigma = 500, 0.001, 0.5
+  k = np.array([500, 480, 300, 200])
+  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  lam = sigma * np.sqrt(3)
+  meta = {"sigma": sigma, "q": 255, "dataset": "cifar10", "n": n,
+          "alpha": alpha, "n0": 64}
+  with results_lib.ResultsWriter(tmp_path / "uniform" / "certify.tsv",
+                                 "uniform", meta) as w:
+    w.write_rows({"idx": np.arange(4), "label": np.zeros(4, int),
+                  "predict": np.where(p_lower > 0.5, 0, -1),
+                  "radius": 2 * lam * (p_lower - 0.5),
+                  "correct": p_lower > 0.5, "time": np.full(4, 0.1),
+                  "p_lower": p_lower})
+  tables = analysis.analyze(results=[str(tmp_path)], outdir=tmp_path / "out",
+                            radii=(0.5, 0.75), what_if_n=100_000)
+  section = tables.split("### Randomized runs at N = 100,000")[1]
+  assert "Uniform" in section and "DSSN" not in section.split("###")[0]
+  # 3 of 4 images certify at r = 0. At N = 500, 1 of 4 reaches r = 0.75
+  # (k = 500: radius 0.84; k = 480: 0.73); at N = 100,000 and the same
+  # frequencies k = 480 does too (0.79).
+  assert "| 25.00% (75.00% @ σ=0.5) |" in tables.split("### Randomized")[0]
+  assert "| 50.00% (75.00% @ σ=0.5) |" in section

@@ -1,0 +1,73 @@
+"""Clopper-Pearson bounds, and randomized certificates at another sample size.
+
+`clopper_pearson_lower` is the bound of `certify.certify_randomized`. A
+randomized certificate from N samples stores p_lower = Beta(alpha/2; k,
+N - k + 1), from which the count k of the selected class is recovered
+exactly. `radius_at_n` recomputes the radius for n_new samples with the count
+that keeps the frequency k / N: the certificate the run would have produced
+had it observed the same frequency with n_new samples. It estimates what a
+small N costs the randomized baselines (docs/fashion_mnist.md); it is not a
+certificate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def clopper_pearson_lower(successes, trials: int, alpha: float) -> np.ndarray:
+  """Lower end of the two-sided Clopper-Pearson interval at level alpha.
+
+  `Beta(alpha/2; k, n - k + 1)` quantile, 0 when k = 0 (float64). Pure
+  NumPy/SciPy, so analysis code can use it without JAX.
+  """
+  successes = np.asarray(successes)
+  bound = stats.beta.ppf(alpha / 2, np.maximum(successes, 1),
+                         trials - successes + 1)
+  return np.where(successes == 0, 0.0, bound)
+
+
+def counts_from_p_lower(p_lower, n: int, alpha: float) -> np.ndarray:
+  """The counts k in 0..n whose Clopper-Pearson lower bound is p_lower.
+
+  Args:
+    p_lower: (M,) lower bounds written by `certify.certify_randomized`.
+    n: the estimation samples of the run.
+    alpha: the run's alpha.
+
+  Returns:
+    (M,) int64 counts.
+
+  Raises:
+    ValueError: if a value is no Clopper-Pearson bound of (n, alpha).
+  """
+  p_lower = np.asarray(p_lower, np.float64)
+  table = clopper_pearson_lower(np.arange(n + 1), n, alpha)
+  nearest = np.abs(p_lower[:, None] - table[None, :]).argmin(axis=1)
+  error = np.abs(table[nearest] - p_lower)
+  if error.size and error.max() > 1e-9:
+    raise ValueError(
+        f"p_lower values are no two-sided Clopper-Pearson bounds for n={n}, "
+        f"alpha={alpha} (off by {error.max():.3g}); pass the run's own n and "
+        f"alpha.")
+  return nearest.astype(np.int64)
+
+
+def radius_at_n(p_lower, n: int, n_new: int, alpha: float,
+                lam: float) -> np.ndarray:
+  """Radii 2 lam (p_lower' - 1/2) at n_new samples and the same frequency.
+
+  Args:
+    p_lower: (M,) lower bounds of a run with n estimation samples.
+    n, n_new: the run's and the hypothetical sample sizes.
+    alpha: the run's alpha.
+    lam: the run's half-width lambda = sigma * sqrt(3).
+
+  Returns:
+    (M,) radii; negative where the bound at n_new would still abstain.
+  """
+  k = counts_from_p_lower(p_lower, n, alpha)
+  k_new = np.rint(k * (n_new / n)).astype(np.int64)
+  bound = clopper_pearson_lower(k_new, n_new, alpha)
+  return 2 * lam * (bound - 0.5)
