@@ -104,7 +104,8 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     copies.append(_copy_results(summary["results"],
                                 os.path.join(outdir, "results", run.name)))
   return analysis.analyze(results=copies, outdir=outdir,
-                          radii=tuple(config.certify.radii))
+                          radii=tuple(config.certify.radii),
+                          what_if_n=config.study.get("what_if_n") or None)
 
 
 def _copy_results(path: str, destination: str) -> str:

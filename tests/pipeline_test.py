@@ -55,5 +55,7 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
     assert results.read_metadata(copied)["run"]["training_noise"] == run.noise
   again = analysis.analyze(results=[os.path.join(outdir, "results")],
                            outdir=str(tmp_path / "again"),
-                           radii=tuple(config.certify.radii))
+                           radii=tuple(config.certify.radii),
+                           what_if_n=config.study.what_if_n)
   assert again == tables
+  assert "### Randomized runs at N = 100,000" in tables
