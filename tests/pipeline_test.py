@@ -1,11 +1,17 @@
 """The quickstart's main job and the study, on smoke sizes."""
 
+import json
 import os
+import pathlib
+import subprocess
+import sys
 
 from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax import analysis
 from dssn_jax import pipeline
 from dssn_jax import results
+
+REPO = pathlib.Path(__file__).parents[1]
 
 
 def smoke_config(data_dir):
@@ -59,3 +65,20 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
                            what_if_n=config.study.what_if_n)
   assert again == tables
   assert "### Randomized runs at N = 100,000" in tables
+  # Every run's certifier timed side by side.
+  timing = tmp_path / "timing.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.time_certifiers",
+       "--config=configs/fashion_mnist.py:smoke",
+       f"--config.data_dir={fashion_mnist_data_dir}",
+       f"--workdir={tmp_path / 'runs'}", "--images=2", "--rounds=1",
+       f"--output={timing}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads(timing.read_text())
+  assert set(report["runs"]) == {"dssn_0.5", "uniform_0.5"}
+  assert report["runs"]["dssn_0.5"]["forwards_per_image"] == 441
+  assert report["runs"]["uniform_0.5"]["forwards_per_image"] == (
+      config.certify.n0 + config.certify.n)
+  assert all(r["seconds_per_image"] > 0 for r in report["runs"].values())
+  assert "| dssn_0.5 | 441 |" in proc.stdout

@@ -1,0 +1,85 @@
+r"""Seconds per image of each run's certifier, timed side by side.
+
+  python -m experiments.time_certifiers --config=configs/fashion_mnist.py:study \
+      --workdir=runs/study --output=docs/fashion_mnist/timing.json
+
+The results files record each run's time as it ran, and a study's runs may
+have shared the machine with each other. This times every run of the
+config's study grid again on the same batch of test images, interleaved
+(one call of each run per round, after a warm-up call), so the seconds per
+image of DSSN, uniform and SSN are comparable. Prints a Markdown table and
+writes the JSON.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+from dssn_jax import benchmark
+from dssn_jax import certify
+from dssn_jax import checkpoints
+from dssn_jax import data
+from dssn_jax import pipeline
+import experiments
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Configuration with a `study` grid.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where the JSON goes.")
+_IMAGES = flags.DEFINE_integer("images", 16, "Test images per call.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _certifier(config, workdir, x, index):
+  """A call certifying x with the run's method, and its forwards per image."""
+  c = checkpoints.load_classifier(workdir)
+  cfg = config.certify
+  if cfg.method == "dssn":
+    return (lambda: certify.dssn_counts(c.apply_fn, x, c.offsets, c.spec,
+                                        params=c.variables),
+            c.spec.levels)
+  return (lambda: certify.certify_randomized(
+      c.apply_fn, x, c.spec, jax.random.key(cfg.seed), noise=cfg.method,
+      n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, params=c.variables,
+      row_ids=index).p_lower, cfg.n0 + cfg.n)
+
+
+def main(argv):
+  experiments.start(argv)
+  config = _CONFIG.value
+  cfg = config.certify
+  batch = next(iter(data.eval_dataset(
+      config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
+      max_examples=_IMAGES.value, batch_size=_IMAGES.value,
+      data_dir=config.data_dir)))
+  x = batch["image"].astype(np.float32) / 255
+  calls, forwards = {}, {}
+  for run in pipeline.study_grid(config.study):
+    calls[run.name], forwards[run.name] = _certifier(
+        pipeline.configure(config, run), f"{_WORKDIR.value}/{run.name}", x,
+        batch["index"])
+  seconds = benchmark.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
+  report = {"images": int(x.shape[0]), "rounds": _ROUNDS.value,
+            "load_average": benchmark.load_average(), "runs": {}}
+  lines = ["| run | forward passes / image | s / image | ms / forward pass |",
+           "|---|---|---|---|"]
+  for name, times in seconds.items():
+    per_image = float(np.median(times)) / x.shape[0]
+    report["runs"][name] = {"forwards_per_image": forwards[name],
+                            "seconds_per_image": per_image,
+                            "seconds": times}
+    lines.append(f"| {name} | {forwards[name]:,} | {per_image:.4f} | "
+                 f"{1e3 * per_image / forwards[name]:.3f} |")
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      json.dump(report, f, indent=2)
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  app.run(main)
