@@ -246,3 +246,13 @@ def test_what_if_n_tabulates_randomized_runs_only(tmp_path):
   # frequencies k = 480 does too (0.79).
   assert "| 25.00% (75.00% @ σ=0.5) |" in tables.split("### Randomized")[0]
   assert "| 50.00% (75.00% @ σ=0.5) |" in section
+
+
+def test_committed_study_tables_regenerate_from_committed_results(tmp_path):
+  docs = REPO / "docs" / "fashion_mnist"
+  tables = analysis.analyze(results=[str(docs / "results")], outdir=tmp_path,
+                            radii=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+                            what_if_n=100_000)
+  assert tables == (docs / "tables.md").read_text()
+  assert tables.count("| fashion_mnist_") == 14  # Every run, 1,000 images.
+  assert "| 1000 |" in tables
