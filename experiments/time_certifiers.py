@@ -51,7 +51,12 @@ def _certifier(config, workdir, x, index):
 
 def main(argv):
   experiments.start(argv)
-  config = _CONFIG.value
+  with experiments.user_errors():  # Missing runs, data or bad metadata.
+    _time_certifiers(_CONFIG.value)
+
+
+def _time_certifiers(config):
+  """Times every study run of config side by side; prints and saves."""
   cfg = config.certify
   batch = next(iter(data.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,

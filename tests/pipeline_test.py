@@ -82,3 +82,10 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
       config.certify.n0 + config.certify.n)
   assert all(r["seconds_per_image"] > 0 for r in report["runs"].values())
   assert "| dssn_0.5 | 441 |" in proc.stdout
+  missing = subprocess.run(
+      [sys.executable, "-m", "experiments.time_certifiers",
+       "--config=configs/fashion_mnist.py:smoke",
+       f"--workdir={tmp_path / 'nothing'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert missing.returncode == 1
+  assert "No checkpoint" in missing.stderr and "Traceback" not in missing.stderr
