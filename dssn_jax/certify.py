@@ -39,11 +39,18 @@ from dssn_jax.smoothing import SmoothingSpec
 DEFAULT_FORWARD_BATCH = 512
 MEMORY_FRACTION = 0.5
 RANDOMIZED_NOISE_KINDS = ("uniform", "ssn")
-_GRID_TOLERANCE = 1e-3  # in grid steps; float32 a/q is within ~1e-5 of one.
+# Inputs within this many ulps of their dtype of a grid value a/q are on the
+# grid: float rounding of a/q, however computed, is within 1.3 ulps.
+GRID_TOLERANCE_ULPS = 2
+# A dtype resolves the 1/q grid when a step spans at least this many ulps
+# near 1 (float32: q <= 2**20; float16 and bfloat16 fail at q = 255).
+MIN_ULPS_PER_STEP = 16
 
 
 # ----------------------------------------------------------------------------
-# Input validation (host side, on concrete arrays).
+# Input validation: eager checks with exact messages on concrete arrays, and
+# the same conditions as a per-row mask inside the jitted program, so that a
+# traced call (under jit or vmap) never certifies an invalid input.
 # ----------------------------------------------------------------------------
 
 
@@ -51,13 +58,47 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def _grid_tolerance(values: np.ndarray, dtype) -> np.ndarray:
+  """Largest |x - a/q| accepted as "on the grid", per value (float64).
+
+  GRID_TOLERANCE_ULPS units in the last place of x's dtype: any float rounding
+  of a/q (correctly rounded division, or XLA's multiplication by the rounded
+  reciprocal, up to 1.3 ulps) is accepted, a value further off is not. The
+  float64 slack covers the rounding of this check itself.
+  """
+  magnitude = np.abs(values).astype(dtype)
+  return (GRID_TOLERANCE_ULPS * np.spacing(magnitude).astype(np.float64) +
+          2 * np.spacing(np.abs(values)))
+
+
+def check_input_dtype(dtype, q: int | None) -> None:
+  """Raises ValueError unless inputs of this dtype can be checked and
+  certified on the 1/q grid (a static property: also checked under jit)."""
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f"x must be floating point in [0, 1], got dtype {dtype}; convert "
+        f"8-bit images with x = image / 255.")
+  if q is not None and MIN_ULPS_PER_STEP * jnp.finfo(dtype).eps > 1 / q:
+    raise ValueError(
+        f"x has dtype {jnp.dtype(dtype).name}, too coarse for the 1/{q} grid "
+        f"(its rounding error near 1 is within a factor "
+        f"{MIN_ULPS_PER_STEP // 2} of a grid step, so on-grid and off-grid "
+        f"values cannot be told apart). Pass float32 inputs, e.g. x = "
+        f"image.astype(np.float32) / {q}; the classifier may still compute "
+        f"in a lower precision.")
+
+
 def check_inputs(x, input_shape, *, q: int | None = None) -> None:
   """Raises ValueError unless x is a batch of valid inputs in [0, 1].
+
+  Shape and dtype are checked always; values only when x is concrete (under
+  jit or vmap, `dssn_counts` masks invalid rows in the program instead).
 
   Args:
     x: (B, *input_shape) floating inputs.
     input_shape: the shape of one input.
-    q: when given, x must also lie on the grid {0, 1/q, ..., 1}.
+    q: when given, x must also lie on the grid {0, 1/q, ..., 1}: within
+      `GRID_TOLERANCE_ULPS` ulps of its dtype of a grid value a/q.
   """
   input_shape = tuple(input_shape)
   if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
@@ -66,10 +107,7 @@ def check_inputs(x, input_shape, *, q: int | None = None) -> None:
         f"{tuple(x.shape)}.")
   if x.shape[0] == 0:
     raise ValueError("x is an empty batch.")
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(
-        f"x must be floating point in [0, 1], got dtype {x.dtype}; convert "
-        f"8-bit images with x = image / 255.")
+  check_input_dtype(x.dtype, q)
   if not _is_concrete(x):
     return  # Values are checked only where they are known.
   values = np.asarray(x, dtype=np.float64)
@@ -81,12 +119,12 @@ def check_inputs(x, input_shape, *, q: int | None = None) -> None:
         f"x must lie in [0, 1], got values in [{low}, {high}]; scale 8-bit "
         f"images with x = image / 255.")
   if q is not None:
-    steps = values * q
-    error = np.abs(steps - np.round(steps))
-    if error.max() > _GRID_TOLERANCE:
+    error = np.abs(values - np.round(values * q) / q)
+    off = error > _grid_tolerance(values, x.dtype)
+    if off.any():
       raise ValueError(
-          f"x is off the 1/{q} grid ({(error > _GRID_TOLERANCE).sum()} values, "
-          f"worst {error.max():.4f} steps away). DSSN certificates only hold "
+          f"x is off the 1/{q} grid ({off.sum()} values, worst "
+          f"{q * error.max():.3g} steps away). DSSN certificates only hold "
           f"for quantized inputs: quantize with x = round(x * {q}) / {q} "
           f"first (or set SmoothingSpec.q to the inputs' quantization).")
 
@@ -106,11 +144,41 @@ def check_offsets(v, spec: SmoothingSpec) -> None:
           f"spec.levels).")
 
 
+def valid_rows(x, q: int | None = None) -> jax.Array:
+  """(B,) bool: which rows of x are valid inputs, computed in the program.
+
+  The traced counterpart of `check_inputs`: every value finite, in [0, 1]
+  and, with q, on the grid. XLA cannot divide exactly, so the grid test
+  compares x with r = a * fl(1/q) (itself within 1 ulp of the correctly
+  rounded a/q) and accepts up to GRID_TOLERANCE_ULPS + 1 ulps: never
+  stricter than the eager check, and still 2**14 times tighter than half a
+  grid step for float32 at q = 255.
+  """
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  values = x.astype(dtype)
+  ok = jnp.isfinite(values) & (values >= 0) & (values <= 1)
+  if q is not None:
+    a = jnp.round(values * q)
+    reference = a * np.asarray(1 / q, dtype)
+    magnitude = jnp.maximum(values, reference)
+    ulp = (jnp.nextafter(magnitude, jnp.asarray(np.inf, dtype)) -
+           magnitude).astype(x.dtype).astype(dtype)
+    ok &= jnp.abs(values - reference) <= (GRID_TOLERANCE_ULPS + 1) * ulp
+  return jnp.all(ok.reshape(ok.shape[0], -1), axis=1)
+
+
+def valid_offsets(v, levels: int) -> jax.Array:
+  """Scalar bool, in the program: every offset lies in {0, ..., L-1}."""
+  return jnp.all((v >= 0) & (v < levels))
+
+
 def _check_logits(out, input_shape, batch: int) -> None:
   if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != batch:
     raise ValueError(
         f"apply_fn must map a batch (n, *{tuple(input_shape)}) to logits "
-        f"(n, num_classes), got {getattr(out, 'shape', out)}.")
+        f"(n, num_classes), one row per input; for a batch of {batch} it "
+        f"returned shape {getattr(out, 'shape', out)}. Check that it does "
+        f"not reduce or broadcast over the batch axis.")
   if out.shape[1] < 2:
     raise ValueError(
         f"A classifier needs at least 2 classes, apply_fn returns "
@@ -162,13 +230,15 @@ def _forward_facts(apply_fn, params_signature, input_shape) -> _ForwardFacts:
   """Traces apply_fn once per (function, params shapes, input shape)."""
   treedef, leaves = params_signature
   params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
+  # A batch of 2, not 1: a classifier that returns one row whatever the batch
+  # would pass with 1 and fail later in a reshape.
   closed, out = jax.make_jaxpr(
       lambda params, batch: _bind(apply_fn, params)(batch),
-      return_shape=True)(params, jax.ShapeDtypeStruct((1,) + input_shape,
+      return_shape=True)(params, jax.ShapeDtypeStruct((2,) + input_shape,
                                                       jnp.float32))
-  _check_logits(out, input_shape, 1)
+  _check_logits(out, input_shape, 2)
   total, largest = _jaxpr_bytes(closed.jaxpr)
-  return _ForwardFacts(out.shape[1], total, largest)
+  return _ForwardFacts(out.shape[1], total // 2, largest // 2)
 
 
 def _classifier_facts(apply_fn, params, input_shape) -> _ForwardFacts:
@@ -209,7 +279,9 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
       initial counts get that type); () outside shard_map.
 
   Returns:
-    (B, C) int32 vote counts.
+    (B, C + 1) int32: the vote counts of the C classes, then the number of
+    counted samples whose logits were not all finite (they vote nonetheless;
+    the caller must not certify a row where this is nonzero).
   """
 
   def chunk_votes(chunk_index):
@@ -218,9 +290,13 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
     noisy = jax.vmap(make_noisy)(items)  # (c, B, *shape)
     c, b = noisy.shape[:2]
     logits = forward(noisy.reshape((c * b,) + noisy.shape[2:]))
+    _check_logits(logits, noisy.shape[2:], c * b)
     num_classes = logits.shape[-1]
     votes = jnp.argmax(logits, axis=-1).reshape(c, b)  # First index on ties.
     hits = votes[..., None] == jnp.arange(num_classes, dtype=votes.dtype)
+    # NaN compares false everywhere, so argmax would quietly vote class 0.
+    non_finite = ~jnp.all(jnp.isfinite(logits), axis=-1).reshape(c, b)
+    hits = jnp.concatenate([hits, non_finite[..., None]], axis=-1)
     counted = (positions < num_items) & (items < num_valid)
     hits &= counted[:, None, None]
     return jnp.sum(hits, axis=0, dtype=jnp.int32)
@@ -385,10 +461,16 @@ def auto_chunk_size(apply_fn, params, input_shape, batch: int,
 @functools.partial(
     jax.jit,
     static_argnames=("apply_fn", "make_noisy", "num_items", "chunk_size",
-                     "mesh"))
+                     "mesh", "grid_q", "offsets_levels"))
 def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
-                 num_items: int, chunk_size: int | None, mesh: Mesh | None):
+                 num_items: int, chunk_size: int | None, mesh: Mesh | None,
+                 grid_q: int | None = None,
+                 offsets_levels: int | None = None):
   """Vote counts (B, C) over num_items noise items, on one device or a mesh.
+
+  A row gets counts of -1 in every class (no certificate: `certify_from_counts`
+  abstains on it) when its input is invalid (`valid_rows`), when the offsets
+  are out of range, or when any of its samples' logits is not finite.
 
   Args:
     params: pytree passed to apply_fn(params, batch), or None for
@@ -402,7 +484,22 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
     chunk_size: items per forward pass; None picks `default_chunk_size`
       (the public functions pass `auto_chunk_size`).
     mesh: device mesh or None for the default device.
+    grid_q: inputs must lie on the 1/grid_q grid (None: only in [0, 1]).
+    offsets_levels: aux holds offsets that must lie in {0..levels-1}.
   """
+  counts = _vote_counts_and_failures(params, x, row_ids, aux,
+                                     apply_fn=apply_fn, make_noisy=make_noisy,
+                                     num_items=num_items,
+                                     chunk_size=chunk_size, mesh=mesh)
+  ok = valid_rows(x, grid_q) & (counts[:, -1] == 0)
+  if offsets_levels is not None:
+    ok &= valid_offsets(aux, offsets_levels)
+  return jnp.where(ok[:, None], counts[:, :-1], -1)
+
+
+def _vote_counts_and_failures(params, x, row_ids, aux, *, apply_fn,
+                              make_noisy, num_items, chunk_size, mesh):
+  """`_accumulate_votes` over the mesh: (B, C + 1) counts and failures."""
   forward = _bind(apply_fn, params)
   batch = x.shape[0]
 
@@ -516,22 +613,55 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
 
   Returns:
     (B, C) int32 counts; each row sums to L.
+
+  Raises:
+    ValueError: eagerly (concrete x and v), for inputs off the grid, out of
+      [0, 1] or NaN, offsets out of range, or logits that are not finite.
+      Under `jax.jit` or `jax.vmap` values are unknown at trace time: the
+      program checks them itself and gives an invalid row counts of -1 in
+      every class, on which `certify_from_counts` abstains (pred -1, steps 0).
+      Shapes and dtypes are checked at trace time in both cases.
   """
   v = jnp.asarray(v) if isinstance(v, np.ndarray) else v
   check_offsets(v, spec)
   check_inputs(x, v.shape, q=spec.q)  # numpy x is checked before transfer.
   x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   _classifier_facts(apply_fn, params, v.shape)  # Checks the logits' shape.
-  if chunk_size is not None and chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+  chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
     chunk_size = auto_chunk_size(apply_fn, params, v.shape, x.shape[0],
                                  spec.levels, devices=_mesh_size(mesh))
   row_ids = jnp.zeros(x.shape[0], jnp.int32)  # DSSN noise is per sample k.
-  return _vote_counts(
+  counts = _vote_counts(
       _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
       _replicate(mesh, v), apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
-      num_items=spec.levels, chunk_size=chunk_size, mesh=mesh)
+      num_items=spec.levels, chunk_size=chunk_size, mesh=mesh,
+      grid_q=spec.q, offsets_levels=spec.levels)
+  _raise_on_failed_rows(counts, x, v)
+  return counts
+
+
+def _check_chunk_size(chunk_size):
+  if chunk_size is not None and (isinstance(chunk_size, bool) or
+                                 int(chunk_size) != chunk_size or
+                                 chunk_size < 1):
+    raise ValueError(f"chunk_size must be a positive integer or None, got "
+                     f"{chunk_size!r}.")
+  return None if chunk_size is None else int(chunk_size)
+
+
+def _raise_on_failed_rows(counts, *arrays) -> None:
+  """Eagerly, rows of -1 can only come from non-finite logits (inputs and
+  offsets were checked on the host): raise instead of returning them."""
+  if not all(_is_concrete(a) for a in (counts,) + arrays):
+    return
+  failed = np.flatnonzero(np.asarray(counts)[:, 0] < 0)
+  if failed.size:
+    raise ValueError(
+        f"apply_fn returned logits that are not finite (NaN or inf) on noisy "
+        f"copies of the inputs at rows {failed[:10].tolist()}; no certificate "
+        f"for them. A classifier must give finite logits on every input in "
+        f"[0, 1].")
 
 
 def certify_from_counts(counts, spec: SmoothingSpec):
@@ -542,13 +672,18 @@ def certify_from_counts(counts, spec: SmoothingSpec):
   `steps = floor((c[A] - c[B] - [B < A]) / 2)` and `radius = steps / q`.
   Works on numpy arrays (radius in float64) and inside jit on jax arrays.
 
+  Counts must be what `dssn_counts` returns for this spec: non-negative, each
+  row summing to L. Concrete counts that are not raise a ValueError; under
+  jit such a row (e.g. the -1 row of an invalid input) abstains: pred -1,
+  steps 0, radius 0.
+
   Args:
     counts: (B, C) integer vote counts, C >= 2.
-    spec: the smoothing spec (for q).
+    spec: the smoothing spec (for q and L).
 
   Returns:
-    (pred, steps, radius): (B,) int32 class, (B,) int32 grid steps, (B,) float
-    radius in l1 input units.
+    (pred, steps, radius): (B,) int32 class (-1: abstain), (B,) int32 grid
+    steps, (B,) float radius in l1 input units.
   """
   xp = np if isinstance(counts, np.ndarray) else jnp
   if counts.ndim != 2 or counts.shape[1] < 2:
@@ -557,6 +692,8 @@ def certify_from_counts(counts, spec: SmoothingSpec):
         f"classes, got {tuple(counts.shape)}.")
   if not xp.issubdtype(counts.dtype, xp.integer):
     raise ValueError(f"counts must be integers, got dtype {counts.dtype}.")
+  if _is_concrete(counts):
+    _check_counts(np.asarray(counts), spec)
   order = xp.argsort(-counts.astype(xp.int64 if xp is np else xp.int32),
                      axis=1, stable=True)
   top, runner_up = order[:, 0], order[:, 1]
@@ -564,8 +701,32 @@ def certify_from_counts(counts, spec: SmoothingSpec):
   count_runner_up = xp.take_along_axis(counts, order[:, 1:2], axis=1)[:, 0]
   gap = count_top - count_runner_up - (runner_up < top).astype(counts.dtype)
   steps = (gap // 2).astype(xp.int32)
+  pred = top.astype(xp.int32)
+  if not _is_concrete(counts):
+    valid = (jnp.all(counts >= 0, axis=1) &
+             (jnp.sum(counts, axis=1) == spec.levels))
+    pred = jnp.where(valid, pred, -1)
+    steps = jnp.where(valid, steps, 0)
   radius = steps / spec.q if xp is np else steps.astype(jnp.float32) / spec.q
-  return top.astype(xp.int32), steps, radius
+  return pred, steps, radius
+
+
+def _check_counts(counts: np.ndarray, spec: SmoothingSpec) -> None:
+  """Raises ValueError unless every row is a valid DSSN vote count."""
+  negative = np.flatnonzero((counts < 0).any(axis=1))
+  if negative.size:
+    raise ValueError(
+        f"counts must be non-negative, rows {negative[:10].tolist()} are not "
+        f"(a row of -1 is what dssn_counts gives an invalid input under "
+        f"jit: it has no certificate).")
+  sums = counts.sum(axis=1, dtype=np.int64)
+  wrong = np.flatnonzero(sums != spec.levels)
+  if wrong.size:
+    raise ValueError(
+        f"every row of counts must sum to L = {spec.levels} (the number of "
+        f"DSSN samples for sigma={spec.sigma}, q={spec.q}); rows "
+        f"{wrong[:10].tolist()} sum to {sums[wrong[:10]].tolist()}. Pass the "
+        f"spec the counts were computed with.")
 
 
 # ----------------------------------------------------------------------------
@@ -605,7 +766,9 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
     row_ids: (B,) int identity of each input; default its batch position.
 
   Returns:
-    (B, C) int32 counts; each row sums to num_samples.
+    (B, C) int32 counts; each row sums to num_samples. As in `dssn_counts`,
+    invalid inputs or non-finite logits raise eagerly and give rows of -1
+    under jit or vmap.
   """
   if noise not in RANDOMIZED_NOISE_KINDS:
     raise ValueError(f"Unknown randomized noise {noise!r}; expected one of "
@@ -615,6 +778,7 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   check_inputs(x, x.shape[1:])
   x = jnp.asarray(x) if isinstance(x, np.ndarray) else x
   _classifier_facts(apply_fn, params, x.shape[1:])  # Checks the logits.
+  chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
     chunk_size = auto_chunk_size(apply_fn, params, x.shape[1:], x.shape[0],
                                  num_samples, devices=_mesh_size(mesh))
@@ -624,11 +788,13 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   if row_ids.shape != x.shape[:1]:
     raise ValueError(f"row_ids must have shape ({x.shape[0]},), got "
                      f"{row_ids.shape}.")
-  return _vote_counts(
+  counts = _vote_counts(
       _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
       _replicate(mesh, key),
       apply_fn=apply_fn, make_noisy=_random_sample(noise, spec),
       num_items=num_samples, chunk_size=chunk_size, mesh=mesh)
+  _raise_on_failed_rows(counts, x, key)
+  return counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -670,9 +836,21 @@ def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
 
   Returns:
     A RandomizedCertificate.
+
+  Raises:
+    ValueError: also when called under jit or vmap: the Clopper-Pearson bound
+      is computed on the host (scipy). Trace `sample_counts` instead and
+      apply `clopper_pearson_lower` to its counts outside the trace.
   """
   if not 0 < alpha < 1:
     raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+  leaves = [x, key, row_ids] + jax.tree.leaves(params)
+  if not all(_is_concrete(a) for a in leaves if a is not None):
+    raise ValueError(
+        "certify_randomized cannot run under jax.jit or jax.vmap: its "
+        "Clopper-Pearson bound is computed on the host with scipy. Call it "
+        "outside the trace, or jit sample_counts (selection and estimation "
+        "counts) and apply clopper_pearson_lower to them on the host.")
   select_key, estimate_key = jax.random.split(key)
   common = dict(noise=noise, params=params, row_ids=row_ids,
                 chunk_size=chunk_size, mesh=mesh)

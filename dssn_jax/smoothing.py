@@ -115,8 +115,16 @@ def offsets_fingerprint(v) -> str:
 
 
 def split_index(v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
-  """Integer m = (v + k) mod L of the split values s = (m + 1/2) / q."""
-  return (v.astype(jnp.int32) + k) % spec.levels
+  """Integer m = (v + k) mod L of the split values s = (m + 1/2) / q.
+
+  Both terms are reduced mod L before the sum, so that no int32 v and k can
+  overflow (v + k wraps for offsets near 2**31, which would break the one
+  split per step that the certificate rests on).
+  """
+  levels = spec.levels
+  k = jnp.asarray(k)
+  k = k.astype(jnp.int32) if jnp.issubdtype(k.dtype, jnp.integer) else k
+  return (v.astype(jnp.int32) % levels + k % levels) % levels
 
 
 def split_values(v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:

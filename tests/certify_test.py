@@ -83,7 +83,7 @@ def naive_counts(apply_fn, x, v, spec):
     ([0, 0, 441, 0], 2, 220),
 ])
 def test_tie_rule(counts, pred, steps):
-  spec = dssn_jax.SmoothingSpec(0.5)
+  spec = spec_with_levels(sum(counts))  # Counts must sum to L.
   counts = np.array([counts], np.int32)
   for array in (counts, jnp.asarray(counts)):
     got_pred, got_steps, radius = dssn_jax.certify_from_counts(array, spec)
@@ -93,9 +93,16 @@ def test_tie_rule(counts, pred, steps):
   assert radius.dtype == np.float64 and radius[0] == steps / 255
 
 
+def spec_with_levels(levels, q=255):
+  """The spec whose L is `levels` (sigma = L / (2 sqrt(3) q))."""
+  spec = dssn_jax.SmoothingSpec(levels / (2 * np.sqrt(3) * q), q)
+  assert spec.levels == levels
+  return spec
+
+
 def test_certify_from_counts_is_jittable():
-  spec = dssn_jax.SmoothingSpec(0.5)
-  counts = jnp.array([[3, 9, 3], [7, 7, 7]], jnp.int32)
+  spec = spec_with_levels(15)
+  counts = jnp.array([[3, 9, 3], [5, 5, 5]], jnp.int32)
   pred, steps, _ = jax.jit(dssn_jax.certify_from_counts, static_argnums=1)(
       counts, spec)
   np.testing.assert_array_equal(pred, [1, 0])
