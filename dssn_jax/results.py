@@ -29,10 +29,14 @@ fingerprint, dataset, subset, ...). A file is only ever appended to by a run
 with identical metadata, so two runs are never mixed in one file.
 
 Rows are appended in batches, each batch followed by flush + fsync. A process
-killed mid-batch leaves at most one torn row at the end of the file (a partial
-line, or a line with the wrong fields); the next ``ResultsWriter`` truncates
-the file back to its last complete row. Complete rows of a torn batch are kept,
-and ``done_indices`` tells the caller which images to skip.
+killed mid-batch leaves at most one torn row at the end of the file: an
+incomplete last line, without its newline (appends write bytes in order, so a
+kill cannot leave a complete line that is not a row). The next
+``ResultsWriter`` truncates the file back to its last complete row. Complete
+rows of a torn batch are kept, and ``done_indices`` tells the caller which
+images to skip. A complete line that is not a valid row, anywhere in the file,
+is corruption (or another program's writing): an error naming the line, never
+a repair.
 
 Multi-host runs write one file per process (e.g. ``certify.tsv``,
 ``certify.process1.tsv``); ``read_results`` merges them.
@@ -182,6 +186,7 @@ def _header(columns: Sequence[str]) -> bytes:
 class _Scan:
   columns: tuple[str, ...]
   rows: list[tuple]
+  lines: list[int]  # 1-based line number of each row.
   valid_end: int  # Byte offset just after the last valid row.
   torn: bytes  # What follows valid_end: a torn tail, b"" if none.
 
@@ -189,8 +194,9 @@ class _Scan:
 def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Scan:
   """Parses a results file; a torn tail is reported, never silently dropped.
 
-  Only the end of a file can be torn (rows are appended). Invalid lines
-  followed by a valid row mean real corruption: a ValueError, never a repair.
+  Only the end of a file can be torn (rows are appended), and only as an
+  incomplete last line. A complete line that is not a row means corruption:
+  a ValueError naming the line, never a repair.
   """
   newline = data.find(b"\n")
   if newline < 0:
@@ -203,23 +209,24 @@ def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Sca
         f"{path}: header {header} does not match the expected columns "
         f"{list(columns)}.")
   columns = tuple(header)
-  rows, pos, valid_end, first_bad = [], newline + 1, newline + 1, None
+  rows, lines, pos, valid_end = [], [], newline + 1, newline + 1
+  line_no = 1
   while pos < len(data):
     end = data.find(b"\n", pos)
-    complete = end >= 0
-    end = end if complete else len(data)
-    values = _parse_line(data[pos:end], columns) if complete else None
+    line_no += 1
+    if end < 0:  # An incomplete last line: a write cut short by a kill.
+      break
+    values = _parse_line(data[pos:end], columns)
     if values is None:
-      if first_bad is None:
-        first_bad = pos
-    elif first_bad is not None:
-      line_no = data.count(b"\n", 0, first_bad) + 1
       raise ValueError(
-          f"{path}: line {line_no} is corrupt but valid rows follow it; this is "
-          "not a torn write from an interrupted run. Inspect or delete the file.")
-    else:
-      rows.append(values)
-      valid_end = end + 1
+          f"{path}: line {line_no} is corrupt, not a valid row "
+          f"({data[pos:end][:80]!r}); a killed run only leaves an incomplete "
+          "last line, so this is corruption or another program's writing. "
+          "Inspect the file: fix or delete that line, or delete the file to "
+          "start over.")
+    rows.append(values)
+    lines.append(line_no)
+    valid_end = end + 1
     pos = end + 1
   seen, dups = set(), set()
   for values in rows:
@@ -228,7 +235,7 @@ def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Sca
     raise ValueError(
         f"{path}: duplicate idx {sorted(dups)[:10]} in the file; it was not "
         "written by ResultsWriter alone. Inspect or delete the file.")
-  return _Scan(columns, rows, valid_end, data[valid_end:])
+  return _Scan(columns, rows, lines, valid_end, data[valid_end:])
 
 
 # --------------------------------------------------------------------------
@@ -348,6 +355,7 @@ class ResultsWriter:
     self._fd: int | None = None
     self._done: set[int] = set()
     self._done_view: frozenset[int] | None = None
+    self._line_of: dict[int, int] = {}
     self._broken = False
 
   # -- opening --------------------------------------------------------------
@@ -371,6 +379,10 @@ class ResultsWriter:
   @property
   def num_rows(self) -> int:
     return len(self._done)
+
+  def line_of(self, idx: int) -> int | None:
+    """The 1-based line number of the row of image idx (None: no row)."""
+    return self._line_of.get(idx)
 
   def _meta(self) -> dict:
     return {"format_version": FORMAT_VERSION, "method": self.method,
@@ -437,7 +449,8 @@ class ResultsWriter:
       os.ftruncate(fd, 0)
       self._write_all(fd, header)
       os.fsync(fd)
-      self._done, self._done_view = set(), None
+      self._next_line = 2
+      self._done, self._done_view, self._line_of = set(), None, {}
       return
     scan = _scan(data, self.path, self.columns)
     if scan.torn:
@@ -447,6 +460,9 @@ class ResultsWriter:
       os.ftruncate(fd, scan.valid_end)
       os.fsync(fd)
     self._done, self._done_view = {values[0] for values in scan.rows}, None
+    self._line_of = {values[0]: line
+                     for values, line in zip(scan.rows, scan.lines)}
+    self._next_line = (scan.lines[-1] if scan.lines else 1) + 1
 
   def close(self) -> None:
     if self._fd is not None:
@@ -528,11 +544,41 @@ class ResultsWriter:
       raise
     self._done.update(idx)
     self._done_view = None
+    for i in idx:
+      self._line_of[i] = self._next_line
+      self._next_line += 1
     return len(values)
 
 
 # --------------------------------------------------------------------------
 # Reading.
+
+
+def subset_contains(run_metadata: Mapping[str, Any], idx: int) -> bool:
+  """Whether image idx belongs to the subset a run's metadata describes
+  (indices start, start + skip, ..., at most max_examples of them; a run
+  without these fields accepts every idx)."""
+  start = run_metadata.get("start", 0)
+  skip = run_metadata.get("skip", 1)
+  max_examples = run_metadata.get("max_examples", -1)
+  if idx < start or (idx - start) % skip:
+    return False
+  return max_examples is None or max_examples < 0 or (
+      (idx - start) // skip < max_examples)
+
+
+def check_subset(path, indices: Sequence[int], lines: Sequence[int],
+                 run_metadata: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the first row whose idx is outside the run's
+  subset (such a row was not written by this run)."""
+  for idx, line in zip(indices, lines):
+    if not subset_contains(run_metadata, idx):
+      raise ValueError(
+          f"{path}: line {line} has idx {idx}, which is not among the images "
+          f"this run certifies (start={run_metadata.get('start', 0)}, "
+          f"skip={run_metadata.get('skip', 1)}, max_examples="
+          f"{run_metadata.get('max_examples', -1)}); it was not written by "
+          "this run. Delete that line, or the file to start over.")
 
 
 def as_paths(path_or_paths) -> list[Path]:
@@ -561,6 +607,9 @@ def read_results(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]
       scan = _scan(f.read(), path, columns)
     if scan.torn:
       logging.warning("%s: ignoring a torn last row (%d bytes).", path, len(scan.torn))
+    if metadata_path(path).exists():
+      check_subset(path, [v[0] for v in scan.rows], scan.lines,
+                   read_metadata(path).get("run") or {})
     columns = scan.columns
     for values in scan.rows:
       if values[0] in owner:

@@ -101,8 +101,6 @@ def test_resume_skips_done_rows(tmp_path):
 @pytest.mark.parametrize("tail", [
     b"6\t6\t6\t0.0392156862745098\t1\t0.0",  # Half a row, no newline.
     b"6\t6\t6\t0.0392156862745098\t1\t0.006\t120\t100\t10",  # Parses, no newline.
-    b"6\t6\t6\t0.0392156862745098\t1\n",  # A row with missing fields.
-    b"6\t6\t6\t0.0392156862745098\t1\n7\t7\t7\t0.03",  # Both.
     b"\x00" * 37,  # Unflushed file extension after a power loss.
 ])
 def test_torn_last_line_is_repaired(tmp_path, tail):
@@ -122,6 +120,42 @@ def test_torn_last_line_is_repaired(tmp_path, tail):
   out = results_lib.read_results(path)
   assert out["idx"].tolist() == list(range(8))
   assert out["steps"].tolist() == [r["steps"] for r in dssn_rows(range(8))]
+
+
+@pytest.mark.parametrize("tail", [
+    b"6\t6\t6\t0.0392156862745098\t1\n",  # A row with missing fields.
+    b"6\t6\t6\t0.0392156862745098\t1\n7\t7\t7\t0.03",  # And a torn row.
+    b"not a row at all\n",
+])
+def test_complete_non_row_line_is_an_error_not_a_repair(tmp_path, tail):
+  path = tmp_path / "certify.tsv"
+  with ResultsWriter(path, "dssn", META) as writer:
+    writer.write_rows(dssn_rows(range(6)))
+  with open(path, "ab") as f:
+    f.write(tail)
+  before = read_bytes(path)
+  with pytest.raises(ValueError, match="line 8 is corrupt, not a valid row"):
+    results_lib.read_results(path)
+  with pytest.raises(ValueError, match="line 8 is corrupt, not a valid row"):
+    ResultsWriter(path, "dssn", META).open()
+  assert read_bytes(path) == before  # Nothing deleted.
+
+
+def test_rows_outside_the_run_subset_are_refused(tmp_path):
+  path = tmp_path / "certify.tsv"
+  meta = dict(META, start=0, skip=10, max_examples=4)
+  with ResultsWriter(path, "dssn", meta) as writer:
+    writer.write_rows(dssn_rows([0, 10, 20]))
+    assert writer.line_of(20) == 4
+  assert results_lib.read_results(path)["idx"].tolist() == [0, 10, 20]
+  with open(path, "ab") as f:  # A valid-looking row of image 41.
+    f.write(read_bytes(path).splitlines(keepends=True)[-1].replace(
+        b"20\t", b"41\t", 1))
+  with pytest.raises(ValueError, match="line 5 has idx 41"):
+    results_lib.read_results(path)
+  assert results_lib.subset_contains(meta, 30)
+  assert not results_lib.subset_contains(meta, 40)  # Past max_examples.
+  assert not results_lib.subset_contains(meta, 15)
 
 
 def test_torn_header_is_rewritten(tmp_path):
