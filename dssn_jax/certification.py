@@ -20,17 +20,20 @@ local devices into its own file (`certify_dssn.tsv`,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import tqdm
 
 from dssn_jax import certify
 from dssn_jax import checkpoints
+from dssn_jax import config_checks
 from dssn_jax import data
 from dssn_jax import results
 from dssn_jax import smoothing
@@ -100,6 +103,28 @@ def run_metadata(config, classifier, spec, offsets) -> dict[str, Any]:
   return meta
 
 
+def batching_record(config, classifier, spec, mesh) -> dict[str, Any]:
+  """How the rows are computed: batch, chunk and forward-pass sizes.
+
+  Counts do not depend on them for a classifier whose logits for an input do
+  not depend on the rest of its batch (ours, in eval mode), so they are not
+  part of what identifies a run; they are recorded in the results metadata,
+  and a resume under other values is logged, so that it is visible.
+  """
+  cfg = config.certify
+  devices = mesh.size
+  num_items = spec.levels if cfg.method == "dssn" else cfg.n
+  chunk = cfg.chunk_size if cfg.chunk_size > 0 else certify.auto_chunk_size(
+      classifier.apply_fn, classifier.variables,
+      tuple(classifier.metadata["input_shape"]), cfg.batch_size, num_items,
+      devices=devices)
+  rows = -(-cfg.batch_size // devices) if cfg.batch_size >= devices else (
+      cfg.batch_size)
+  return {"batch_size": cfg.batch_size, "chunk_size": chunk,
+          "forward_batch": rows * chunk, "devices": devices,
+          "backend": jax.default_backend()}
+
+
 def _certify_batch(config, classifier, spec, offsets, mesh, x, index):
   """Columns of one batch: predict, radius and the method's own columns."""
   cfg = config.certify
@@ -157,6 +182,11 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   if cfg.method not in METHODS:
     raise ValueError(f"Unknown certification method {cfg.method!r}; expected "
                      f"one of {METHODS}.")
+  config_checks.check_integer_fields(
+      config, [f for f in config_checks.SENTINEL_FIELDS +
+               config_checks.POSITIVE_FIELDS +
+               config_checks.NON_NEGATIVE_FIELDS if f.startswith("certify.")])
+  data.check_data_dir(config.data_dir)
   data.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)
@@ -169,7 +199,16 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = certify.make_mesh(jax.local_devices())
   path = results_path(workdir, config)
   metadata = run_metadata(config, classifier, spec, offsets)
-  with results.ResultsWriter(path, cfg.method, metadata) as writer:
+  wanted = set(int(i) for i in batches.indices)
+  try:
+    writer = results.ResultsWriter(path, cfg.method, metadata).open()
+  except OSError as e:
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    return _summarize_read_only(config, spec, path, metadata, wanted, e)
+  with writer:
+    _check_rows_requested(writer, wanted, path)
+    _record_batching(path, batching_record(config, classifier, spec, mesh))
     done = writer.done_indices
     progress = tqdm.tqdm(total=batches.num_local_examples,
                          initial=len(done), unit="img",
@@ -198,11 +237,67 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
       progress.update(int(todo.sum()))
       progress.set_postfix(img_s=f"{1 / seconds:.2f}")
     progress.close()
+  return _write_summary(config, spec, path)
+
+
+def _write_summary(config, spec, path: str) -> dict[str, Any]:
+  """The summary of a results file, also written next to it when possible."""
+  cfg = config.certify
   summary = {"results": path, "method": cfg.method, "sigma": spec.sigma,
              **summarize(path, tuple(cfg.radii))}
-  with open(path[:-len(".tsv")] + ".summary.json", "w") as f:
-    json.dump(summary, f, indent=2)
+  try:
+    with open(path[:-len(".tsv")] + ".summary.json", "w") as f:
+      json.dump(summary, f, indent=2)
+  except OSError as e:
+    logging.warning("Summary not written next to %s (%s).", path, e.strerror)
   return summary
+
+
+def _summarize_read_only(config, spec, path: str, metadata, wanted: set[int],
+                         error: OSError) -> dict[str, Any]:
+  """A finished results file on storage we cannot write is summarized; an
+  unfinished one is an error that says what to do."""
+  if not os.path.exists(path):
+    raise ValueError(
+        f"Cannot create {path} ({error.strerror}): the workdir is not "
+        f"writable. Certify into a writable copy of the workdir.") from error
+  results.check_metadata(path, config.certify.method, metadata)
+  done = set(results.read_results(path)["idx"].tolist())
+  missing = wanted - done
+  if missing:
+    raise ValueError(
+        f"{path} cannot be opened for writing ({error.strerror}) and "
+        f"{len(missing)} of the requested images have no row yet. Certify "
+        f"into a writable copy of the workdir, or make it writable.") from error
+  logging.warning("%s is read-only; every requested image has a row, so it "
+                  "is only summarized.", path)
+  return _write_summary(config, spec, path)
+
+
+def _check_rows_requested(writer, wanted: set[int], path: str) -> None:
+  """Refuses a results file holding rows of images this run does not ask
+  for (appended by hand, or another subset's): they would be counted."""
+  extra = sorted(set(writer.done_indices) - wanted)
+  if extra:
+    raise ValueError(
+        f"{path}: line {writer.line_of(extra[0])} has idx {extra[0]}, which "
+        f"is not among the images this run certifies ({len(extra)} such "
+        f"rows); they would be counted in the summary. Delete those lines, "
+        f"or the file to start over.")
+
+
+def _record_batching(path: str, record: dict[str, Any]) -> None:
+  """Adds the batching of this run to the results metadata (once per
+  distinct record) and logs a resume under different batching."""
+  meta = results.read_metadata(path)
+  history = meta.get("batching", [])
+  if history and history[-1] != record:
+    logging.warning(
+        "%s: resumed with other batching than its earlier rows (%s, now %s); "
+        "counts do not change for a classifier whose logits do not depend "
+        "on the rest of its batch.", path, history[-1], record)
+  if record not in history:
+    results.update_metadata(path, batching=history + [record])
 
 
 def format_summary(summary: dict[str, Any]) -> str:

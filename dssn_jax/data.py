@@ -68,6 +68,7 @@ number of batches (padding as needed), as a multi-host jit requires.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -77,9 +78,41 @@ import os
 import re
 from collections.abc import Iterator
 
+import sys
+
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+  """Sends the process's native stderr (fd 2) to /dev/null for a while.
+
+  TensorFlow's C++ start-up lines (the oneDNN notice, CPU feature guards) are
+  written before TF_CPP_MIN_LOG_LEVEL is read, and would come before our own
+  output. Python exceptions are unaffected: they are printed later.
+  """
+  try:
+    saved = os.dup(2)
+  except OSError:  # No fd 2 (some embedded interpreters): nothing to hide.
+    yield
+    return
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+# TF_CPP_MIN_LOG_LEVEL=0 (a user's own setting wins) shows TF's start-up lines.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+with (_native_stderr_silenced() if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
+      else contextlib.nullcontext()):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 __all__ = [
     "DatasetInfo",
@@ -361,19 +394,49 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
   return int(batch_size) // process_count
 
 
+def check_data_dir(data_dir) -> None:
+  """Raises FileNotFoundError unless data_dir (when given) is a directory.
+
+  A mistyped data_dir would otherwise be created and the dataset prepared
+  (or downloaded) there; creating the directory is how a user asks for that.
+  """
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise FileNotFoundError(
+        f"data_dir {os.fspath(data_dir)!r} does not exist. Fix the path, "
+        f"leave data_dir unset for TFDS's default, or create the directory "
+        f"(mkdir -p {os.fspath(data_dir)}) to prepare the dataset there.")
+
+
 def _get_builder(name: str, data_dir) -> tfds.core.DatasetBuilder:
   dataset_info(name)  # Validates the name.
   hide_tf_from_accelerators()
+  check_data_dir(data_dir)
   data_dir = os.fspath(data_dir) if data_dir is not None else None
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     if name == "fashion_mnist":
       prepare_fashion_mnist(data_dir)
       builder = tfds.builder(name, data_dir=data_dir)
+    elif name == "imagenet2012":
+      _prepare_imagenet(builder)
     else:
-      # cifar10 downloads; imagenet2012 explains which tars to put where.
-      builder.download_and_prepare()
+      builder.download_and_prepare()  # cifar10 downloads.
   return builder
+
+
+def _prepare_imagenet(builder) -> None:
+  """Builds imagenet2012 from the ILSVRC tars in TFDS's manual dir; their
+  absence is a FileNotFoundError that says which files go where."""
+  manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
+  try:
+    builder.download_and_prepare()
+  except AssertionError as e:  # TFDS asserts that the manual files exist.
+    raise FileNotFoundError(
+        f"imagenet2012 is not prepared in {builder.data_dir_root} and cannot "
+        f"be built: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+        f"(from image-net.org) into {manual_dir} and rerun, or point "
+        f"--config.data_dir at a TFDS data dir where imagenet2012 is "
+        f"prepared.") from e
 
 
 def _num_examples(builder, split) -> int:

@@ -327,6 +327,39 @@ def diff_metadata(old: Mapping[str, Any], new: Mapping[str, Any],
   ]
 
 
+def check_metadata(path: str | os.PathLike, method: str,
+                   run_metadata: Mapping[str, Any]) -> None:
+  """Raises ValueError unless results file `path` belongs to this run (same
+  method and run metadata), naming every field that differs."""
+  path = Path(path)
+  meta_path = metadata_path(path)
+  fix = (f"Use another workdir or results file name for this run, or delete "
+         f"{path} and {meta_path.name} to start over.")
+  try:
+    stored = read_metadata(path)
+  except FileNotFoundError:
+    raise ValueError(
+        f"Results file {path} exists but its metadata {meta_path.name} does "
+        f"not, so it cannot be checked to belong to this run. {fix}") from None
+  problems = diff_metadata({"method": stored.get("method")}, {"method": method})
+  problems += diff_metadata(stored.get("run") or {},
+                            _canonical(dict(run_metadata)))
+  if problems:
+    raise ValueError(
+        f"Results file {path} belongs to a different run; refusing to mix "
+        "runs. Mismatching fields: " + "; ".join(problems) + f". {fix}")
+
+
+def update_metadata(path: str | os.PathLike, **fields: Any) -> None:
+  """Sets top-level fields of a results file's sidecar (atomically). Not for
+  the run metadata, which never changes once rows exist."""
+  if "run" in fields:
+    raise ValueError("The run metadata of a results file never changes.")
+  meta = read_metadata(path)
+  meta.update(_canonical(fields))
+  _atomic_write_json(metadata_path(path), meta)
+
+
 # --------------------------------------------------------------------------
 # Writing.
 
@@ -361,7 +394,7 @@ class ResultsWriter:
   # -- opening --------------------------------------------------------------
 
   def __enter__(self) -> "ResultsWriter":
-    return self.open()
+    return self if self._fd is not None else self.open()
 
   def __exit__(self, *exc_info) -> None:
     self.close()
@@ -389,21 +422,7 @@ class ResultsWriter:
             "columns": list(self.columns), "run": self.run_metadata}
 
   def _check_existing_metadata(self) -> None:
-    meta_path = metadata_path(self.path)
-    fix = (f"Use another workdir or results file name for this run, or delete "
-           f"{self.path} and {meta_path.name} to start over.")
-    try:
-      stored = read_metadata(self.path)
-    except FileNotFoundError:
-      raise ValueError(
-          f"Results file {self.path} exists but its metadata {meta_path.name} does "
-          f"not, so it cannot be checked to belong to this run. {fix}") from None
-    problems = diff_metadata({"method": stored.get("method")}, {"method": self.method})
-    problems += diff_metadata(stored.get("run") or {}, self.run_metadata)
-    if problems:
-      raise ValueError(
-          f"Results file {self.path} belongs to a different run; refusing to mix "
-          "runs. Mismatching fields: " + "; ".join(problems) + f". {fix}")
+    check_metadata(self.path, self.method, self.run_metadata)
 
   def open(self) -> "ResultsWriter":
     if self._fd is not None:

@@ -22,7 +22,6 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 from flax.training import train_state
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -33,6 +32,7 @@ import tqdm
 
 from dssn_jax import certify
 from dssn_jax import checkpoints
+from dssn_jax import config_checks
 from dssn_jax import data
 from dssn_jax import models
 from dssn_jax import smoothing
@@ -77,6 +77,9 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
 def _check_config(config) -> None:
   data.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
+  config_checks.check_integer_fields(
+      config, [f for f in config_checks.SENTINEL_FIELDS +
+               config_checks.POSITIVE_FIELDS if not f.startswith("certify.")])
   if config.model not in models.MODEL_NAMES:
     raise ValueError(f"Unknown model {config.model!r}; expected one of "
                      f"{models.MODEL_NAMES}.")
@@ -203,6 +206,22 @@ def _truncate_metrics(workdir, last_step):
     f.writelines(kept)
 
 
+def make_workdir(workdir: str) -> None:
+  """Creates workdir; a path that is a file or not writable is a ValueError
+  (an OSError deep inside Orbax would only name the symptom)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir {workdir!r} is a file, not a directory; "
+                     f"pass a directory (it is created if missing).")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"Cannot create --workdir {workdir!r} ({e.strerror}); "
+                     f"pass a directory you can write to.") from e
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f"--workdir {workdir!r} is not writable; pass a "
+                     f"directory you can write to.")
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains (or resumes) the config's classifier; checkpoints every epoch.
 
@@ -216,7 +235,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   """
   _check_config(config)
   data.hide_tf_from_accelerators()
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   info = data.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
@@ -271,6 +290,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   eval_step = jax.jit(make_eval_step(model, config, spec, offsets),
                       in_shardings=(replicated, batch_sharding, replicated))
 
+  # Imported here, after dssn_jax.data: clu imports TensorFlow, which data
+  # imports with its C++ start-up lines silenced.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   batches = data.train_dataset(config.dataset, batch_size=config.batch_size,

@@ -1,7 +1,12 @@
 """Thin absl entry points (train, certify, analyze, benchmark): `python -m experiments.X`."""
 
 import contextlib
+import os
 import sys
+
+# Before anything imports TensorFlow: its C++ start-up lines would come before
+# our own output (a user's own setting wins).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app
 from absl import flags
@@ -26,3 +31,8 @@ def user_errors():
     yield
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+  except OSError as e:  # E.g. a read-only or full disk under --workdir.
+    where = f" {e.filename!r}" if e.filename else ""
+    sys.exit(f"error: cannot write or read{where}: {e.strerror or e}. Check "
+             f"that the path exists and that you may write there (a "
+             f"read-only or full file system?).")

@@ -1,0 +1,72 @@
+"""Checks of config fields that the command line can set to anything.
+
+Integer fields use -1 as the sentinel for "all" or "automatic" (so that each
+field keeps one type and can be overridden with --config.field=value); any
+other value must be a positive number. A value outside that set is an error
+naming the field and its allowed values, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+# Integer fields whose documented values are -1 (all / automatic) or >= 1.
+SENTINEL_FIELDS = (
+    "steps_per_epoch",
+    "shuffle_buffer",
+    "eval_max_examples",
+    "certify.max_examples",
+    "certify.chunk_size",
+)
+# Integer fields that must be positive.
+POSITIVE_FIELDS = (
+    "batch_size",
+    "num_epochs",
+    "eval_batch_size",
+    "log_every_steps",
+    "keep_checkpoints",
+    "certify.batch_size",
+    "certify.skip",
+    "certify.n0",
+    "certify.n",
+)
+NON_NEGATIVE_FIELDS = ("certify.start",)
+
+
+def _get(config, dotted: str):
+  value = config
+  for part in dotted.split("."):
+    if part not in value:
+      return None
+    value = value[part]
+  return value
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_integer_fields(config, fields: Iterable[str] | None = None) -> None:
+  """Raises ValueError for an integer field outside its documented values.
+
+  Args:
+    config: a config of configs/ (fields that it lacks are skipped).
+    fields: restrict the check to these dotted names (default: all known).
+  """
+  wanted = None if fields is None else set(fields)
+  rules = ([(name, "-1 (all or automatic) or a positive integer",
+             lambda v: v == -1 or v >= 1) for name in SENTINEL_FIELDS] +
+           [(name, "a positive integer", lambda v: v >= 1)
+            for name in POSITIVE_FIELDS] +
+           [(name, "an integer >= 0", lambda v: v >= 0)
+            for name in NON_NEGATIVE_FIELDS])
+  for name, allowed, ok in rules:
+    if wanted is not None and name not in wanted:
+      continue
+    value = _get(config, name)
+    if value is None:
+      continue
+    if not _is_int(value) or not ok(value):
+      raise ValueError(
+          f"config.{name} must be {allowed}, got {value!r}; set it with "
+          f"--config.{name}=...")
