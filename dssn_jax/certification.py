@@ -133,6 +133,11 @@ def _certify_batch(config, classifier, spec, offsets, mesh, x, index):
     counts = np.asarray(certify.dssn_counts(
         classifier.apply_fn, x, offsets, spec, params=classifier.variables,
         chunk_size=chunk, mesh=mesh))
+    failed = np.flatnonzero(counts[:, 0] < 0)
+    if failed.size:  # Inputs were checked: the logits were not finite.
+      raise ValueError(certify.failed_rows_message(
+          [int(i) for i in np.asarray(index)[failed]]).replace(
+              "at rows", "of images"))
     pred, steps, radius = certify.certify_from_counts(counts, spec)
     ordered = np.sort(counts, axis=1)
     return {"predict": pred, "radius": radius, "steps": steps,

@@ -614,13 +614,17 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
   Returns:
     (B, C) int32 counts; each row sums to L.
 
+  A row whose classifier gives a non-finite logit on any of its noisy copies
+  gets counts of -1 in every class: no vote, no certificate
+  (`certify_from_counts` raises on such a row eagerly and abstains on it
+  under jit). The call does not wait for the device to find out.
+
   Raises:
     ValueError: eagerly (concrete x and v), for inputs off the grid, out of
-      [0, 1] or NaN, offsets out of range, or logits that are not finite.
-      Under `jax.jit` or `jax.vmap` values are unknown at trace time: the
-      program checks them itself and gives an invalid row counts of -1 in
-      every class, on which `certify_from_counts` abstains (pred -1, steps 0).
-      Shapes and dtypes are checked at trace time in both cases.
+      [0, 1] or NaN, and offsets out of range. Under `jax.jit` or `jax.vmap`
+      values are unknown at trace time: the program checks them itself and
+      gives an invalid row counts of -1 too. Shapes and dtypes are checked
+      at trace time in both cases.
   """
   v = jnp.asarray(v) if isinstance(v, np.ndarray) else v
   check_offsets(v, spec)
@@ -637,7 +641,6 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
       _replicate(mesh, v), apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
       num_items=spec.levels, chunk_size=chunk_size, mesh=mesh,
       grid_q=spec.q, offsets_levels=spec.levels)
-  _raise_on_failed_rows(counts, x, v)
   return counts
 
 
@@ -650,18 +653,12 @@ def _check_chunk_size(chunk_size):
   return None if chunk_size is None else int(chunk_size)
 
 
-def _raise_on_failed_rows(counts, *arrays) -> None:
-  """Eagerly, rows of -1 can only come from non-finite logits (inputs and
-  offsets were checked on the host): raise instead of returning them."""
-  if not all(_is_concrete(a) for a in (counts,) + arrays):
-    return
-  failed = np.flatnonzero(np.asarray(counts)[:, 0] < 0)
-  if failed.size:
-    raise ValueError(
-        f"apply_fn returned logits that are not finite (NaN or inf) on noisy "
-        f"copies of the inputs at rows {failed[:10].tolist()}; no certificate "
-        f"for them. A classifier must give finite logits on every input in "
-        f"[0, 1].")
+def failed_rows_message(rows) -> str:
+  """The error for rows of counts of -1 computed from checked inputs."""
+  return (f"apply_fn returned logits that are not finite (NaN or inf) on "
+          f"noisy copies of the inputs at rows {list(rows)[:10]}: no vote "
+          f"and no certificate for them. A classifier must give finite "
+          f"logits on every input in [0, 1].")
 
 
 def certify_from_counts(counts, spec: SmoothingSpec):
@@ -716,9 +713,10 @@ def _check_counts(counts: np.ndarray, spec: SmoothingSpec) -> None:
   negative = np.flatnonzero((counts < 0).any(axis=1))
   if negative.size:
     raise ValueError(
-        f"counts must be non-negative, rows {negative[:10].tolist()} are not "
-        f"(a row of -1 is what dssn_counts gives an invalid input under "
-        f"jit: it has no certificate).")
+        f"counts must be non-negative, rows {negative[:10].tolist()} are not. "
+        f"dssn_counts gives a row of -1 (no certificate) where the classifier "
+        f"returned non-finite logits, or, under jit or vmap, where the input "
+        f"or the offsets were invalid.")
   sums = counts.sum(axis=1, dtype=np.int64)
   wrong = np.flatnonzero(sums != spec.levels)
   if wrong.size:
@@ -767,8 +765,8 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
 
   Returns:
     (B, C) int32 counts; each row sums to num_samples. As in `dssn_counts`,
-    invalid inputs or non-finite logits raise eagerly and give rows of -1
-    under jit or vmap.
+    invalid inputs raise eagerly, and give rows of -1 under jit or vmap, as
+    non-finite logits do in both modes.
   """
   if noise not in RANDOMIZED_NOISE_KINDS:
     raise ValueError(f"Unknown randomized noise {noise!r}; expected one of "
@@ -793,7 +791,6 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
       _replicate(mesh, key),
       apply_fn=apply_fn, make_noisy=_random_sample(noise, spec),
       num_items=num_samples, chunk_size=chunk_size, mesh=mesh)
-  _raise_on_failed_rows(counts, x, key)
   return counts
 
 
@@ -858,8 +855,12 @@ def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
                             **common)
   estimation = sample_counts(apply_fn, x, spec, estimate_key, num_samples=n,
                              **common)
-  top = np.argmax(np.asarray(selection), axis=1)
-  count_top = np.take_along_axis(np.asarray(estimation), top[:, None], 1)[:, 0]
+  selection, estimation = np.asarray(selection), np.asarray(estimation)
+  failed = np.flatnonzero((selection[:, 0] < 0) | (estimation[:, 0] < 0))
+  if failed.size:
+    raise ValueError(failed_rows_message(failed.tolist()))
+  top = np.argmax(selection, axis=1)
+  count_top = np.take_along_axis(estimation, top[:, None], 1)[:, 0]
   p_lower = clopper_pearson_lower(count_top, n, alpha)
   radius = 2 * spec.lam * (p_lower - 0.5)
   pred = np.where(p_lower > 0.5, top, -1).astype(np.int32)

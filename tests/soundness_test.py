@@ -136,8 +136,10 @@ def test_non_finite_logits_never_vote():
   x = grid_batch(2)
   x[1] = 0.0  # Dark image: its noisy copies never exceed 0.9 at sigma 0.12.
   x[0, 0, 0, 0] = 1.0
-  with pytest.raises(ValueError, match="not finite"):
-    dssn_jax.dssn_counts(nan_on_bright, x, OFFSETS, SPEC)
+  eager = np.asarray(dssn_jax.dssn_counts(nan_on_bright, x, OFFSETS, SPEC))
+  np.testing.assert_array_equal(eager[0], -1)  # No vote, and no wait.
+  with pytest.raises(ValueError, match="non-finite logits"):
+    dssn_jax.certify_from_counts(eager, SPEC)
 
   @jax.jit
   def run(x):
@@ -149,9 +151,12 @@ def test_non_finite_logits_never_vote():
   assert int(pred[0]) == -1
   np.testing.assert_array_equal(
       counts[1], dssn_jax.dssn_counts(APPLY_FN, x[1:], OFFSETS, SPEC)[0])
+  sampled = dssn_jax.sample_counts(nan_on_bright, x, SPEC, jax.random.key(0),
+                                  noise="uniform", num_samples=16)
+  np.testing.assert_array_equal(sampled[0], -1)
   with pytest.raises(ValueError, match="not finite"):
-    dssn_jax.sample_counts(nan_on_bright, x, SPEC, jax.random.key(0),
-                           noise="uniform", num_samples=16)
+    dssn_jax.certify_randomized(nan_on_bright, x, SPEC, jax.random.key(0),
+                                noise="uniform", n0=8, n=16)
 
 
 def test_batch_ignoring_classifier_gets_a_clear_error():
