@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dssn_jax import smoothing
-from dssn_jax.sample_size import clopper_pearson_lower
+from dssn_jax.clopper_pearson import clopper_pearson_lower
 from dssn_jax.smoothing import SmoothingSpec
 
 # Noisy inputs per forward pass (per device) when no chunk size is given, at

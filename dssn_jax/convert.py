@@ -50,8 +50,8 @@ from dssn_jax import smoothing
 ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet50")
 DEFAULT_DATASET = {"wrn_40_2": "cifar10", "resnet110": "cifar10",
                    "resnet50": "imagenet2012"}
-# (input shape, classes) as in dssn_jax.data.dataset_info, repeated here
-# because dssn_jax.data imports TensorFlow (seconds) and conversion needs none.
+# (input shape, classes) as in dssn_jax.input_pipeline.dataset_info, repeated here
+# because dssn_jax.input_pipeline imports TensorFlow (seconds) and conversion needs none.
 DATASETS = {"cifar10": ((32, 32, 3), 10),
             "imagenet2012": ((224, 224, 3), 1000)}
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default.

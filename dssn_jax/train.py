@@ -33,7 +33,7 @@ import tqdm
 
 from dssn_jax import certify
 from dssn_jax import checkpoints
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import smoothing
 
@@ -76,7 +76,7 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
 
 def _check_config(config) -> None:
-  data.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
+  input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
   if config.model not in models.MODEL_NAMES:
     raise ValueError(f"Unknown model {config.model!r}; expected one of "
                      f"{models.MODEL_NAMES}.")
@@ -162,7 +162,7 @@ def _global_batch(sharding, batch):
 def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
   """Clean and noisy accuracy on (a prefix of) the evaluation split."""
   max_examples = config.eval_max_examples
-  batches = data.eval_dataset(
+  batches = input_pipeline.eval_dataset(
       config.dataset, batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
       data_dir=config.data_dir)
@@ -215,9 +215,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     The final training state.
   """
   _check_config(config)
-  data.hide_tf_from_accelerators()
+  input_pipeline.hide_tf_from_accelerators()
   os.makedirs(workdir, exist_ok=True)
-  info = data.dataset_info(config.dataset)
+  info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
                                    spec.levels, config.offsets_layout)
@@ -229,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       mean=info.mean, std=info.std, offsets=offsets)
 
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
-                     data.train_steps_per_epoch(config.dataset,
+                     input_pipeline.train_steps_per_epoch(config.dataset,
                                                 batch_size=config.batch_size,
                                                 data_dir=config.data_dir))
   total_steps = config.num_epochs * steps_per_epoch
@@ -273,7 +273,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  batches = data.train_dataset(config.dataset, batch_size=config.batch_size,
+  batches = input_pipeline.train_dataset(config.dataset, batch_size=config.batch_size,
                                seed=config.seed, data_dir=config.data_dir,
                                start_step=start_step,
                                shuffle_buffer=(config.shuffle_buffer

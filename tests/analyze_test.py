@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dssn_jax import analysis
-from dssn_jax import sample_size
+from dssn_jax import clopper_pearson
 from dssn_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,25 +208,25 @@ def test_cli_reports_user_errors(tmp_path):
 def test_counts_are_recovered_from_clopper_pearson_bounds():
   n, alpha = 500, 0.001
   k = np.array([0, 1, 137, 250, 251, 499, 500])
-  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
   np.testing.assert_array_equal(
-      sample_size.counts_from_p_lower(p_lower, n, alpha), k)
+      clopper_pearson.counts_from_p_lower(p_lower, n, alpha), k)
   lam = 0.5 * np.sqrt(3)
-  np.testing.assert_allclose(sample_size.radius_at_n(p_lower, n, n, alpha, lam),
+  np.testing.assert_allclose(clopper_pearson.radius_at_n(p_lower, n, n, alpha, lam),
                              2 * lam * (p_lower - 0.5))
   # More samples at the same frequency: a tighter bound, a larger radius.
-  more = sample_size.radius_at_n(p_lower, n, 100_000, alpha, lam)
+  more = clopper_pearson.radius_at_n(p_lower, n, 100_000, alpha, lam)
   assert (more[k > n // 2] > 2 * lam * (p_lower[k > n // 2] - 0.5)).all()
   assert more.max() <= lam
   with pytest.raises(ValueError, match="Clopper-Pearson"):
-    sample_size.counts_from_p_lower([0.77], n, alpha)  # Not a bound of n.
+    clopper_pearson.counts_from_p_lower([0.77], n, alpha)  # Not a bound of n.
 
 
 def test_what_if_n_tabulates_randomized_runs_only(tmp_path):
   _write_our_runs(tmp_path / "dssn")
   n, alpha, sigma = 500, 0.001, 0.5
   k = np.array([500, 480, 300, 200])
-  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
   lam = sigma * np.sqrt(3)
   meta = {"sigma": sigma, "q": 255, "dataset": "cifar10", "n": n,
           "alpha": alpha, "n0": 64}

@@ -201,7 +201,7 @@ def hide_tf_from_accelerators() -> None:
       if tf.config.get_visible_devices(kind):
         logging.warning(
             "TensorFlow already initialized its %s devices; could not hide "
-            "them. Call dssn_jax.data.hide_tf_from_accelerators() earlier.",
+            "them. Call dssn_jax.input_pipeline.hide_tf_from_accelerators() earlier.",
             kind,
         )
 

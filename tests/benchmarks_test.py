@@ -16,26 +16,26 @@ import pytest
 
 from configs import benchmark as benchmark_config
 import dssn_jax
-from dssn_jax import benchmark
+from benchmarks import certifier
 from dssn_jax import certify
-from dssn_jax import tuning
+from benchmarks import tuning
 
 
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("benchmark"))
   config = benchmark_config.get_config("smoke")
-  report = benchmark.run_benchmark(config, workdir, log=lambda _: None)
+  report = certifier.run_benchmark(config, workdir, log=lambda _: None)
   return report, workdir
 
 
 def test_smoke_writes_json_and_markdown(smoke_report):
   report, workdir = smoke_report
-  with open(os.path.join(workdir, benchmark.RESULTS_JSON)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_JSON)) as f:
     saved = json.load(f)
   assert saved["environment"]["backend"] == jax.default_backend()
   assert saved["models"][0]["model"] == "small_cnn"
-  with open(os.path.join(workdir, benchmark.RESULTS_MARKDOWN)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_MARKDOWN)) as f:
     markdown = f.read()
   for heading in ("## Peak: square matrix product",
                   "## Forward pass and certification",
@@ -91,10 +91,10 @@ def test_smoke_figures_are_sane(smoke_report):
 
 
 def test_summary_statistics():
-  stats = benchmark.summarize([3.0, 1.0, 2.0])
+  stats = certifier.summarize([3.0, 1.0, 2.0])
   assert stats == {"median": 2.0, "min": 1.0, "max": 3.0, "spread": 1.0,
                    "n": 3}
-  ratio = benchmark.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+  ratio = certifier.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
   assert ratio["median"] == 2.0 and ratio["max"] == 3.0
 
 
@@ -174,7 +174,7 @@ def test_smoke_sweep_reports_every_batch(smoke_report):
   for entry in sweep["batches"]:
     assert _positive_stats(entry["forwards_per_second"])
     assert _positive_stats(entry["utilization"])
-  with open(os.path.join(workdir, benchmark.RESULTS_MARKDOWN)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_MARKDOWN)) as f:
     assert "## Forward batch sweep" in f.read()
 
 

@@ -31,7 +31,7 @@ import tqdm
 
 from dssn_jax import certify
 from dssn_jax import checkpoints
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import results
 from dssn_jax import smoothing
 
@@ -157,11 +157,11 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   if cfg.method not in METHODS:
     raise ValueError(f"Unknown certification method {cfg.method!r}; expected "
                      f"one of {METHODS}.")
-  data.hide_tf_from_accelerators()
+  input_pipeline.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)
   spec, offsets = _resolve_smoothing(config, classifier)
-  batches = data.eval_dataset(
+  batches = input_pipeline.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
       max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
       batch_size=cfg.batch_size * jax.process_count(),

@@ -15,7 +15,7 @@ import shutil
 from typing import Sequence
 
 from dssn_jax import analysis
-from dssn_jax import certification
+from dssn_jax import certify_workdir
 from dssn_jax import results
 from dssn_jax import train
 
@@ -67,8 +67,8 @@ def train_certify_analyze(config, workdir: str) -> str:
     The Markdown tables (also in workdir/analysis/tables.md).
   """
   train.train_and_evaluate(config, workdir)
-  summary = certification.certify_workdir(config, workdir)
-  print(certification.format_summary(summary))
+  summary = certify_workdir.certify_workdir(config, workdir)
+  print(certify_workdir.format_summary(summary))
   return analysis.analyze(results=[summary["results"]],
                           outdir=os.path.join(workdir, "analysis"),
                           radii=tuple(config.certify.radii))
@@ -99,8 +99,8 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     run_dir = os.path.join(workdir, run.name)
     print(f"== {run.name}")
     train.train_and_evaluate(run_config, run_dir)
-    summary = certification.certify_workdir(run_config, run_dir)
-    print(certification.format_summary(summary))
+    summary = certify_workdir.certify_workdir(run_config, run_dir)
+    print(certify_workdir.format_summary(summary))
     copies.append(_copy_results(summary["results"],
                                 os.path.join(outdir, "results", run.name)))
   return analysis.analyze(results=copies, outdir=outdir,

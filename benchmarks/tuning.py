@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax import benchmark
+from benchmarks import certifier
 
 
 def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
@@ -42,16 +42,16 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
     "utilization", "fraction_of_best"}]}; statistics are medians over rounds
     with min and max.
   """
-  subject = benchmark.make_subject(name, compute_dtype)
-  peak_fn = benchmark.matmul(peak_size, jnp.float32)[0]
+  subject = certifier.make_subject(name, compute_dtype)
+  peak_fn = certifier.matmul(peak_size, jnp.float32)[0]
   peak_flops = 2.0 * peak_size ** 3
   fns, flops = {"peak": peak_fn}, {}
   for batch in batches:
-    x = jnp.asarray(benchmark.grid_images(subject.input_shape, batch, seed=2))
+    x = jnp.asarray(certifier.grid_images(subject.input_shape, batch, seed=2))
     forward = jax.jit(subject.apply_fn).lower(subject.variables, x).compile()
-    flops[batch] = benchmark.compiled_costs(forward)["flops"] or 0.0
+    flops[batch] = certifier.compiled_costs(forward)["flops"] or 0.0
     fns[batch] = functools.partial(forward, subject.variables, x)
-  seconds = benchmark.timed_rounds(fns, repeats=repeats, warmup=warmup)
+  seconds = certifier.timed_rounds(fns, repeats=repeats, warmup=warmup)
   peak_rate = [peak_flops / s for s in seconds["peak"]]
   rates = {b: [b / s for s in seconds[b]] for b in batches}
   best = max(np.median(r) for r in rates.values())
@@ -59,8 +59,8 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
   for batch in batches:
     rows.append({
         "batch": batch,
-        "forwards_per_second": benchmark.summarize(rates[batch]),
-        "utilization": benchmark.per_round(
+        "forwards_per_second": certifier.summarize(rates[batch]),
+        "utilization": certifier.per_round(
             [flops[batch] / s for s in seconds[batch]], peak_rate),
         "fraction_of_best": float(np.median(rates[batch]) / best),
     })
@@ -72,22 +72,22 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
 _TRIAL_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp
-    from dssn_jax import benchmark, smoothing
+    from benchmarks import certifier; from dssn_jax import smoothing
     args = json.loads(sys.argv[1])
     fns, work = {}, {}
-    mm, mm_flops = benchmark.matmul(args["peak_size"], jnp.float32)
+    mm, mm_flops = certifier.matmul(args["peak_size"], jnp.float32)
     fns["peak"], work["peak"] = mm, mm_flops
     out = {"flags": args["flags"], "logits": {}}
     for name, batch in args["models"]:
-      s = benchmark.make_subject(name)
-      x = jnp.asarray(benchmark.grid_images(s.input_shape, batch, seed=2))
+      s = certifier.make_subject(name)
+      x = jnp.asarray(certifier.grid_images(s.input_shape, batch, seed=2))
       fwd = jax.jit(s.apply_fn).lower(s.variables, x).compile()
-      flops = benchmark.compiled_costs(fwd)["flops"] or 0.0
+      flops = certifier.compiled_costs(fwd)["flops"] or 0.0
       fns[name] = lambda fwd=fwd, s=s, x=x: fwd(s.variables, x)
       work[name] = flops
       out["logits"][name] = float(fwd(s.variables, x)[0, 0])
       out.setdefault("forward_flops", {})[name] = flops / batch
-    seconds = benchmark.timed_rounds(fns, repeats=args["repeats"], warmup=1)
+    seconds = certifier.timed_rounds(fns, repeats=args["repeats"], warmup=1)
     out["flops_per_second"] = {
         k: sorted(work[k] / t for t in v)[len(v) // 2]
         for k, v in seconds.items()}
@@ -148,7 +148,7 @@ def xla_flag_trials(settings: Sequence[str],
     if mine:
       names = list(mine[0]["flops_per_second"])
       entry["flops_per_second"] = {
-          k: benchmark.summarize([t["flops_per_second"][k] for t in mine])
+          k: certifier.summarize([t["flops_per_second"][k] for t in mine])
           for k in names}
       ratios = {k: [] for k in names}
       for trial in mine:
@@ -159,7 +159,7 @@ def xla_flag_trials(settings: Sequence[str],
             ratios[k].append(trial["flops_per_second"][k] /
                              base[0]["flops_per_second"][k])
       entry["ratio_to_baseline"] = {
-          k: benchmark.summarize(v) for k, v in ratios.items() if v}
+          k: certifier.summarize(v) for k, v in ratios.items() if v}
       entry["logits"] = mine[0]["logits"]
       base_trials = [t for t in trials if t["flags"] == settings[0]
                      and "error" not in t]

@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from dssn_jax import certify
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import smoothing
 from dssn_jax import train
-from dssn_jax import tuning
+from benchmarks import tuning
 
 RESULTS_JSON = "benchmark.json"
 RESULTS_MARKDOWN = "benchmark.md"
@@ -276,7 +276,7 @@ class Subject:
 def make_subject(name: str, compute_dtype: str = "float32",
                  seed: int = 0) -> Subject:
   """The named model with freshly initialized variables (eval mode)."""
-  info = data.dataset_info(MODEL_DATASETS[name])
+  info = input_pipeline.dataset_info(MODEL_DATASETS[name])
   model = models.create_model(name, num_classes=info.num_classes,
                               mean=info.mean, std=info.std,
                               dtype=jnp.dtype(compute_dtype))
@@ -581,14 +581,14 @@ def benchmark_training(config, name: str,
 _SPLIT_SCRIPT = textwrap.dedent("""
     import json, re, sys
     import jax, jax.numpy as jnp, numpy as np
-    from dssn_jax import benchmark, certify, smoothing
+    from benchmarks import certifier; from dssn_jax import certify, smoothing
     devices, name, sigma, batch = (int(sys.argv[1]), sys.argv[2],
                                    float(sys.argv[3]), int(sys.argv[4]))
     assert jax.device_count() == devices, jax.devices()
-    subject = benchmark.make_subject(name)
+    subject = certifier.make_subject(name)
     spec = smoothing.SmoothingSpec(sigma)
     v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
-    x = benchmark.grid_images(subject.input_shape, batch)
+    x = certifier.grid_images(subject.input_shape, batch)
     report = {"devices": devices, "model": name, "levels": spec.levels,
               "cases": []}
     dims = ",".join(str(n) for n in subject.input_shape)
@@ -607,8 +607,8 @@ _SPLIT_SCRIPT = textwrap.dedent("""
       counts = np.asarray(certify.dssn_counts(
           subject.apply_fn, x[:rows], v, spec, params=subject.variables,
           mesh=mesh))
-      chunk = benchmark._auto_chunk(subject, rows, spec.levels, devices)
-      one_chunk = benchmark._auto_chunk(subject, rows, spec.levels, 1)
+      chunk = certifier._auto_chunk(subject, rows, spec.levels, devices)
+      one_chunk = certifier._auto_chunk(subject, rows, spec.levels, 1)
       sharded = program(rows, mesh, chunk)
       single = program(rows, None, one_chunk)
       text = sharded.as_text()
@@ -721,7 +721,7 @@ def run_benchmark(config, workdir: str,
   report["xla_flags_applied"] = wanted in os.environ.get("XLA_FLAGS", "")
   if not report["xla_flags_applied"]:
     log(f"warning: config.xla_flags {wanted!r} are not in XLA_FLAGS: they "
-        f"must be set before JAX starts (experiments/benchmark.py does that).")
+        f"must be set before JAX starts (benchmarks/run.py does that).")
   dtypes = list(config.compute_dtypes)
   if "bfloat16" in dtypes and not bfloat16_supported():
     dtypes.remove("bfloat16")
@@ -811,7 +811,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
       f"{report.get('load_average_now')}; {report.get('elapsed_seconds')} s.",
       "",
       "Medians over the timed rounds, [min, max] in brackets; ratios are per "
-      "round (see dssn_jax/benchmark.py for the protocol).",
+      "round (see benchmarks/certifier.py for the protocol).",
       "",
       "## Peak: square matrix product",
       "",
