@@ -37,7 +37,7 @@ def main(argv):
   from dssn_jax import input_pipeline
   # pylint: enable=g-import-not-at-top
   input_pipeline.hide_tf_from_accelerators()
-  report = certifier.run_benchmark(config, _WORKDIR.value)
+  report = certifier.run_benchmark(config, _WORKDIR.value, log=print)
   print(certifier.to_markdown(report))
 
 

@@ -19,7 +19,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from benchmarks import certifier
+from benchmarks import measure
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import input_pipeline
@@ -68,9 +68,9 @@ def _time_certifiers(config):
     calls[run.name], forwards[run.name] = _certifier(
         jobs.configure(config, run), f"{_WORKDIR.value}/{run.name}", x,
         batch["index"])
-  seconds = certifier.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
+  seconds = measure.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
   report = {"images": int(x.shape[0]), "rounds": _ROUNDS.value,
-            "load_average": certifier.load_average(), "runs": {}}
+            "load_average": measure.load_average(), "runs": {}}
   lines = ["| run | forward passes / image | s / image | ms / forward pass |",
            "|---|---|---|---|"]
   for name, times in seconds.items():

@@ -29,13 +29,13 @@ import collections
 import dataclasses
 import glob as glob_lib
 import json
-import logging
 import math
 import os
 from pathlib import Path
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from dssn_jax import results as results_lib

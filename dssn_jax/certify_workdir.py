@@ -32,10 +32,9 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import input_pipeline
+from dssn_jax import methods
 from dssn_jax import results
 from dssn_jax import smoothing
-
-METHODS = ("dssn",) + certify.RANDOMIZED_NOISE_KINDS
 
 
 def results_path(workdir: str, config) -> str:
@@ -154,9 +153,9 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
     The summary, also written to `<results file>.summary.json`.
   """
   cfg = config.certify
-  if cfg.method not in METHODS:
+  if cfg.method not in methods.METHODS:
     raise ValueError(f"Unknown certification method {cfg.method!r}; expected "
-                     f"one of {METHODS}.")
+                     f"one of {methods.METHODS}.")
   input_pipeline.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)

@@ -44,16 +44,13 @@ import ml_collections
 import numpy as np
 
 from dssn_jax import checkpoints
+from dssn_jax import datasets
 from dssn_jax import models
 from dssn_jax import smoothing
 
 ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet50")
-DEFAULT_DATASET = {"wrn_40_2": "cifar10", "resnet110": "cifar10",
-                   "resnet50": "imagenet2012"}
-# (input shape, classes) as in dssn_jax.input_pipeline.dataset_info, repeated here
-# because dssn_jax.input_pipeline imports TensorFlow (seconds) and conversion needs none.
-DATASETS = {"cifar10": ((32, 32, 3), 10),
-            "imagenet2012": ((224, 224, 3), 1000)}
+# The datasets of the authors' models (facts in `datasets.dataset_info`).
+DATASETS = ("cifar10", "imagenet2012")
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default.
 MODEL_PREFIXES = ("model.module.", "model.")
 NORM_KEYS = {"mu": ("norm.module.mu", "norm.mu"),
@@ -262,7 +259,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
     state_dict: key -> array (numpy or anything np.asarray takes), with the
       `model.module.` / `norm.module.` keys of the module docstring.
     arch: one of ARCHITECTURES.
-    dataset: the dataset the model classifies; default DEFAULT_DATASET[arch].
+    dataset: the dataset the model classifies; default
+      datasets.MODEL_DATASETS[arch].
       Its class count must equal the rows of `fc.weight`.
 
   Returns:
@@ -275,11 +273,12 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
   if arch not in ARCHITECTURES:
     raise ValueError(f"Unknown architecture {arch!r}; the authors' "
                      f"checkpoints convert to one of {ARCHITECTURES}.")
-  dataset = dataset or DEFAULT_DATASET[arch]
+  dataset = dataset or datasets.MODEL_DATASETS[arch]
   if dataset not in DATASETS:
     raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
                      f"{tuple(DATASETS)}.")
-  input_shape, dataset_classes = DATASETS[dataset]
+  info = datasets.dataset_info(dataset)
+  input_shape, dataset_classes = info.input_shape, info.num_classes
   state_dict = unwrap_state_dict(state_dict)
   net, names, norm, unknown = _split(state_dict)
   fc = net.get("fc.weight")
@@ -372,7 +371,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
     workdir: a new directory, or one without checkpoints.
     sigma: the sigma the model was trained with (the checkpoint's name).
     offsets_seed: seed of the offsets template (the authors used 0).
-    dataset: default DEFAULT_DATASET[converted.arch].
+    dataset: default datasets.MODEL_DATASETS[converted.arch].
     stability: whether the model was trained with stability training
       (recorded only, for the analysis tables).
     q: input quantization.
@@ -380,7 +379,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
   Returns:
     The metadata written.
   """
-  dataset = dataset or DEFAULT_DATASET[converted.arch]
+  dataset = dataset or datasets.MODEL_DATASETS[converted.arch]
   check_target(workdir, sigma=sigma, dataset=dataset, q=q)
   config = ml_collections.ConfigDict({
       "noise": "dssn", "sigma": float(sigma), "q": q,
@@ -389,7 +388,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
       0.0, "model": converted.arch, "dataset": dataset,
       "compute_dtype": "float32"})
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=DATASETS[dataset][0],
+      config, input_shape=datasets.dataset_info(dataset).input_shape,
       num_classes=converted.num_classes, mean=converted.mean,
       std=converted.std)
   checkpointer = checkpoints.Checkpointer(workdir)
@@ -409,7 +408,8 @@ def convert_checkpoint(path: str, arch: str, workdir: str, *, sigma: float,
   if arch not in ARCHITECTURES:
     raise ValueError(f"Unknown architecture {arch!r}; the authors' "
                      f"checkpoints convert to one of {ARCHITECTURES}.")
-  check_target(workdir, sigma=sigma, dataset=dataset or DEFAULT_DATASET[arch])
+  check_target(workdir, sigma=sigma,
+               dataset=dataset or datasets.MODEL_DATASETS[arch])
   converted = convert_state_dict(load_torch_checkpoint(path), arch,
                                  dataset=dataset)
   return write_checkpoint(converted, workdir, sigma=sigma,

@@ -44,7 +44,6 @@ import collections
 import dataclasses
 import errno
 import json
-import logging
 import math
 import operator
 import os
@@ -52,7 +51,10 @@ from pathlib import Path
 import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
+
+from dssn_jax.methods import METHODS
 
 try:  # Advisory lock against two writers on one file; absent on Windows.
   import fcntl
@@ -62,7 +64,6 @@ except ImportError:  # pragma: no cover
 # --------------------------------------------------------------------------
 # Schema.
 
-METHODS = ("dssn", "ssn", "uniform")
 ABSTAIN = -1
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 METHOD_COLUMNS = {

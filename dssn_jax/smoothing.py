@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dssn_jax.methods import NOISE_KINDS
+
 OFFSET_LAYOUTS = ("jax", "torch")
-NOISE_KINDS = ("dssn", "ssn", "uniform", "none")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,6 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -273,12 +272,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  batches = input_pipeline.train_dataset(config.dataset, batch_size=config.batch_size,
-                               seed=config.seed, data_dir=config.data_dir,
-                               start_step=start_step,
-                               shuffle_buffer=(config.shuffle_buffer
-                                               if config.shuffle_buffer > 0
-                                               else None))
+  batches = input_pipeline.train_dataset(
+      config.dataset, batch_size=config.batch_size, seed=config.seed,
+      data_dir=config.data_dir, start_step=start_step,
+      shuffle_buffer=(config.shuffle_buffer if config.shuffle_buffer > 0
+                      else None))
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                        desc=f"train {config.model} {config.noise}",
                        disable=jax.process_index() > 0)

@@ -24,7 +24,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    print(jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
+    print(jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value,
+                                     report=print))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def main(argv):
   config = _CONFIG.value
   runs = jobs.study_grid(config.study)
   with experiments.user_errors():
-    print(jobs.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))
+    print(jobs.run_study(config, runs, _WORKDIR.value, _OUTDIR.value,
+                         report=print))
 
 
 if __name__ == "__main__":

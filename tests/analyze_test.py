@@ -8,6 +8,7 @@ from pathlib import Path
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -256,3 +257,18 @@ def test_committed_study_tables_regenerate_from_committed_results(tmp_path):
   assert tables == (docs / "tables.md").read_text()
   assert tables.count("| fashion_mnist_") == 14  # Every run, 1,000 images.
   assert "| 1000 |" in tables
+
+
+def test_counts_from_p_lower_at_full_size_in_bounded_memory():
+  """n = 100,000 samples, 10,000 images: no (images x n) table."""
+  n, alpha = 100_000, 0.001
+  k = np.random.default_rng(0).integers(0, n + 1, 10_000)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
+  tracemalloc.start()
+  try:
+    counts = clopper_pearson.counts_from_p_lower(p_lower, n, alpha)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  np.testing.assert_array_equal(counts, k)
+  assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"

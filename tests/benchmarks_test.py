@@ -17,7 +17,9 @@ import pytest
 from configs import benchmark as benchmark_config
 import dssn_jax
 from benchmarks import certifier
+from benchmarks import measure
 from dssn_jax import certify
+from dssn_jax import memory
 from benchmarks import tuning
 
 
@@ -91,10 +93,10 @@ def test_smoke_figures_are_sane(smoke_report):
 
 
 def test_summary_statistics():
-  stats = certifier.summarize([3.0, 1.0, 2.0])
+  stats = measure.summarize([3.0, 1.0, 2.0])
   assert stats == {"median": 2.0, "min": 1.0, "max": 3.0, "spread": 1.0,
                    "n": 3}
-  ratio = certifier.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+  ratio = measure.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
   assert ratio["median"] == 2.0 and ratio["max"] == 3.0
 
 
@@ -112,23 +114,23 @@ def _mlp(width=64, classes=5):
 def test_auto_chunk_size_follows_the_memory_budget():
   apply_fn, params = _mlp()
   shape = (4, 4, 3)
-  unlimited = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
+  unlimited = memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                       memory_budget=None)
-  assert unlimited == certify.default_chunk_size(4, 1000)  # 128: 512 / 4.
+  assert unlimited == memory.default_chunk_size(4, 1000)  # 128: 512 / 4.
   # A budget for ~64 noisy inputs (the bound from the jaxpr is larger than
   # the activations, so the chunk only gets smaller).
   facts = certify._classifier_facts(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
-  small = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
+  small = memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                   memory_budget=64 * per_input)
   assert 1 <= small < unlimited
-  assert certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
+  assert memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                  memory_budget=1) == 1
   # Over a mesh: each device's share of the batch, or of the samples.
-  assert certify.auto_chunk_size(apply_fn, params, shape, 8, 1000, devices=4,
-                                 memory_budget=None) == certify.\
+  assert memory.auto_chunk_size(apply_fn, params, shape, 8, 1000, devices=4,
+                                 memory_budget=None) == memory.\
       default_chunk_size(2, 1000)
-  assert certify.auto_chunk_size(apply_fn, params, shape, 1, 1000, devices=4,
+  assert memory.auto_chunk_size(apply_fn, params, shape, 1, 1000, devices=4,
                                  memory_budget=None) == 250
 
 
@@ -154,10 +156,9 @@ def test_memory_of_the_vote_program_does_not_depend_on_levels():
   for sigma in (0.5, 3.5):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
-    compiled = certify._vote_counts.lower(
-        params, x, jnp.zeros(4, jnp.int32), v, apply_fn=apply_fn,
-        make_noisy=certify._dssn_sample(spec), num_items=spec.levels,
-        chunk_size=32, mesh=None).compile()
+    lowered, _ = certify.lower_counts(apply_fn, x, v, spec, params=params,
+                                      chunk_size=32)
+    compiled = lowered.compile()
     peaks.append(compiled.memory_analysis().temp_size_in_bytes)
   # Up to the scan's few bytes of bookkeeping (its index vector is L/chunk
   # long): no buffer scales with L.

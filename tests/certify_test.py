@@ -183,10 +183,9 @@ def test_memory_bounded_by_one_chunk():
   def temp_bytes(sigma):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
-    compiled = dssn_jax.certify._vote_counts.lower(  # pylint: disable=protected-access
-        None, x, jnp.zeros(8, jnp.int32), v, apply_fn=apply_fn,
-        make_noisy=dssn_jax.certify._dssn_sample(spec),  # pylint: disable=protected-access
-        num_items=spec.levels, chunk_size=32, mesh=None).compile()
+    lowered, _ = dssn_jax.certify.lower_counts(apply_fn, x, v, spec,
+                                               chunk_size=32)
+    compiled = lowered.compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
   small, large = temp_bytes(0.5), temp_bytes(3.5)  # L = 441 vs 3091

@@ -1,6 +1,5 @@
 """Tests of the per-image results files (dssn_jax/results.py)."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path

@@ -209,8 +209,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_fashion_mnist_without_debian_files(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, "prepare_fashion_mnist", functools.partial(
-      input_pipeline.prepare_fashion_mnist, manual_dir=str(tmp_path / "empty")))
+  monkeypatch.setattr(
+      input_pipeline, "prepare_fashion_mnist", functools.partial(
+          input_pipeline.prepare_fashion_mnist,
+          manual_dir=str(tmp_path / "empty")))
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   with pytest.raises(FileNotFoundError, match="apt-get install"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
