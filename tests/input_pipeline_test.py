@@ -16,9 +16,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from dssn_jax import fashion_mnist
 from dssn_jax import input_pipeline
 
-DEBIAN_DIR = input_pipeline.FASHION_MNIST_MANUAL_DIR
+DEBIAN_DIR = fashion_mnist.FASHION_MNIST_MANUAL_DIR
 ONE_PROCESS = dict(process_index=0, process_count=1)
 
 
@@ -36,7 +37,7 @@ def fashion_dir(request, tmp_path_factory):
   if not os.path.isdir(DEBIAN_DIR):
     pytest.skip("needs `apt-get install dataset-fashion-mnist`")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  input_pipeline.prepare_fashion_mnist(data_dir)
+  fashion_mnist.prepare_fashion_mnist(data_dir)
   return data_dir
 
 
@@ -177,14 +178,14 @@ def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
 
 
 def test_prepare_fashion_mnist_is_idempotent(fashion_dir):
-  path = input_pipeline.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
+  path = fashion_mnist.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
   assert path.startswith(fashion_dir) and os.path.isdir(path)
 
 
 def test_prepare_fashion_mnist_missing_files(tmp_path):
   bogus = tmp_path / "no-such-dir"
   with pytest.raises(FileNotFoundError) as err:
-    input_pipeline.prepare_fashion_mnist(tmp_path / "tfds", manual_dir=bogus)
+    fashion_mnist.prepare_fashion_mnist(tmp_path / "tfds", manual_dir=bogus)
   assert "apt-get install dataset-fashion-mnist" in str(err.value)
   assert str(bogus) in str(err.value)
 

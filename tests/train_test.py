@@ -14,7 +14,7 @@ from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
 from dssn_jax import checkpoints
-from dssn_jax import input_pipeline
+from dssn_jax import fashion_mnist
 from dssn_jax import train
 
 
@@ -210,8 +210,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_fashion_mnist_without_debian_files(tmp_path, monkeypatch):
   monkeypatch.setattr(
-      input_pipeline, "prepare_fashion_mnist", functools.partial(
-          input_pipeline.prepare_fashion_mnist,
+      fashion_mnist, "prepare_fashion_mnist", functools.partial(
+          fashion_mnist.prepare_fashion_mnist,
           manual_dir=str(tmp_path / "empty")))
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   with pytest.raises(FileNotFoundError, match="apt-get install"):
