@@ -54,8 +54,6 @@ from typing import Any, Iterable, Mapping, Sequence
 from absl import logging
 import numpy as np
 
-from dssn_jax.methods import METHODS
-
 try:  # Advisory lock against two writers on one file; absent on Windows.
   import fcntl
 except ImportError:  # pragma: no cover
@@ -74,6 +72,10 @@ METHOD_COLUMNS = {
 INT_COLUMNS = frozenset(
     {"idx", "label", "predict", "correct", "count_top", "count_runner_up", "steps"})
 FLOAT_COLUMNS = frozenset({"radius", "time", "p_lower"})
+# The methods, in the order of the tables: `methods.METHODS`, spelled out
+# through METHOD_COLUMNS because this file also loads on its own, without the
+# package (results_test checks that the two agree).
+METHODS = tuple(METHOD_COLUMNS)
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
 

@@ -337,3 +337,8 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   np.testing.assert_array_equal(out["time"], idx / 1000)
   assert data.endswith(b"\n")
   assert data.count(b"\n") == n + 1  # Header + one line per image, no leftovers.
+
+
+def test_method_names_agree_with_their_home():
+  from dssn_jax import methods  # pylint: disable=g-import-not-at-top
+  assert results_lib.METHODS == methods.METHODS
