@@ -132,6 +132,7 @@ def test_markdown_table1(reference_runs):
   assert "| 3.5 | 0.4107 |" in seconds
 
 
+@pytest.mark.slow
 def test_analysis_module_imports_no_jax_or_tensorflow():
   # The dssn_jax package __init__ imports JAX, so stand in an empty package.
   code = textwrap.dedent(f"""
@@ -168,6 +169,7 @@ def _write_our_runs(directory: Path):
                       "count_runner_up": runner, "steps": steps})
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path):
   ours = tmp_path / "workdir"
   _write_our_runs(ours)
@@ -197,6 +199,7 @@ def test_cli_end_to_end(tmp_path):
     assert f"({png.name})" in tables  # Linked from tables.md.
 
 
+@pytest.mark.slow
 def test_cli_reports_user_errors(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.analyze", f"--results={tmp_path}/missing.tsv",

@@ -31,6 +31,7 @@ def smoke_report(tmp_path_factory):
   return report, workdir
 
 
+@pytest.mark.slow
 def test_smoke_writes_json_and_markdown(smoke_report):
   report, workdir = smoke_report
   with open(os.path.join(workdir, certifier.RESULTS_JSON)) as f:
@@ -52,6 +53,7 @@ def _positive_stats(stats):
   return 0 < stats["min"] <= stats["median"] <= stats["max"] and stats["n"] > 0
 
 
+@pytest.mark.slow
 def test_smoke_figures_are_sane(smoke_report):
   report, _ = smoke_report
   (peak,) = report["peak"]
@@ -165,6 +167,7 @@ def test_memory_of_the_vote_program_does_not_depend_on_levels():
   assert abs(peaks[0] - peaks[1]) <= 0.01 * max(peaks)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_reports_every_batch(smoke_report):
   report, workdir = smoke_report
   (sweep,) = report["sweep"]
@@ -179,6 +182,7 @@ def test_smoke_sweep_reports_every_batch(smoke_report):
     assert "## Forward batch sweep" in f.read()
 
 
+@pytest.mark.slow
 def test_xla_flag_trials_run_each_setting_in_its_own_process():
   # Two identical settings: same logits, ratios near 1 (no timing bound).
   trials = tuning.xla_flag_trials(
@@ -195,6 +199,7 @@ def test_xla_flag_trials_run_each_setting_in_its_own_process():
   assert "xla_cpu_enable_fast_min_max" in lines
 
 
+@pytest.mark.slow
 def test_xla_flag_trials_report_a_failing_setting():
   trials = tuning.xla_flag_trials(
       ["--xla_this_flag_does_not_exist=1"], [("small_cnn", 4)],

@@ -405,3 +405,31 @@ def test_bad_randomized_arguments(setup):
   with pytest.raises(ValueError, match="NaN"):
     dssn_jax.certify_randomized(apply_fn, x.at[0, 0, 0, 0].set(jnp.nan),
                                 spec, key, noise="uniform", n=10)
+
+
+def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
+  """Repeated calls reuse the compiled program: apply_fn is traced again only
+  for a new batch shape, never for new values of the same shapes."""
+  w = jax.random.normal(jax.random.key(3), (64, 3))
+  traces = []
+
+  def apply_fn(batch):
+    traces.append(batch.shape)  # Runs only while JAX traces apply_fn.
+    return (batch.reshape(batch.shape[0], -1) - 0.5) @ w
+
+  spec = dssn_jax.SmoothingSpec(0.12)
+  v = dssn_jax.make_offsets(0, (8, 8, 1), spec.levels)
+  grid = lambda seed, n: jnp.round(jax.random.uniform(
+      jax.random.key(seed), (n, 8, 8, 1)) * 255) / 255
+  first = dssn_jax.dssn_counts(apply_fn, grid(0, 4), v, spec)
+  traced = len(traces)
+  assert traced >= 1
+  for seed in (1, 2, 3):
+    counts = dssn_jax.dssn_counts(apply_fn, grid(seed, 4), v, spec)
+    assert counts.shape == first.shape
+  assert len(traces) == traced, traces[traced:]
+  dssn_jax.dssn_counts(apply_fn, grid(4, 2), v, spec)  # A new batch shape.
+  assert len(traces) > traced
+  retraced = len(traces)
+  dssn_jax.dssn_counts(apply_fn, grid(5, 2), v, spec)
+  assert len(traces) == retraced

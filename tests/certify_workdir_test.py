@@ -25,6 +25,9 @@ from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import results
 
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).parents[1]
 ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 

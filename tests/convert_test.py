@@ -287,12 +287,14 @@ def test_key_mapping(key, ndim, path):
   assert convert.torch_key(path) == key
 
 
+@pytest.mark.slow
 def test_wrn_logits_match_pytorch(torch_wrn, wrn_classifier):
   x = _grid_images(2, 32, seed=10)
   ours = jax.jit(wrn_classifier.apply_fn)(wrn_classifier.variables, x)
   _assert_logits_match(ours, torch_wrn[0], x)
 
 
+@pytest.mark.slow
 def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
   # Through the CLI's library function, into a workdir, then restored. 64x64
   # inputs (instead of 224x224) keep the test fast: both networks end in a
@@ -308,6 +310,7 @@ def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
   _assert_logits_match(ours, torch_resnet50[0], x)
 
 
+@pytest.mark.slow
 def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
   meta = wrn_classifier.metadata
   assert (meta["noise"], meta["sigma"], meta["levels"], meta["offsets_seed"],
@@ -349,6 +352,7 @@ def _torch_dssn_votes(model, x, v, levels, q=255):
   return torch.argmax(logits, dim=1).numpy(), gap.numpy()
 
 
+@pytest.mark.slow
 def test_dssn_counts_match_pytorch(torch_wrn, wrn_classifier):
   spec = wrn_classifier.spec
   assert spec.levels == 220
@@ -401,6 +405,7 @@ def _edit_nan(sd):
 
 @pytest.mark.parametrize("edit", [_edit_unknown, _edit_missing, _edit_shape,
                                   _edit_nan])
+@pytest.mark.slow
 def test_invalid_checkpoint_names_keys_and_writes_nothing(
     torch_wrn, tmp_path, edit):
   sd = _state_dict(torch_wrn[1])
@@ -415,6 +420,7 @@ def test_invalid_checkpoint_names_keys_and_writes_nothing(
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_wrong_arch_is_named(torch_wrn, tmp_path):
   workdir = str(tmp_path / "workdir")
   with pytest.raises(ValueError, match="--arch=wrn_40_2") as error:
@@ -436,6 +442,7 @@ def test_option_a_resnet110_is_explained():
     convert.convert_state_dict(sd, "resnet110")
 
 
+@pytest.mark.slow
 def test_existing_checkpoint_is_not_overwritten(torch_wrn, tmp_path):
   workdir = str(tmp_path / "w")
   converted = convert.convert_state_dict(

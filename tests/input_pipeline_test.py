@@ -148,6 +148,7 @@ def test_hide_tf_from_accelerators():
   assert tf.config.get_visible_devices("TPU") == []
 
 
+@pytest.mark.slow
 def test_core_import_stays_free_of_tensorflow():
   code = "import sys, dssn_jax; assert 'tensorflow' not in sys.modules, 'TF imported'"
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -157,6 +158,7 @@ def test_core_import_stays_free_of_tensorflow():
 # Fashion-MNIST from the Debian files.
 
 
+@pytest.mark.slow
 def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
   builder = tfds.builder("fashion_mnist", data_dir=fashion_dir)
   assert builder.is_prepared()
@@ -177,6 +179,7 @@ def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
   )
 
 
+@pytest.mark.slow
 def test_prepare_fashion_mnist_is_idempotent(fashion_dir):
   path = fashion_mnist.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
   assert path.startswith(fashion_dir) and os.path.isdir(path)
@@ -190,6 +193,7 @@ def test_prepare_fashion_mnist_missing_files(tmp_path):
   assert str(bogus) in str(err.value)
 
 
+@pytest.mark.slow
 def test_fashion_train_epoch(fashion_dir):
   it = input_pipeline.train_dataset(
       "fashion_mnist", batch_size=6000, seed=0, data_dir=fashion_dir, **ONE_PROCESS
@@ -206,6 +210,7 @@ def test_fashion_train_epoch(fashion_dir):
   assert not np.array_equal(first_of_next_epoch["label"], epoch[0]["label"])
 
 
+@pytest.mark.slow
 def test_fashion_train_per_process(fashion_dir):
   assert input_pipeline.train_steps_per_epoch(
       "fashion_mnist", batch_size=64, data_dir=fashion_dir, process_count=2
@@ -229,6 +234,7 @@ def test_fashion_train_per_process(fashion_dir):
   assert not np.array_equal(batches[0]["image"], batches[1]["image"])
 
 
+@pytest.mark.slow
 def test_fashion_eval_subset(fashion_dir, fashion_test_split):
   images, labels = fashion_test_split
   kwargs = dict(start=5, skip=7, max_examples=100, data_dir=fashion_dir)
@@ -252,6 +258,7 @@ def test_fashion_eval_subset(fashion_dir, fashion_test_split):
   assert not batch["image"][100:].any() and not batch["label"][100:].any()
 
 
+@pytest.mark.slow
 def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
   _, labels = fashion_test_split
   seen = []
@@ -274,6 +281,7 @@ def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
   assert seen == list(range(9990, 10_000))  # Disjoint, in order, each once.
 
 
+@pytest.mark.slow
 def test_eval_errors(fashion_dir):
   common = dict(data_dir=fashion_dir, **ONE_PROCESS)
   with pytest.raises(ValueError, match="empty evaluation subset"):

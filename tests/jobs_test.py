@@ -6,10 +6,15 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax import analysis
 from dssn_jax import jobs
 from dssn_jax import results
+
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).parents[1]
 

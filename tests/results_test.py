@@ -248,6 +248,7 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
     results_lib.certified_accuracy(radius, correct, [-1.0])
 
 
+@pytest.mark.slow
 def test_results_module_imports_no_jax_or_tensorflow():
   code = textwrap.dedent(f"""
       import importlib.util, sys
@@ -293,6 +294,7 @@ print("finished")
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   path = tmp_path / "certify.tsv"
   script = tmp_path / "writer_loop.py"

@@ -17,6 +17,9 @@ from dssn_jax import checkpoints
 from dssn_jax import fashion_mnist
 from dssn_jax import train
 
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
+
 
 def smoke_config(module, data_dir=None, **overrides):
   config = module.get_config("smoke")
