@@ -489,7 +489,7 @@ def at_sample_size(run: Run, n_new: int) -> Run | None:
     return None
   radius = clopper_pearson.radius_at_n(
       run.results["p_lower"], int(meta["n"]), n_new, float(meta["alpha"]),
-      math.sqrt(3) * run.sigma)  # lambda of DESIGN.md section 1.
+      math.sqrt(3) * run.sigma)  # lambda of docs/design.md, section 1.
   return dataclasses.replace(run, results={**run.results, "radius": radius})
 
 

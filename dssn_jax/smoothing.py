@@ -1,7 +1,7 @@
 """Smoothing specification, offset vectors and noise kernels.
 
-The notation follows DESIGN.md section 1 (Levine & Feizi, ICML 2021). Inputs
-live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing noise
+The notation follows docs/design.md, section 1 (Levine & Feizi, ICML 2021).
+Inputs live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing noise
 level and `lam = sigma * sqrt(3)` the half-width of the equivalent uniform
 noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
 
@@ -133,8 +133,8 @@ def _ceil_div(a, b):
 def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
   """Deterministic split noise: sample k of the L derandomized samples.
 
-  Computes `xt` of DESIGN.md section 1, the centre of the sub-interval of
-  [0, 1] (cut at s + n * L/q) that holds x, with `s = ((v + k) mod L + 1/2)/q`.
+  Computes `xt` of docs/design.md, section 1, the centre of the sub-interval
+  of [0, 1] (cut at s + n * L/q) that holds x, with `s = ((v + k) mod L + 1/2)/q`.
   The one formula covers every lambda.
 
   Args:

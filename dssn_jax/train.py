@@ -1,8 +1,8 @@
 """Training base classifiers under splitting noise.
 
 `train_and_evaluate(config, workdir)` trains the config's model on its dataset
-under the config's noise (DESIGN.md section 1): `dssn` draws one k per example
-with the classifier's own offsets, `ssn` independent splits, `uniform`
+under the config's noise (docs/design.md, section 2): `dssn` draws one k per
+example with the classifier's own offsets, `ssn` independent splits, `uniform`
 additive noise, `none` clean inputs; with `stability`, the loss is
 `CE(f(xt1), y) + gamma * KL(p(xt1) || p(xt2))` over two independent draws.
 

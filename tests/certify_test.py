@@ -49,7 +49,7 @@ CLASSIFIERS = {"linear": make_linear, "mlp": make_mlp, "cnn": make_cnn}
 
 
 def naive_counts(apply_fn, x, v, spec):
-  """Counts by the DESIGN.md formulas, one sample at a time, in numpy."""
+  """Counts by the docs/design.md formulas, one sample at a time, in numpy."""
   x64 = np.asarray(x, np.float64)
   counts = np.zeros((x.shape[0], NUM_CLASSES), np.int64)
   width = spec.levels / spec.q

@@ -329,7 +329,7 @@ def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
 
 
 def _torch_dssn_votes(model, x, v, levels, q=255):
-  """Per-sample torch predictions and top-two logit gaps, DESIGN.md formulas.
+  """Per-sample torch predictions and top-two logit gaps (docs/design.md).
 
   Args:
     model: the torch classifier.
