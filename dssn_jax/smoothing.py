@@ -1,9 +1,9 @@
 """Smoothing specification, offset vectors and noise kernels.
 
 The notation follows docs/design.md, section 1 (Levine & Feizi, ICML 2021).
-Inputs live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing noise
-level and `lam = sigma * sqrt(3)` the half-width of the equivalent uniform
-noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
+Inputs live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing
+noise level and `lam = sigma * sqrt(3)` the half-width of the equivalent
+uniform noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
 
 The DSSN kernel is computed in integer arithmetic: for a grid input `x = a/q`
 and split value `s = (m + 1/2)/q` every quantity of the formula is an integer
