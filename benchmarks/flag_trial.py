@@ -26,8 +26,11 @@ def run_trial(args: dict[str, Any]) -> dict[str, Any]:
   """The measurement of one trial under the process's XLA_FLAGS."""
   fns, work = {}, {}
   fns["peak"], work["peak"] = measure.matmul(args["peak_size"], jnp.float32)
-  out: dict[str, Any] = {"flags": args["flags"], "logits": {},
-                         "forward_flops": {}}
+  out: dict[str, Any] = {
+      "flags": args["flags"],
+      "logits": {},
+      "forward_flops": {},
+  }
   for name, batch in args["models"]:
     subject = measure.make_subject(name)
     x = jnp.asarray(measure.grid_images(subject.input_shape, batch, seed=2))
@@ -40,14 +43,17 @@ def run_trial(args: dict[str, Any]) -> dict[str, Any]:
   seconds = measure.timed_rounds(fns, repeats=args["repeats"], warmup=1)
   out["flops_per_second"] = {
       name: sorted(work[name] / t for t in times)[len(times) // 2]
-      for name, times in seconds.items()}
+      for name, times in seconds.items()
+  }
   return out
 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
-    sys.exit(f"usage: python -m benchmarks.flag_trial '<json>' (got "
-             f"{len(argv) - 1} arguments)")
+    sys.exit(
+        f"usage: python -m benchmarks.flag_trial '<json>' (got "
+        f"{len(argv) - 1} arguments)"
+    )
   print(json.dumps(run_trial(json.loads(argv[1]))))
 
 

@@ -11,9 +11,13 @@ import dataclasses
 
 # The dataset whose input shape, classes and normalization each model of
 # `models.create_model` is built for.
-MODEL_DATASETS = {"small_cnn": "fashion_mnist", "wrn_40_2": "cifar10",
-                  "resnet110": "cifar10", "resnet110_zero_pad": "cifar10",
-                  "resnet50": "imagenet2012"}
+MODEL_DATASETS = {
+    "small_cnn": "fashion_mnist",
+    "wrn_40_2": "cifar10",
+    "resnet110": "cifar10",
+    "resnet110_zero_pad": "cifar10",
+    "resnet50": "imagenet2012",
+}
 
 
 @dataclasses.dataclass(frozen=True)

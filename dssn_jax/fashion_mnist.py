@@ -24,10 +24,12 @@ FASHION_MNIST_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 
 _FASHION_FILES = {
     # split: (images file, labels file, number of examples)
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-              60_000),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-             10_000),
+    "train": (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        60_000,
+    ),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10_000),
 }
 
 
@@ -53,8 +55,10 @@ def _encode_pngs(images):
   # encoding in one graph is several times faster than TFDS's per-example
   # encoding.
   return tf.map_fn(
-      tf.io.encode_png, images, fn_output_signature=tf.string,
-      parallel_iterations=32
+      tf.io.encode_png,
+      images,
+      fn_output_signature=tf.string,
+      parallel_iterations=32,
   )
 
 

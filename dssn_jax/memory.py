@@ -39,8 +39,9 @@ def bind(apply_fn, params):
 def abstract_signature(tree):
   """Shapes and dtypes of a pytree of arrays (hashable with its treedef)."""
   leaves, treedef = jax.tree.flatten(tree)
-  return treedef, tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
-                        for a in leaves)
+  return treedef, tuple(
+      jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a)) for a in leaves
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +85,8 @@ def _forward_facts(apply_fn, params_signature, input_shape) -> ForwardFacts:
   treedef, leaves = params_signature
   params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
   closed, out = jax.make_jaxpr(
-      lambda params, batch: bind(apply_fn, params)(batch),
-      return_shape=True)(params, jax.ShapeDtypeStruct((1,) + input_shape,
-                                                      jnp.float32))
+      lambda params, batch: bind(apply_fn, params)(batch), return_shape=True
+  )(params, jax.ShapeDtypeStruct((1,) + input_shape, jnp.float32))
   total, largest = _jaxpr_bytes(closed.jaxpr)
   return ForwardFacts(out, total, largest)
 
@@ -100,8 +100,11 @@ def classifier_facts(apply_fn, params, input_shape) -> ForwardFacts:
     return _forward_facts.__wrapped__(apply_fn, signature, tuple(input_shape))
 
 
-def default_chunk_size(batch_per_device: int, num_items: int,
-                       forward_batch: int = DEFAULT_FORWARD_BATCH) -> int:
+def default_chunk_size(
+    batch_per_device: int,
+    num_items: int,
+    forward_batch: int = DEFAULT_FORWARD_BATCH,
+) -> int:
   """Noise samples per chunk so one forward pass sees ~forward_batch inputs.
 
   The number of chunks is fixed first and the chunk size then evened out, so
@@ -153,25 +156,34 @@ def device_memory_budget(device=None) -> int | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_bytes_per_input(apply_fn, params_signature, input_shape,
-                              batch: int) -> float | None:
+def _compiled_bytes_per_input(
+    apply_fn, params_signature, input_shape, batch: int
+) -> float | None:
   """Bytes per input of one compiled forward pass of `batch` inputs, from
   XLA's memory analysis (temporaries, the input batch and the logits)."""
   treedef, leaves = params_signature
   params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
   inputs = jax.ShapeDtypeStruct((batch,) + input_shape, jnp.float32)
   try:
-    memory = jax.jit(lambda params, inputs: bind(apply_fn, params)(
-        inputs)).lower(params, inputs).compile().memory_analysis()
+    memory = (
+        jax.jit(lambda params, inputs: bind(apply_fn, params)(inputs))
+        .lower(params, inputs)
+        .compile()
+        .memory_analysis()
+    )
     used = memory.temp_size_in_bytes + memory.output_size_in_bytes
   except Exception:  # pylint: disable=broad-except
     return None  # The backend has no memory analysis.
   return used / batch + math.prod(input_shape) * 4
 
 
-def forward_batch_for_memory(apply_fn, params, input_shape,
-                             memory_budget: int | None,
-                             max_batch: int = DEFAULT_FORWARD_BATCH) -> int:
+def forward_batch_for_memory(
+    apply_fn,
+    params,
+    input_shape,
+    memory_budget: int | None,
+    max_batch: int = DEFAULT_FORWARD_BATCH,
+) -> int:
   """The largest forward batch <= max_batch whose activations fit the budget.
 
   The bound from the jaxpr (every intermediate value of a forward pass kept)
@@ -189,19 +201,28 @@ def forward_batch_for_memory(apply_fn, params, input_shape,
     return max_batch
   signature = (None, ()) if params is None else abstract_signature(params)
   try:
-    measured = _compiled_bytes_per_input(apply_fn, signature, input_shape,
-                                         max_batch)
+    measured = _compiled_bytes_per_input(
+        apply_fn, signature, input_shape, max_batch
+    )
   except TypeError:  # Unhashable apply_fn.
     measured = _compiled_bytes_per_input.__wrapped__(
-        apply_fn, signature, input_shape, max_batch)
+        apply_fn, signature, input_shape, max_batch
+    )
   if measured is not None:
     per_input = max(measured, 2 * facts.largest_bytes + input_bytes)
   return int(max(1, min(max_batch, memory_budget // per_input)))
 
 
-def auto_chunk_size(apply_fn, params, input_shape, batch: int,
-                    num_items: int, *, devices: int = 1,
-                    memory_budget: int | None | str = "device") -> int:
+def auto_chunk_size(
+    apply_fn,
+    params,
+    input_shape,
+    batch: int,
+    num_items: int,
+    *,
+    devices: int = 1,
+    memory_budget: int | None | str = "device",
+) -> int:
   """The chunk size `certify.dssn_counts` and `sample_counts` use by default.
 
   Each device evaluates `rows` inputs (its share of the batch, or the whole
@@ -227,6 +248,7 @@ def auto_chunk_size(apply_fn, params, input_shape, batch: int,
     rows, items = batch, math.ceil(num_items / devices)
   if memory_budget == "device":
     memory_budget = device_memory_budget()
-  forward_batch = forward_batch_for_memory(apply_fn, params, input_shape,
-                                           memory_budget)
+  forward_batch = forward_batch_for_memory(
+      apply_fn, params, input_shape, memory_budget
+  )
   return min(default_chunk_size(rows, items, forward_batch), items)

@@ -45,9 +45,13 @@ def _run_dirs(authors_repo: Path) -> list[Path]:
     raise FileNotFoundError(
         f"{authors_repo} is not a directory; pass the clone of "
         f"https://github.com/alevine0/smoothingSplittingNoise (or its "
-        f"checkpoints/ directory).")
-  return sorted(p for p in root.iterdir()
-                if p.is_dir() and (p / "radius_l1.npy").is_file())
+        f"checkpoints/ directory)."
+    )
+  return sorted(
+      p
+      for p in root.iterdir()
+      if p.is_dir() and (p / "radius_l1.npy").is_file()
+  )
 
 
 def _prediction(run_dir: Path) -> np.ndarray:
@@ -57,11 +61,15 @@ def _prediction(run_dir: Path) -> np.ndarray:
   if (run_dir / "preds.npy").is_file():
     frequencies = np.load(run_dir / "preds.npy")
     if frequencies.ndim != 2:
-      raise ValueError(f"{run_dir / 'preds.npy'} has shape "
-                       f"{frequencies.shape}; expected (images, classes).")
+      raise ValueError(
+          f"{run_dir / 'preds.npy'} has shape "
+          f"{frequencies.shape}; expected (images, classes)."
+      )
     return frequencies.argmax(axis=1)  # First class on ties, as selected.
-  raise ValueError(f"{run_dir} has neither predicted_labels.npy nor "
-                   f"preds.npy: not a run directory of the authors' code.")
+  raise ValueError(
+      f"{run_dir} has neither predicted_labels.npy nor "
+      f"preds.npy: not a run directory of the authors' code."
+  )
 
 
 def _as_labels(values: np.ndarray, path: Path) -> np.ndarray:
@@ -72,8 +80,9 @@ def _as_labels(values: np.ndarray, path: Path) -> np.ndarray:
   return labels.astype(np.int16)
 
 
-def build_reference_archive(authors_repo: str | os.PathLike,
-                            outdir: str | os.PathLike) -> Path:
+def build_reference_archive(
+    authors_repo: str | os.PathLike, outdir: str | os.PathLike
+) -> Path:
   """Repacks the authors' per-run arrays into the archive of the analysis.
 
   Args:
@@ -100,29 +109,30 @@ def build_reference_archive(authors_repo: str | os.PathLike,
       continue
     radius = np.load(run_dir / "radius_l1.npy").astype(np.float64)
     predicted = _prediction(run_dir)
-    labels = _as_labels(np.load(run_dir / "labels.npy"),
-                        run_dir / "labels.npy")
+    labels = _as_labels(np.load(run_dir / "labels.npy"), run_dir / "labels.npy")
     if not radius.shape == predicted.shape == labels.shape:
       raise ValueError(
           f"{run_dir}: radius_l1 {radius.shape}, predictions "
-          f"{predicted.shape} and labels {labels.shape} differ in length.")
+          f"{predicted.shape} and labels {labels.shape} differ in length."
+      )
     label_key = f"{dataset}__labels"
     if label_key in arrays and not np.array_equal(arrays[label_key], labels):
       raise ValueError(
           f"{run_dir}/labels.npy differs from the labels of the other "
-          f"{dataset} runs; every run of a dataset certifies the same images.")
+          f"{dataset} runs; every run of a dataset certifies the same images."
+      )
     arrays[label_key] = labels
     arrays[f"{name}__radius_l1"] = radius
     arrays[f"{name}__predicted"] = predicted.astype(np.int16)
     runs[name] = {"images": int(radius.size)}
     if (run_dir / "time_per.npy").is_file():
-      runs[name]["seconds_per_image"] = float(np.load(run_dir /
-                                                      "time_per.npy"))
+      runs[name]["seconds_per_image"] = float(np.load(run_dir / "time_per.npy"))
   if not runs:
     raise ValueError(
         f"No run directories in {authors_repo} (expected checkpoints/<run>/ "
         f"with radius_l1.npy, labels.npy and predictions, runs named like "
-        f"cifar_split_derandomized_0.25).")
+        f"cifar_split_derandomized_0.25)."
+    )
   outdir.mkdir(parents=True, exist_ok=True)
   archive = outdir / ARCHIVE_NAME
   partial = outdir / (ARCHIVE_NAME + ".tmp.npz")

@@ -19,19 +19,23 @@ from dssn_jax import reference_archive
 import experiments
 
 _AUTHORS_REPO = flags.DEFINE_string(
-    "authors_repo", None,
+    "authors_repo",
+    None,
     "Clone of github.com/alevine0/smoothingSplittingNoise (or its "
-    "checkpoints/ directory).")
+    "checkpoints/ directory).",
+)
 _OUTDIR = flags.DEFINE_string(
-    "outdir", None, "Where the .npz archive and runs .json go.")
+    "outdir", None, "Where the .npz archive and runs .json go."
+)
 flags.mark_flags_as_required(["authors_repo", "outdir"])
 
 
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    path = reference_archive.build_reference_archive(_AUTHORS_REPO.value,
-                                                     _OUTDIR.value)
+    path = reference_archive.build_reference_archive(
+        _AUTHORS_REPO.value, _OUTDIR.value
+    )
   print(f"Wrote {path}")
 
 

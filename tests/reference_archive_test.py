@@ -40,24 +40,40 @@ def authors_repo(tmp_path):
   labels = rng.integers(0, CLASSES, IMAGES)
   written = {
       "cifar_split_derandomized_0.25": _write_run(
-          tmp_path, "cifar_split_derandomized_0.25", labels, rng,
-          derandomized=True, seconds=0.03),
+          tmp_path,
+          "cifar_split_derandomized_0.25",
+          labels,
+          rng,
+          derandomized=True,
+          seconds=0.03,
+      ),
       "cifar_uniform_0.5_stabilized": _write_run(
-          tmp_path, "cifar_uniform_0.5_stabilized", labels, rng,
-          derandomized=False, seconds=13.1),
+          tmp_path,
+          "cifar_uniform_0.5_stabilized",
+          labels,
+          rng,
+          derandomized=False,
+          seconds=13.1,
+      ),
   }
   (tmp_path / "checkpoints" / "notes").mkdir()  # Not a run: skipped.
   return tmp_path, labels, written
 
 
-def test_archive_holds_every_run_as_the_analysis_reads_it(authors_repo,
-                                                          tmp_path):
+def test_archive_holds_every_run_as_the_analysis_reads_it(
+    authors_repo, tmp_path
+):
   repo, labels, written = authors_repo
   path = reference_archive.build_reference_archive(repo, tmp_path / "out")
   with np.load(path) as archive:
     assert sorted(archive.files) == sorted(
-        ["cifar__labels"] + [f"{name}__{field}" for name in written
-                             for field in ("predicted", "radius_l1")])
+        ["cifar__labels"]
+        + [
+            f"{name}__{field}"
+            for name in written
+            for field in ("predicted", "radius_l1")
+        ]
+    )
     assert archive["cifar__labels"].dtype == np.int16
     np.testing.assert_array_equal(archive["cifar__labels"], labels)
     for name, (predicted, radius) in written.items():
@@ -71,25 +87,35 @@ def test_archive_holds_every_run_as_the_analysis_reads_it(authors_repo,
   assert dssn.seconds_per_image == 0.03
   uniform = runs["cifar_uniform_0.5_stabilized"]
   assert (uniform.method, uniform.stabilized) == ("uniform", True)
-  np.testing.assert_array_equal(uniform.results["correct"],
-                                written[uniform.name][0] == labels)
+  np.testing.assert_array_equal(
+      uniform.results["correct"], written[uniform.name][0] == labels
+  )
   with open(tmp_path / "out" / reference_archive.RUNS_NAME) as f:
     assert json.load(f)["cifar_uniform_0.5_stabilized"] == {
-        "images": IMAGES, "seconds_per_image": 13.1}
+        "images": IMAGES,
+        "seconds_per_image": 13.1,
+    }
 
 
 def test_checkpoints_directory_itself_is_accepted(authors_repo, tmp_path):
   repo, _, written = authors_repo
-  reference_archive.build_reference_archive(repo / "checkpoints",
-                                            tmp_path / "out")
+  reference_archive.build_reference_archive(
+      repo / "checkpoints", tmp_path / "out"
+  )
   assert sorted(analysis.load_reference_runs(tmp_path / "out")) == sorted(
-      written)
+      written
+  )
 
 
 def test_runs_with_different_labels_are_refused(authors_repo, tmp_path):
   repo, labels, _ = authors_repo
-  _write_run(repo, "cifar_split_0.5", (labels + 1) % CLASSES,
-             np.random.default_rng(1), derandomized=False)
+  _write_run(
+      repo,
+      "cifar_split_0.5",
+      (labels + 1) % CLASSES,
+      np.random.default_rng(1),
+      derandomized=False,
+  )
   with pytest.raises(ValueError, match="differs from the labels"):
     reference_archive.build_reference_archive(repo, tmp_path / "out")
 
@@ -99,25 +125,50 @@ def test_no_runs_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="No run directories"):
     reference_archive.build_reference_archive(tmp_path, tmp_path / "out")
   with pytest.raises(FileNotFoundError, match="smoothingSplittingNoise"):
-    reference_archive.build_reference_archive(tmp_path / "missing",
-                                              tmp_path / "out")
+    reference_archive.build_reference_archive(
+        tmp_path / "missing", tmp_path / "out"
+    )
 
 
 @pytest.mark.slow
 def test_cli_builds_what_analyze_reads(authors_repo, tmp_path):
   repo, _, _ = authors_repo
   out = tmp_path / "reference"
-  subprocess.run([sys.executable, "-m", "experiments.build_reference",
-                  f"--authors_repo={repo}", f"--outdir={out}"], check=True)
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.build_reference",
+          f"--authors_repo={repo}",
+          f"--outdir={out}",
+      ],
+      check=True,
+  )
   analyzed = subprocess.run(
-      [sys.executable, "-m", "experiments.analyze", f"--reference={out}",
-       "--dataset=cifar", f"--outdir={tmp_path / 'analysis'}"],
-      check=True, capture_output=True, text=True)
+      [
+          sys.executable,
+          "-m",
+          "experiments.analyze",
+          f"--reference={out}",
+          "--dataset=cifar",
+          f"--outdir={tmp_path / 'analysis'}",
+      ],
+      check=True,
+      capture_output=True,
+      text=True,
+  )
   assert "published" in analyzed.stdout
   missing = subprocess.run(
-      [sys.executable, "-m", "experiments.build_reference",
-       f"--authors_repo={tmp_path / 'missing'}", f"--outdir={out}"],
-      capture_output=True, text=True)
+      [
+          sys.executable,
+          "-m",
+          "experiments.build_reference",
+          f"--authors_repo={tmp_path / 'missing'}",
+          f"--outdir={out}",
+      ],
+      capture_output=True,
+      text=True,
+  )
   assert missing.returncode == 1
   assert missing.stderr.strip().startswith("error:")
   assert "Traceback" not in missing.stderr
