@@ -9,7 +9,7 @@ ResNet-50 224x224x3) FLOPs per forward, raw forward and certification
 throughput at sigma 0.5 and 3.5, their ratio, model FLOP utilization, peak
 memory; training step throughput; the work split over fake CPU devices. See
 benchmarks/certifier.py for what is timed. XLA options for a trial go through
-the environment, e.g. `XLA_FLAGS=--xla_cpu_... python -m experiments...`,
+the environment, e.g. `XLA_FLAGS=--xla_cpu_... python -m benchmarks.run`,
 and are recorded in the report.
 
 Variants: `configs/benchmark.py:smoke` (small CNN only, tiny sizes; seconds,
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None):
   # "Performance" throughout.
   config.xla_flags = ""
   # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
-  # batch size (the evidence for certify.DEFAULT_FORWARD_BATCH):
+  # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):
   config.sweep = ml_collections.ConfigDict({
       "small_cnn": (64, 128, 256, 512, 1024, 2048),
       "wrn_40_2": (32, 64, 128, 256, 512, 1024),
