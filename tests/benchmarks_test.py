@@ -206,3 +206,16 @@ def test_xla_flag_trials_report_a_failing_setting():
       alternations=1, peak_size=64, repeats=1, log=lambda _: None)
   (entry,) = trials["settings"]
   assert entry["errors"] and "flops_per_second" not in entry
+
+
+@pytest.mark.slow
+def test_device_split_runs_in_its_own_process():
+  report = certifier.device_split_report(2, sigma=0.05, batch=4)
+  assert "error" not in report, report.get("error")
+  by_batch, by_samples = report["cases"]
+  assert (by_batch["split"], by_samples["split"]) == ("batch",
+                                                      "noise samples")
+  for case in report["cases"]:
+    assert case["identical_to_one_device"]
+    assert case["row_sums"] == [report["levels"]]
+    assert case["per_device_share"] == pytest.approx(0.5, abs=0.05)
