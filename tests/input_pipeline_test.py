@@ -154,6 +154,14 @@ def test_core_import_stays_free_of_tensorflow():
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow
+def test_dataset_table_and_converter_import_no_tensorflow():
+  code = ("import sys; from dssn_jax import convert, datasets; "
+          "assert 'tensorflow' not in sys.modules, 'TF imported'; "
+          "assert datasets.dataset_info('cifar10').input_shape == (32, 32, 3)")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 # --------------------------------------------------------------------------
 # Fashion-MNIST from the Debian files.
 
