@@ -1,6 +1,6 @@
 r"""Benchmark of the certifier against this machine's own limits.
 
-  python -m experiments.benchmark --config=configs/benchmark.py \
+  python -m benchmarks.run --config=configs/benchmark.py \
       --workdir=runs/benchmark
 
 writes `benchmark.json` and `benchmark.md` into --workdir: the float32 (and
@@ -8,8 +8,8 @@ bfloat16) matmul peak; per model (small CNN 28x28x1, WRN-40-2 32x32x3,
 ResNet-50 224x224x3) FLOPs per forward, raw forward and certification
 throughput at sigma 0.5 and 3.5, their ratio, model FLOP utilization, peak
 memory; training step throughput; the work split over fake CPU devices. See
-dssn_jax/benchmark.py for what is timed. XLA options for a trial go through
-the environment, e.g. `XLA_FLAGS=--xla_cpu_... python -m experiments...`,
+benchmarks/certifier.py for what is timed. XLA options for a trial go through
+the environment, e.g. `XLA_FLAGS=--xla_cpu_... python -m benchmarks.run`,
 and are recorded in the report.
 
 Variants: `configs/benchmark.py:smoke` (small CNN only, tiny sizes; seconds,
@@ -63,13 +63,13 @@ def get_config(arg: str | None = None):
       "stability_gamma": 6.0, "learning_rate": 0.1, "momentum": 0.9,
       "nesterov": True, "weight_decay": 1e-4})
   config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
-  # Appended to XLA_FLAGS by experiments/benchmark.py before JAX starts. ""
+  # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
   # measures what the other entry points get by default; set it to
   # CPU_FUSION_FLAGS to measure the opt-in CPU setting of README
   # "Performance" throughout.
   config.xla_flags = ""
-  # Tuning trials (dssn_jax/tuning.py). Raw forward throughput per forward
-  # batch size (the evidence for certify.DEFAULT_FORWARD_BATCH):
+  # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
+  # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):
   config.sweep = ml_collections.ConfigDict({
       "small_cnn": (64, 128, 256, 512, 1024, 2048),
       "wrn_40_2": (32, 64, 128, 256, 512, 1024),

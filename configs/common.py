@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model = ""
   config.compute_dtype = "float32"  # "bfloat16" on GPUs and TPUs.
 
-  # Smoothing (DESIGN.md section 1). Stored in every checkpoint.
+  # Smoothing (docs/design.md, section 1). Stored in every checkpoint.
   config.noise = "dssn"  # dssn | ssn | uniform | none
   config.sigma = 0.5
   config.q = 255

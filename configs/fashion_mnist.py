@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
   config.certify.max_examples = 500
   config.certify.batch_size = 16
   config.certify.radii = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-  # The grid of `:study` (pipeline.study_grid).
+  # The grid of `:study` (jobs.study_grid).
   config.study = ml_collections.ConfigDict()
   config.study.noises = ("dssn", "uniform", "ssn")
   config.study.sigmas = (0.25, 0.5, 1.0, 2.0)

@@ -1,7 +1,7 @@
 """dssn-jax: exact l1 certified robustness by Deterministic Smoothing with
 Splitting Noise (Levine & Feizi, ICML 2021) in JAX.
 
-The core API (DESIGN.md section 2):
+The core API (docs/design.md, section 1):
 
   spec = dssn_jax.SmoothingSpec(sigma=0.5, q=255)
   v = dssn_jax.make_offsets(seed, shape, spec.levels)

@@ -29,17 +29,17 @@ import collections
 import dataclasses
 import glob as glob_lib
 import json
-import logging
 import math
 import os
 from pathlib import Path
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 from dssn_jax import results as results_lib
-from dssn_jax import sample_size
+from dssn_jax import clopper_pearson
 
 DEFAULT_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 
@@ -482,14 +482,14 @@ def _slug(*parts) -> str:
 
 def at_sample_size(run: Run, n_new: int) -> Run | None:
   """Our randomized run with radii recomputed for n_new samples at the same
-  empirical frequencies (`sample_size.radius_at_n`); None for other runs."""
+  empirical frequencies (`clopper_pearson.radius_at_n`); None for other runs."""
   meta = run.metadata
   if (run.source != "ours" or run.method == "dssn" or "p_lower" not in
       run.results or "n" not in meta or "alpha" not in meta):
     return None
-  radius = sample_size.radius_at_n(
+  radius = clopper_pearson.radius_at_n(
       run.results["p_lower"], int(meta["n"]), n_new, float(meta["alpha"]),
-      math.sqrt(3) * run.sigma)  # lambda of DESIGN.md section 1.
+      math.sqrt(3) * run.sigma)  # lambda of docs/design.md, section 1.
   return dataclasses.replace(run, results={**run.results, "radius": radius})
 
 

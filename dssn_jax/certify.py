@@ -10,11 +10,8 @@ Over a device mesh the batch is split across devices with `shard_map`; a batch
 smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
 
-Without an explicit `chunk_size`, a forward pass sees up to
-`DEFAULT_FORWARD_BATCH` noisy inputs per device, fewer when the model's
-activations would not fit a fraction of the device's free memory
-(`auto_chunk_size`): the memory of one forward pass is bounded from its jaxpr
-and, when that bound is too coarse, taken from XLA's memory analysis.
+Without an explicit `chunk_size`, `memory.auto_chunk_size` picks one that
+fits the device's memory.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Callable
 
 import jax
@@ -30,15 +26,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
+from dssn_jax import memory
 from dssn_jax import smoothing
-from dssn_jax.sample_size import clopper_pearson_lower
+from dssn_jax.clopper_pearson import clopper_pearson_lower
+from dssn_jax.methods import RANDOMIZED_NOISE_KINDS
 from dssn_jax.smoothing import SmoothingSpec
 
-# Noisy inputs per forward pass (per device) when no chunk size is given, at
-# most: fewer when they would not fit MEMORY_FRACTION of the free memory.
-DEFAULT_FORWARD_BATCH = 512
-MEMORY_FRACTION = 0.5
-RANDOMIZED_NOISE_KINDS = ("uniform", "ssn")
 # Inputs within this many ulps of their dtype of a grid value a/q are on the
 # grid: float rounding of a/q, however computed, is within 1.3 ulps.
 GRID_TOLERANCE_ULPS = 2
@@ -185,69 +178,11 @@ def _check_logits(out, input_shape, batch: int) -> None:
         f"{out.shape[1]} logit(s).")
 
 
-def _abstract(tree):
-  """Shapes and dtypes of a pytree of arrays (hashable with its treedef)."""
-  leaves, treedef = jax.tree.flatten(tree)
-  return treedef, tuple(jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))
-                        for a in leaves)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ForwardFacts:
-  """What the certifier needs to know of a classifier, from one trace."""
-
-  num_classes: int
-  # Bytes of all intermediate values of a forward pass of one input, summed
-  # (no buffer reuse): an upper bound on its live memory, up to the scratch
-  # space of library calls.
-  intermediate_bytes: int
-  # The largest single intermediate value of one input, in bytes.
-  largest_bytes: int
-
-
-def _jaxpr_bytes(jaxpr) -> tuple[int, int]:
-  """(sum, max) of the byte sizes of every value a jaxpr computes."""
-  total = largest = 0
-  for eqn in jaxpr.eqns:
-    for var in eqn.outvars:
-      aval = var.aval
-      if hasattr(aval, "shape") and hasattr(aval, "dtype"):
-        size = math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
-        total += size
-        largest = max(largest, size)
-    for param in eqn.params.values():
-      for sub in (param if isinstance(param, (list, tuple)) else (param,)):
-        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr.
-        if hasattr(sub, "eqns"):
-          sub_total, sub_largest = _jaxpr_bytes(sub)
-          total += sub_total
-          largest = max(largest, sub_largest)
-  return total, largest
-
-
-@functools.lru_cache(maxsize=256)
-def _forward_facts(apply_fn, params_signature, input_shape) -> _ForwardFacts:
-  """Traces apply_fn once per (function, params shapes, input shape)."""
-  treedef, leaves = params_signature
-  params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
-  # A batch of 2, not 1: a classifier that returns one row whatever the batch
-  # would pass with 1 and fail later in a reshape.
-  closed, out = jax.make_jaxpr(
-      lambda params, batch: _bind(apply_fn, params)(batch),
-      return_shape=True)(params, jax.ShapeDtypeStruct((2,) + input_shape,
-                                                      jnp.float32))
-  _check_logits(out, input_shape, 2)
-  total, largest = _jaxpr_bytes(closed.jaxpr)
-  return _ForwardFacts(out.shape[1], total // 2, largest // 2)
-
-
-def _classifier_facts(apply_fn, params, input_shape) -> _ForwardFacts:
-  """`_ForwardFacts` of apply_fn, cached by identity and shapes."""
-  signature = (None, ()) if params is None else _abstract(params)
-  try:
-    return _forward_facts(apply_fn, signature, tuple(input_shape))
-  except TypeError:  # An unhashable apply_fn: no cache.
-    return _forward_facts.__wrapped__(apply_fn, signature, tuple(input_shape))
+def _classifier_facts(apply_fn, params, input_shape) -> memory.ForwardFacts:
+  """`memory.ForwardFacts` of apply_fn (traced once); checks its logits."""
+  facts = memory.classifier_facts(apply_fn, params, input_shape)
+  _check_logits(facts.logits, input_shape, memory.FACTS_BATCH)
+  return facts
 
 
 # ----------------------------------------------------------------------------
@@ -319,145 +254,6 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
   return counts
 
 
-def _bind(apply_fn, params):
-  """The forward function batch -> logits (params may be None)."""
-  if params is None:
-    return apply_fn
-  return lambda batch: apply_fn(params, batch)
-
-
-def default_chunk_size(batch_per_device: int, num_items: int,
-                       forward_batch: int = DEFAULT_FORWARD_BATCH) -> int:
-  """Noise samples per chunk so one forward pass sees ~forward_batch inputs.
-
-  The number of chunks is fixed first and the chunk size then evened out, so
-  the last chunk is not a tiny remainder.
-  """
-  chunk = max(1, min(num_items, forward_batch // max(1, batch_per_device)))
-  num_chunks = math.ceil(num_items / chunk)
-  return math.ceil(num_items / num_chunks)
-
-
-def _host_available_bytes() -> int | None:
-  """Memory the host can still give this process (Linux MemAvailable)."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def device_memory_budget(device=None) -> int | None:
-  """Bytes a forward pass may use on one device (None: unknown).
-
-  `MEMORY_FRACTION` of the device's free memory when it is first asked
-  (cached, so that the chunk size, and with it the compiled program, stays
-  the same for the whole process). CPU devices share the host's memory.
-  """
-  device = jax.local_devices()[0] if device is None else device
-  try:
-    stats = device.memory_stats()
-  except Exception:  # pylint: disable=broad-except
-    stats = None
-  if stats and "bytes_limit" in stats:
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-  elif device.platform == "cpu":
-    free = _host_available_bytes()
-    if free is None:
-      return None
-    free //= max(1, len(jax.local_devices(backend="cpu")))
-  else:
-    return None
-  return int(free * MEMORY_FRACTION)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_bytes_per_input(apply_fn, params_signature, input_shape,
-                              batch: int) -> float | None:
-  """Bytes per input of one compiled forward pass of `batch` inputs, from
-  XLA's memory analysis (temporaries, the input batch and the logits)."""
-  treedef, leaves = params_signature
-  params = None if treedef is None else jax.tree.unflatten(treedef, leaves)
-  inputs = jax.ShapeDtypeStruct((batch,) + input_shape, jnp.float32)
-  try:
-    memory = jax.jit(lambda params, inputs: _bind(apply_fn, params)(
-        inputs)).lower(params, inputs).compile().memory_analysis()
-    used = memory.temp_size_in_bytes + memory.output_size_in_bytes
-  except Exception:  # pylint: disable=broad-except
-    return None  # The backend has no memory analysis.
-  return used / batch + math.prod(input_shape) * 4
-
-
-def forward_batch_for_memory(apply_fn, params, input_shape,
-                             memory_budget: int | None,
-                             max_batch: int = DEFAULT_FORWARD_BATCH) -> int:
-  """The largest forward batch <= max_batch whose activations fit the budget.
-
-  The bound from the jaxpr (every intermediate value of a forward pass kept)
-  decides when it fits max_batch; otherwise XLA's memory analysis of the
-  compiled forward pass at max_batch gives the bytes per input (not less
-  than twice the largest intermediate: an op's input and output coexist).
-  """
-  if memory_budget is None:
-    return max_batch
-  input_shape = tuple(input_shape)
-  facts = _classifier_facts(apply_fn, params, input_shape)
-  input_bytes = math.prod(input_shape) * 4
-  per_input = facts.intermediate_bytes + input_bytes
-  if per_input * max_batch <= memory_budget:
-    return max_batch
-  signature = (None, ()) if params is None else _abstract(params)
-  try:
-    measured = _compiled_bytes_per_input(apply_fn, signature, input_shape,
-                                         max_batch)
-  except TypeError:  # Unhashable apply_fn.
-    measured = _compiled_bytes_per_input.__wrapped__(
-        apply_fn, signature, input_shape, max_batch)
-  if measured is not None:
-    per_input = max(measured, 2 * facts.largest_bytes + input_bytes)
-  return int(max(1, min(max_batch, memory_budget // per_input)))
-
-
-def auto_chunk_size(apply_fn, params, input_shape, batch: int,
-                    num_items: int, *, devices: int = 1,
-                    memory_budget: int | None | str = "device") -> int:
-  """The chunk size `dssn_counts` and `sample_counts` use when given none.
-
-  Each device evaluates `rows` inputs (its share of the batch, or the whole
-  batch when the noise samples are split over devices) on `chunk` noise
-  samples per forward pass, so that rows * chunk noisy inputs fit
-  `forward_batch_for_memory` (at most `DEFAULT_FORWARD_BATCH`).
-
-  Args:
-    apply_fn, params: the classifier, as given to `dssn_counts`.
-    input_shape: shape of one input.
-    batch: inputs per call.
-    num_items: noise samples per input (L for DSSN).
-    devices: devices of the mesh (1 without one).
-    memory_budget: bytes a forward pass may use per device; "device" asks
-      the device (`device_memory_budget`), None means unlimited.
-
-  Returns:
-    The chunk size, in 1..num_items per device.
-  """
-  if batch >= devices:
-    rows, items = math.ceil(batch / devices), num_items
-  else:
-    rows, items = batch, math.ceil(num_items / devices)
-  if memory_budget == "device":
-    memory_budget = device_memory_budget()
-  forward_batch = forward_batch_for_memory(apply_fn, params, input_shape,
-                                           memory_budget)
-  return min(default_chunk_size(rows, items, forward_batch), items)
-
-
 @functools.partial(
     jax.jit,
     static_argnames=("apply_fn", "make_noisy", "num_items", "chunk_size",
@@ -482,7 +278,7 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
     make_noisy: (x_rows, row_ids, aux, item) -> noisy rows (static).
     num_items: number of noise items per input (L for DSSN, N for sampling).
     chunk_size: items per forward pass; None picks `default_chunk_size`
-      (the public functions pass `auto_chunk_size`).
+      (the public functions pass `memory.auto_chunk_size`).
     mesh: device mesh or None for the default device.
     grid_q: inputs must lie on the 1/grid_q grid (None: only in [0, 1]).
     offsets_levels: aux holds offsets that must lie in {0..levels-1}.
@@ -500,13 +296,13 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
 def _vote_counts_and_failures(params, x, row_ids, aux, *, apply_fn,
                               make_noisy, num_items, chunk_size, mesh):
   """`_accumulate_votes` over the mesh: (B, C + 1) counts and failures."""
-  forward = _bind(apply_fn, params)
+  forward = memory.bind(apply_fn, params)
   batch = x.shape[0]
 
   def local_counts(x, row_ids, aux, item_start, stride, items, chunk,
                    varying=()):
     noisy = lambda item: make_noisy(x, row_ids, aux, item)
-    chunk = chunk or default_chunk_size(x.shape[0], items)
+    chunk = chunk or memory.default_chunk_size(x.shape[0], items)
     return _accumulate_votes(forward, noisy, items, min(chunk, items),
                              item_start, stride, num_items, varying)
 
@@ -607,8 +403,8 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
     spec: the smoothing spec.
     params: optional first argument of apply_fn.
     chunk_size: noise samples per forward pass; default
-      `auto_chunk_size`: up to `DEFAULT_FORWARD_BATCH` noisy inputs per
-      forward pass per device, fewer when they would not fit its memory.
+      `memory.auto_chunk_size`: up to `memory.DEFAULT_FORWARD_BATCH` noisy
+      inputs per forward pass per device, fewer when they would not fit.
     mesh: optional device mesh to shard the work over.
 
   Returns:
@@ -626,6 +422,14 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
       gives an invalid row counts of -1 too. Shapes and dtypes are checked
       at trace time in both cases.
   """
+  args, static = _dssn_program(apply_fn, x, v, spec, params, chunk_size,
+                               mesh, spec.levels)
+  return _vote_counts(*args, **static)
+
+
+def _dssn_program(apply_fn, x, v, spec, params, chunk_size, mesh, num_items):
+  """Checks a `dssn_counts` call; returns the arguments and static arguments
+  of its `_vote_counts` program (over the samples k < num_items)."""
   v = jnp.asarray(v) if isinstance(v, np.ndarray) else v
   check_offsets(v, spec)
   check_inputs(x, v.shape, q=spec.q)  # numpy x is checked before transfer.
@@ -633,15 +437,16 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
   _classifier_facts(apply_fn, params, v.shape)  # Checks the logits' shape.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = auto_chunk_size(apply_fn, params, v.shape, x.shape[0],
-                                 spec.levels, devices=_mesh_size(mesh))
+    chunk_size = memory.auto_chunk_size(apply_fn, params, v.shape,
+                                        x.shape[0], spec.levels,
+                                        devices=_mesh_size(mesh))
   row_ids = jnp.zeros(x.shape[0], jnp.int32)  # DSSN noise is per sample k.
-  counts = _vote_counts(
-      _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
-      _replicate(mesh, v), apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
-      num_items=spec.levels, chunk_size=chunk_size, mesh=mesh,
-      grid_q=spec.q, offsets_levels=spec.levels)
-  return counts
+  args = (_replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
+          _replicate(mesh, v))
+  static = dict(apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
+                num_items=num_items, chunk_size=chunk_size, mesh=mesh,
+                grid_q=spec.q, offsets_levels=spec.levels)
+  return args, static
 
 
 def _check_chunk_size(chunk_size):
@@ -659,6 +464,33 @@ def failed_rows_message(rows) -> str:
           f"noisy copies of the inputs at rows {list(rows)[:10]}: no vote "
           f"and no certificate for them. A classifier must give finite "
           f"logits on every input in [0, 1].")
+
+
+def lower_counts(apply_fn: Callable[..., jax.Array], x, v,
+                 spec: SmoothingSpec, *, params: Any = None,
+                 chunk_size: int | None = None, mesh: Mesh | None = None,
+                 num_items: int | None = None):
+  """The jitted program of `dssn_counts`, lowered but neither compiled nor run.
+
+  For tools that inspect or time the certifier (its HLO, XLA's cost and
+  memory analysis) without depending on its private functions.
+
+  Args:
+    apply_fn, x, v, spec, params, chunk_size, mesh: as in `dssn_counts`.
+    num_items: evaluate only the noise samples k < num_items (default L, the
+      whole certification); a prefix is the same scan body run fewer times.
+
+  Returns:
+    (lowered, args): a `jax.stages.Lowered`; `lowered.compile()(*args)` gives
+    the (B, C) int32 counts over the samples k < num_items.
+  """
+  num_items = spec.levels if num_items is None else num_items
+  if not 1 <= num_items <= spec.levels:
+    raise ValueError(f"num_items must be in 1..{spec.levels}, got "
+                     f"{num_items}.")
+  args, static = _dssn_program(apply_fn, x, v, spec, params, chunk_size,
+                               mesh, num_items)
+  return _vote_counts.lower(*args, **static), args
 
 
 def certify_from_counts(counts, spec: SmoothingSpec):
@@ -778,8 +610,9 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   _classifier_facts(apply_fn, params, x.shape[1:])  # Checks the logits.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = auto_chunk_size(apply_fn, params, x.shape[1:], x.shape[0],
-                                 num_samples, devices=_mesh_size(mesh))
+    chunk_size = memory.auto_chunk_size(apply_fn, params, x.shape[1:],
+                                        x.shape[0], num_samples,
+                                        devices=_mesh_size(mesh))
   if row_ids is None:
     row_ids = jnp.arange(x.shape[0], dtype=jnp.int32)
   row_ids = jnp.asarray(row_ids, jnp.int32)

@@ -9,8 +9,10 @@ DataParallel(net)`, so a checkpoint is a flat dict of tensors:
 
 (`model.` / `norm.` without `module.` are accepted too, and a dict that wraps
 the state_dict under `state_dict` or `model_state_dict`.) Networks: "wrn_40_2"
-(their CIFAR-10 model), "resnet50" (torchvision, their ImageNet model) and
-"resnet110" (Cohen et al.'s layout with projection shortcuts).
+(their CIFAR-10 model), "resnet50" (torchvision, their ImageNet model),
+"resnet110" (Cohen et al.'s layout with projection shortcuts) and
+"resnet110_zero_pad" (Idelbayev's option-A ResNet-110 of their rs4a code,
+whose classifier is called `linear`: its `linear.*` keys map to `fc`).
 
 Key mapping (the rule of the dssn_jax.models docstrings): the net key splits
 at its first numeric part, `block1.layer.0.bn1.weight` ->
@@ -44,24 +46,20 @@ import ml_collections
 import numpy as np
 
 from dssn_jax import checkpoints
+from dssn_jax import datasets
 from dssn_jax import models
 from dssn_jax import smoothing
 
-ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet50")
-DEFAULT_DATASET = {"wrn_40_2": "cifar10", "resnet110": "cifar10",
-                   "resnet50": "imagenet2012"}
-# (input shape, classes) as in dssn_jax.data.dataset_info, repeated here
-# because dssn_jax.data imports TensorFlow (seconds) and conversion needs none.
-DATASETS = {"cifar10": ((32, 32, 3), 10),
-            "imagenet2012": ((224, 224, 3), 1000)}
+ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet110_zero_pad", "resnet50")
+# The torch name of the classifier layer (our models call it `fc`).
+_TORCH_HEAD = {"resnet110_zero_pad": "linear"}
+# The datasets of the authors' models (facts in `datasets.dataset_info`).
+DATASETS = ("cifar10", "imagenet2012")
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default.
 MODEL_PREFIXES = ("model.module.", "model.")
 NORM_KEYS = {"mu": ("norm.module.mu", "norm.mu"),
              "log_sig": ("norm.module.log_sig", "norm.log_sig")}
 _MAX_LISTED = 12  # Offending keys listed per kind in an error message.
-# Idelbayev's option-A ResNet-110 (rs4a's CIFAR ResNet): no downsample keys,
-# classifier `linear`. Recognized only to explain why it is refused.
-OPTION_A_RESNET110 = "resnet110 with zero-padding (option A) shortcuts"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,20 +184,16 @@ def _to_flax(array: np.ndarray) -> np.ndarray:
 def expected_state_dict(arch: str, num_classes: int) -> dict[str, tuple]:
   """Network key -> torch shape of the architecture's PyTorch state_dict
   (without `num_batches_tracked`), derived from the Flax model."""
-  if arch == OPTION_A_RESNET110:
-    model = models.CifarResNet(num_classes=num_classes, mean=(0.,),
-                               std=(1.,), shortcut="zero_pad")
-  else:
-    model = models.create_model(arch, num_classes=num_classes, mean=(0.,),
-                                std=(1.,))
+  model = models.create_model(arch, num_classes=num_classes, mean=(0.,),
+                              std=(1.,))
   # Parameter shapes do not depend on the spatial size; 64x64 traces faster.
   x = jnp.zeros((1, 64, 64, 3))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
   expected = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
     key = torch_key(tuple(p.key for p in path))
-    if arch == OPTION_A_RESNET110 and key.startswith("fc."):
-      key = "linear." + key[len("fc."):]
+    if key.startswith("fc.") and arch in _TORCH_HEAD:
+      key = _TORCH_HEAD[arch] + key[len("fc"):]
     expected[key] = _to_torch_shape(tuple(leaf.shape))
   return expected
 
@@ -238,17 +232,12 @@ def _split(state_dict: Mapping[str, Any]):
 def _architecture_hint(arch: str, net_keys: set[str]) -> str:
   """A sentence naming the architecture these keys most likely belong to."""
   scores = {}
-  for candidate in ARCHITECTURES + (OPTION_A_RESNET110,):
+  for candidate in ARCHITECTURES:
     expected = set(expected_state_dict(candidate, 10))
     scores[candidate] = len(net_keys & expected) / len(net_keys | expected)
   best = max(scores, key=scores.get)
   if best == arch or scores[best] <= scores[arch]:
     return ""
-  if best == OPTION_A_RESNET110:
-    return (f" The keys are those of a {OPTION_A_RESNET110} (Idelbayev's, "
-            f"as in rs4a; classifier `linear`): dssn_jax's resnet110 is Cohen "
-            f"et al.'s projection-shortcut network, so this checkpoint cannot "
-            f"be converted.")
   match = "exactly" if scores[best] == 1 else f"{scores[best]:.0%} of"
   return (f" The keys match {match} those of {best}, not {arch}: wrong "
           f"architecture? Try --arch={best}.")
@@ -262,8 +251,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
     state_dict: key -> array (numpy or anything np.asarray takes), with the
       `model.module.` / `norm.module.` keys of the module docstring.
     arch: one of ARCHITECTURES.
-    dataset: the dataset the model classifies; default DEFAULT_DATASET[arch].
-      Its class count must equal the rows of `fc.weight`.
+    dataset: the dataset the model classifies; default
+      datasets.MODEL_DATASETS[arch].
+      Its class count must equal the rows of `fc.weight` (`linear.weight`).
 
   Returns:
     The ConvertedModel.
@@ -275,14 +265,16 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
   if arch not in ARCHITECTURES:
     raise ValueError(f"Unknown architecture {arch!r}; the authors' "
                      f"checkpoints convert to one of {ARCHITECTURES}.")
-  dataset = dataset or DEFAULT_DATASET[arch]
+  dataset = dataset or datasets.MODEL_DATASETS[arch]
   if dataset not in DATASETS:
     raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
                      f"{tuple(DATASETS)}.")
-  input_shape, dataset_classes = DATASETS[dataset]
+  info = datasets.dataset_info(dataset)
+  input_shape, dataset_classes = info.input_shape, info.num_classes
   state_dict = unwrap_state_dict(state_dict)
   net, names, norm, unknown = _split(state_dict)
-  fc = net.get("fc.weight")
+  head = _TORCH_HEAD.get(arch, "fc")
+  fc = net.get(f"{head}.weight")
   num_classes = (fc.shape[0] if fc is not None and fc.ndim == 2
                  else dataset_classes)
   expected = expected_state_dict(arch, num_classes)
@@ -315,8 +307,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
     if keys:
       problems.append(f"{label}: {_listing(keys)}")
   if not problems and num_classes != dataset_classes:
-    problems.append(f"fc.weight has {num_classes} classes but {dataset} has "
-                    f"{dataset_classes} (pass the right --dataset)")
+    problems.append(f"{head}.weight has {num_classes} classes but {dataset} "
+                    f"has {dataset_classes} (pass the right --dataset)")
   if problems:
     hint = _architecture_hint(arch, set(net) - counters) if (
         unknown or missing) else ""
@@ -326,7 +318,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
   variables = {"params": {}, "batch_stats": {}}
   for key in expected:
     array = np.asarray(net[key], np.float32)
-    *parents, leaf = flax_path(key, array.ndim)
+    flax_key = "fc" + key[len(head):] if key.startswith(head + ".") else key
+    *parents, leaf = flax_path(flax_key, array.ndim)
     node = variables
     for name in parents:
       node = node.setdefault(name, {})
@@ -372,7 +365,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
     workdir: a new directory, or one without checkpoints.
     sigma: the sigma the model was trained with (the checkpoint's name).
     offsets_seed: seed of the offsets template (the authors used 0).
-    dataset: default DEFAULT_DATASET[converted.arch].
+    dataset: default datasets.MODEL_DATASETS[converted.arch].
     stability: whether the model was trained with stability training
       (recorded only, for the analysis tables).
     q: input quantization.
@@ -380,7 +373,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
   Returns:
     The metadata written.
   """
-  dataset = dataset or DEFAULT_DATASET[converted.arch]
+  dataset = dataset or datasets.MODEL_DATASETS[converted.arch]
   check_target(workdir, sigma=sigma, dataset=dataset, q=q)
   config = ml_collections.ConfigDict({
       "noise": "dssn", "sigma": float(sigma), "q": q,
@@ -389,7 +382,7 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
       0.0, "model": converted.arch, "dataset": dataset,
       "compute_dtype": "float32"})
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=DATASETS[dataset][0],
+      config, input_shape=datasets.dataset_info(dataset).input_shape,
       num_classes=converted.num_classes, mean=converted.mean,
       std=converted.std)
   checkpointer = checkpoints.Checkpointer(workdir)
@@ -409,7 +402,8 @@ def convert_checkpoint(path: str, arch: str, workdir: str, *, sigma: float,
   if arch not in ARCHITECTURES:
     raise ValueError(f"Unknown architecture {arch!r}; the authors' "
                      f"checkpoints convert to one of {ARCHITECTURES}.")
-  check_target(workdir, sigma=sigma, dataset=dataset or DEFAULT_DATASET[arch])
+  check_target(workdir, sigma=sigma,
+               dataset=dataset or datasets.MODEL_DATASETS[arch])
   converted = convert_state_dict(load_torch_checkpoint(path), arch,
                                  dataset=dataset)
   return write_checkpoint(converted, workdir, sigma=sigma,

@@ -48,7 +48,6 @@ import collections
 import dataclasses
 import errno
 import json
-import logging
 import math
 import operator
 import os
@@ -56,6 +55,7 @@ from pathlib import Path
 import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 
 try:  # Advisory lock against two writers on one file; absent on Windows.
@@ -66,7 +66,6 @@ except ImportError:  # pragma: no cover
 # --------------------------------------------------------------------------
 # Schema.
 
-METHODS = ("dssn", "ssn", "uniform")
 ABSTAIN = -1
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 METHOD_COLUMNS = {
@@ -77,6 +76,10 @@ METHOD_COLUMNS = {
 INT_COLUMNS = frozenset(
     {"idx", "label", "predict", "correct", "count_top", "count_runner_up", "steps"})
 FLOAT_COLUMNS = frozenset({"radius", "time", "p_lower"})
+# The methods, in the order of the tables: `methods.METHODS`, spelled out
+# through METHOD_COLUMNS because this file also loads on its own, without the
+# package (results_test checks that the two agree).
+METHODS = tuple(METHOD_COLUMNS)
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
 

@@ -1,9 +1,9 @@
 """Smoothing specification, offset vectors and noise kernels.
 
-The notation follows DESIGN.md section 1 (Levine & Feizi, ICML 2021). Inputs
-live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing noise
-level and `lam = sigma * sqrt(3)` the half-width of the equivalent uniform
-noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
+The notation follows docs/design.md, section 1 (Levine & Feizi, ICML 2021).
+Inputs live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing
+noise level and `lam = sigma * sqrt(3)` the half-width of the equivalent
+uniform noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
 
 The DSSN kernel is computed in integer arithmetic: for a grid input `x = a/q`
 and split value `s = (m + 1/2)/q` every quantity of the formula is an integer
@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dssn_jax.methods import NOISE_KINDS
+
 OFFSET_LAYOUTS = ("jax", "torch")
-NOISE_KINDS = ("dssn", "ssn", "uniform", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +141,8 @@ def _ceil_div(a, b):
 def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
   """Deterministic split noise: sample k of the L derandomized samples.
 
-  Computes `xt` of DESIGN.md section 1, the centre of the sub-interval of
-  [0, 1] (cut at s + n * L/q) that holds x, with `s = ((v + k) mod L + 1/2)/q`.
+  Computes `xt` of docs/design.md, section 1, the centre of the sub-interval
+  of [0, 1] (cut at s + n * L/q) that holds x, with `s = ((v + k) mod L + 1/2)/q`.
   The one formula covers every lambda.
 
   Args:

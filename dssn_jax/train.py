@@ -1,8 +1,8 @@
 """Training base classifiers under splitting noise.
 
 `train_and_evaluate(config, workdir)` trains the config's model on its dataset
-under the config's noise (DESIGN.md section 1): `dssn` draws one k per example
-with the classifier's own offsets, `ssn` independent splits, `uniform`
+under the config's noise (docs/design.md, section 2): `dssn` draws one k per
+example with the classifier's own offsets, `ssn` independent splits, `uniform`
 additive noise, `none` clean inputs; with `stability`, the loss is
 `CE(f(xt1), y) + gamma * KL(p(xt1) || p(xt2))` over two independent draws.
 
@@ -15,7 +15,6 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -33,7 +32,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import config_checks
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import smoothing
 
@@ -76,7 +75,7 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
 
 def _check_config(config) -> None:
-  data.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
+  input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
   config_checks.check_integer_fields(
       config, [f for f in config_checks.SENTINEL_FIELDS +
                config_checks.POSITIVE_FIELDS if not f.startswith("certify.")])
@@ -165,7 +164,7 @@ def _global_batch(sharding, batch):
 def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
   """Clean and noisy accuracy on (a prefix of) the evaluation split."""
   max_examples = config.eval_max_examples
-  batches = data.eval_dataset(
+  batches = input_pipeline.eval_dataset(
       config.dataset, batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
       data_dir=config.data_dir)
@@ -234,9 +233,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     The final training state.
   """
   _check_config(config)
-  data.hide_tf_from_accelerators()
+  input_pipeline.hide_tf_from_accelerators()
   make_workdir(workdir)
-  info = data.dataset_info(config.dataset)
+  info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
                                    spec.levels, config.offsets_layout)
@@ -248,7 +247,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       mean=info.mean, std=info.std, offsets=offsets)
 
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
-                     data.train_steps_per_epoch(config.dataset,
+                     input_pipeline.train_steps_per_epoch(config.dataset,
                                                 batch_size=config.batch_size,
                                                 data_dir=config.data_dir))
   total_steps = config.num_epochs * steps_per_epoch
@@ -295,12 +294,11 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  batches = data.train_dataset(config.dataset, batch_size=config.batch_size,
-                               seed=config.seed, data_dir=config.data_dir,
-                               start_step=start_step,
-                               shuffle_buffer=(config.shuffle_buffer
-                                               if config.shuffle_buffer > 0
-                                               else None))
+  batches = input_pipeline.train_dataset(
+      config.dataset, batch_size=config.batch_size, seed=config.seed,
+      data_dir=config.data_dir, start_step=start_step,
+      shuffle_buffer=(config.shuffle_buffer if config.shuffle_buffer > 0
+                      else None))
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                        desc=f"train {config.model} {config.noise}",
                        disable=jax.process_index() > 0)

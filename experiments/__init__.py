@@ -1,4 +1,4 @@
-"""Thin absl entry points (train, certify, analyze, benchmark): `python -m experiments.X`."""
+"""Thin absl entry points: `python -m experiments.<name>`."""
 
 import contextlib
 import os

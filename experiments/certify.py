@@ -11,7 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import certification
+from dssn_jax import certify_workdir
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,8 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    summary = certification.certify_workdir(_CONFIG.value, _WORKDIR.value)
-  print(certification.format_summary(summary))
+    summary = certify_workdir.certify_workdir(_CONFIG.value, _WORKDIR.value)
+  print(certify_workdir.format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ _OFFSETS_SEED = flags.DEFINE_integer(
     "offsets_seed", 0, "Seed of the offsets template (the authors used 0).")
 _DATASET = flags.DEFINE_enum(
     "dataset", None, tuple(convert.DATASETS),
-    "Default: cifar10 for wrn_40_2 and resnet110, imagenet2012 for resnet50.")
+    "Default: cifar10 for the CIFAR networks, imagenet2012 for resnet50.")
 _STABILITY = flags.DEFINE_bool(
     "stability", False, "The model was trained with stability training.")
 flags.mark_flags_as_required(["checkpoint", "arch", "sigma", "workdir"])

@@ -11,7 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import pipeline
+from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -24,7 +24,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    print(pipeline.train_certify_analyze(_CONFIG.value, _WORKDIR.value))
+    print(jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value,
+                                     report=print))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import pipeline
+from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -25,9 +25,10 @@ flags.mark_flags_as_required(["config", "workdir", "outdir"])
 def main(argv):
   experiments.start(argv)
   config = _CONFIG.value
-  runs = pipeline.study_grid(config.study)
+  runs = jobs.study_grid(config.study)
   with experiments.user_errors():
-    print(pipeline.run_study(config, runs, _WORKDIR.value, _OUTDIR.value))
+    print(jobs.run_study(config, runs, _WORKDIR.value, _OUTDIR.value,
+                         report=print))
 
 
 if __name__ == "__main__":

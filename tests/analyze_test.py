@@ -1,29 +1,41 @@
 """Certified-accuracy tables against the authors' published certificates.
 
-The reference data live outside the repository, in ../shared/reference_results
-(levine_feizi_2021_certificates.npz + levine_feizi_2021_runs.json).
+The published certificates (levine_feizi_2021_certificates.npz and
+levine_feizi_2021_runs.json) cannot be part of the repository (their licence
+forbids redistribution). The tests that need them look, in this order, in
+$DSSN_REFERENCE_RESULTS, in reference_results/ of this checkout (where
+README's `experiments.build_reference` command puts them) and in the
+shared/reference_results/ folder next to the checkout; without them only
+those tests are skipped.
 """
 
+import os
 from pathlib import Path
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from dssn_jax import analysis
-from dssn_jax import sample_size
+from dssn_jax import clopper_pearson
 from dssn_jax import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_results"
+REFERENCE = next(
+    (Path(p) for p in (os.environ.get("DSSN_REFERENCE_RESULTS"),
+                       REPO / "reference_results",
+                       REPO.parent / "shared" / "reference_results")
+     if p and Path(p).is_dir()), None)
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 CIFAR_SIGMAS = (0.15, 0.25) + tuple(0.25 * n for n in range(2, 15))
 
-pytestmark = pytest.mark.skipif(
-    not REFERENCE.is_dir(),
-    reason=f"published reference certificates not found at {REFERENCE}")
+requires_reference = pytest.mark.skipif(
+    REFERENCE is None,
+    reason="published certificates not found (build them with "
+    "`python -m experiments.build_reference`, see README)")
 
 # The paper's Table 1 (CIFAR-10, best over the 15 sigmas), as printed in the
 # seed paper: best certified accuracy, and the sigma of the run achieving it.
@@ -48,6 +60,9 @@ README_UNIFORM = [70.54, 58.38, 50.73, 43.16, 32.73, 25.98, 20.66, 17.12]
 
 @pytest.fixture(scope="module")
 def reference_runs():
+  if REFERENCE is None:
+    pytest.skip("published certificates not found (build them with "
+                "`python -m experiments.build_reference`, see README)")
   return analysis.load_reference_runs(REFERENCE / "levine_feizi_2021_certificates.npz")
 
 
@@ -131,6 +146,7 @@ def test_markdown_table1(reference_runs):
   assert "| 3.5 | 0.4107 |" in seconds
 
 
+@pytest.mark.slow
 def test_analysis_module_imports_no_jax_or_tensorflow():
   # The dssn_jax package __init__ imports JAX, so stand in an empty package.
   code = textwrap.dedent(f"""
@@ -167,6 +183,8 @@ def _write_our_runs(directory: Path):
                       "count_runner_up": runner, "steps": steps})
 
 
+@pytest.mark.slow
+@requires_reference
 def test_cli_end_to_end(tmp_path):
   ours = tmp_path / "workdir"
   _write_our_runs(ours)
@@ -196,6 +214,7 @@ def test_cli_end_to_end(tmp_path):
     assert f"({png.name})" in tables  # Linked from tables.md.
 
 
+@pytest.mark.slow
 def test_cli_reports_user_errors(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.analyze", f"--results={tmp_path}/missing.tsv",
@@ -208,25 +227,25 @@ def test_cli_reports_user_errors(tmp_path):
 def test_counts_are_recovered_from_clopper_pearson_bounds():
   n, alpha = 500, 0.001
   k = np.array([0, 1, 137, 250, 251, 499, 500])
-  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
   np.testing.assert_array_equal(
-      sample_size.counts_from_p_lower(p_lower, n, alpha), k)
+      clopper_pearson.counts_from_p_lower(p_lower, n, alpha), k)
   lam = 0.5 * np.sqrt(3)
-  np.testing.assert_allclose(sample_size.radius_at_n(p_lower, n, n, alpha, lam),
+  np.testing.assert_allclose(clopper_pearson.radius_at_n(p_lower, n, n, alpha, lam),
                              2 * lam * (p_lower - 0.5))
   # More samples at the same frequency: a tighter bound, a larger radius.
-  more = sample_size.radius_at_n(p_lower, n, 100_000, alpha, lam)
+  more = clopper_pearson.radius_at_n(p_lower, n, 100_000, alpha, lam)
   assert (more[k > n // 2] > 2 * lam * (p_lower[k > n // 2] - 0.5)).all()
   assert more.max() <= lam
   with pytest.raises(ValueError, match="Clopper-Pearson"):
-    sample_size.counts_from_p_lower([0.77], n, alpha)  # Not a bound of n.
+    clopper_pearson.counts_from_p_lower([0.77], n, alpha)  # Not a bound of n.
 
 
 def test_what_if_n_tabulates_randomized_runs_only(tmp_path):
   _write_our_runs(tmp_path / "dssn")
   n, alpha, sigma = 500, 0.001, 0.5
   k = np.array([500, 480, 300, 200])
-  p_lower = sample_size.clopper_pearson_lower(k, n, alpha)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
   lam = sigma * np.sqrt(3)
   meta = {"sigma": sigma, "q": 255, "dataset": "cifar10", "n": n,
           "alpha": alpha, "n0": 64}
@@ -256,3 +275,18 @@ def test_committed_study_tables_regenerate_from_committed_results(tmp_path):
   assert tables == (docs / "tables.md").read_text()
   assert tables.count("| fashion_mnist_") == 14  # Every run, 1,000 images.
   assert "| 1000 |" in tables
+
+
+def test_counts_from_p_lower_at_full_size_in_bounded_memory():
+  """n = 100,000 samples, 10,000 images: no (images x n) table."""
+  n, alpha = 100_000, 0.001
+  k = np.random.default_rng(0).integers(0, n + 1, 10_000)
+  p_lower = clopper_pearson.clopper_pearson_lower(k, n, alpha)
+  tracemalloc.start()
+  try:
+    counts = clopper_pearson.counts_from_p_lower(p_lower, n, alpha)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  np.testing.assert_array_equal(counts, k)
+  assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MiB"

@@ -49,7 +49,7 @@ CLASSIFIERS = {"linear": make_linear, "mlp": make_mlp, "cnn": make_cnn}
 
 
 def naive_counts(apply_fn, x, v, spec):
-  """Counts by the DESIGN.md formulas, one sample at a time, in numpy."""
+  """Counts by the docs/design.md formulas, one sample at a time, in numpy."""
   x64 = np.asarray(x, np.float64)
   counts = np.zeros((x.shape[0], NUM_CLASSES), np.int64)
   width = spec.levels / spec.q
@@ -190,10 +190,9 @@ def test_memory_bounded_by_one_chunk():
   def temp_bytes(sigma):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
-    compiled = dssn_jax.certify._vote_counts.lower(  # pylint: disable=protected-access
-        None, x, jnp.zeros(8, jnp.int32), v, apply_fn=apply_fn,
-        make_noisy=dssn_jax.certify._dssn_sample(spec),  # pylint: disable=protected-access
-        num_items=spec.levels, chunk_size=32, mesh=None).compile()
+    lowered, _ = dssn_jax.certify.lower_counts(apply_fn, x, v, spec,
+                                               chunk_size=32)
+    compiled = lowered.compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
   small, large = temp_bytes(0.5), temp_bytes(3.5)  # L = 441 vs 3091
@@ -413,3 +412,31 @@ def test_bad_randomized_arguments(setup):
   with pytest.raises(ValueError, match="NaN"):
     dssn_jax.certify_randomized(apply_fn, x.at[0, 0, 0, 0].set(jnp.nan),
                                 spec, key, noise="uniform", n=10)
+
+
+def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
+  """Repeated calls reuse the compiled program: apply_fn is traced again only
+  for a new batch shape, never for new values of the same shapes."""
+  w = jax.random.normal(jax.random.key(3), (64, 3))
+  traces = []
+
+  def apply_fn(batch):
+    traces.append(batch.shape)  # Runs only while JAX traces apply_fn.
+    return (batch.reshape(batch.shape[0], -1) - 0.5) @ w
+
+  spec = dssn_jax.SmoothingSpec(0.12)
+  v = dssn_jax.make_offsets(0, (8, 8, 1), spec.levels)
+  grid = lambda seed, n: jnp.round(jax.random.uniform(
+      jax.random.key(seed), (n, 8, 8, 1)) * 255) / 255
+  first = dssn_jax.dssn_counts(apply_fn, grid(0, 4), v, spec)
+  traced = len(traces)
+  assert traced >= 1
+  for seed in (1, 2, 3):
+    counts = dssn_jax.dssn_counts(apply_fn, grid(seed, 4), v, spec)
+    assert counts.shape == first.shape
+  assert len(traces) == traced, traces[traced:]
+  dssn_jax.dssn_counts(apply_fn, grid(4, 2), v, spec)  # A new batch shape.
+  assert len(traces) > traced
+  retraced = len(traces)
+  dssn_jax.dssn_counts(apply_fn, grid(5, 2), v, spec)
+  assert len(traces) == retraced

@@ -15,11 +15,11 @@ import sys
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax import certification
+from dssn_jax import certify_workdir
 from dssn_jax import config_checks
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import results
-from tests import certification_test
+from tests import certify_workdir_test
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -45,7 +45,7 @@ def assert_one_line_error(run, *fragments):
 @pytest.fixture(name="workdir")
 def fixture_workdir(tmp_path, fashion_mnist_data_dir):
   workdir = str(tmp_path / "run")
-  certification_test.save_untrained_checkpoint(
+  certify_workdir_test.save_untrained_checkpoint(
       fashion_mnist_config.get_config("smoke"), workdir)
   return workdir
 
@@ -98,7 +98,7 @@ def test_cli_sentinel_missing_data_dir_and_file_workdir(tmp_path, workdir,
 def test_imagenet_without_tars_says_where_they_go(tmp_path):
   with pytest.raises(FileNotFoundError,
                      match="ILSVRC2012_img_train.tar.*downloads/manual"):
-    data.num_examples_in_subset("imagenet2012", data_dir=tmp_path)
+    input_pipeline.num_examples_in_subset("imagenet2012", data_dir=tmp_path)
 
 
 def read_only_os_open(real_open):
@@ -114,29 +114,29 @@ def read_only_os_open(real_open):
 
 def test_read_only_workdir(workdir, fashion_mnist_data_dir, monkeypatch):
   config = smoke_config(fashion_mnist_data_dir, max_examples=3)
-  done = certification.certify_workdir(config, workdir)
+  done = certify_workdir.certify_workdir(config, workdir)
   monkeypatch.setattr(results.os, "open", read_only_os_open(os.open))
   # Every row done: summarized although nothing can be written.
-  summary = certification.certify_workdir(config, workdir)
+  summary = certify_workdir.certify_workdir(config, workdir)
   assert summary["images"] == 3
   assert summary["clean_accuracy"] == done["clean_accuracy"]
   # Rows missing: an error that says what to do, nothing written.
   path = pathlib.Path(workdir) / "certify_dssn.tsv"
   path.write_bytes(b"".join(path.read_bytes().splitlines(True)[:-1]))
   with pytest.raises(ValueError, match="1 of the requested images.*writable"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   monkeypatch.undo()
   fresh = str(pathlib.Path(workdir).parent / "fresh")
   shutil.copytree(pathlib.Path(workdir) / "checkpoints",
                   pathlib.Path(fresh) / "checkpoints")
   monkeypatch.setattr(results.os, "open", read_only_os_open(os.open))
   with pytest.raises(ValueError, match="not writable.*writable copy"):
-    certification.certify_workdir(config, fresh)
+    certify_workdir.certify_workdir(config, fresh)
 
 
 def test_rows_outside_the_subset_stop_the_run(workdir, fashion_mnist_data_dir):
   config = smoke_config(fashion_mnist_data_dir, max_examples=4)
-  certification.certify_workdir(config, workdir)
+  certify_workdir.certify_workdir(config, workdir)
   path = pathlib.Path(workdir) / "certify_dssn.tsv"
   lines = path.read_bytes().splitlines(keepends=True)
   # A valid-looking row whose image is inside the subset's rule (start 0,
@@ -146,29 +146,29 @@ def test_rows_outside_the_subset_stop_the_run(workdir, fashion_mnist_data_dir):
   with open(path, "ab") as f:
     f.write(extra)  # ... and append image 41's.
   with pytest.raises(ValueError, match="line 5 has idx 41"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   with pytest.raises(ValueError, match="line 5 has idx 41"):
     results.read_results(path)  # What analyze reads.
 
 
 def test_complete_non_row_line_stops_the_run(workdir, fashion_mnist_data_dir):
   config = smoke_config(fashion_mnist_data_dir, max_examples=2)
-  certification.certify_workdir(config, workdir)
+  certify_workdir.certify_workdir(config, workdir)
   path = pathlib.Path(workdir) / "certify_dssn.tsv"
   with open(path, "ab") as f:
     f.write(b"# a note someone appended\n")
   before = path.read_bytes()
   with pytest.raises(ValueError, match="line 4 is corrupt"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   assert path.read_bytes() == before
 
 
 def test_batching_is_recorded(workdir, fashion_mnist_data_dir):
   config = smoke_config(fashion_mnist_data_dir, max_examples=2)
-  certification.certify_workdir(config, workdir)
+  certify_workdir.certify_workdir(config, workdir)
   config.certify.chunk_size = 5
   config.certify.batch_size = 2
-  certification.certify_workdir(config, workdir)
+  certify_workdir.certify_workdir(config, workdir)
   path = pathlib.Path(workdir) / "certify_dssn.tsv"
   history = results.read_metadata(path)["batching"]
   assert len(history) == 2

@@ -6,7 +6,7 @@ import tempfile
 import jax
 import pytest
 
-from dssn_jax import data
+from dssn_jax import fashion_mnist
 
 # Many tests compile the same programs (and subprocesses inherit the env var):
 # a persistent compilation cache keeps the suite fast.
@@ -20,11 +20,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 @pytest.fixture(scope="session")
 def fashion_mnist_data_dir(tmp_path_factory):
   """A TFDS data dir with fashion_mnist built from the Debian files, once."""
-  if not os.path.isdir(data.FASHION_MNIST_MANUAL_DIR):
+  if not os.path.isdir(fashion_mnist.FASHION_MNIST_MANUAL_DIR):
     pytest.fail("Fashion-MNIST is missing: run `apt-get install "
                 "dataset-fashion-mnist` (setup.sh does).")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare_fashion_mnist(data_dir)
+  fashion_mnist.prepare_fashion_mnist(data_dir)
   return data_dir
 
 

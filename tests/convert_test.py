@@ -134,6 +134,47 @@ class _ResNet50(nn.Module):
     return self.fc(self.avgpool(x).flatten(1))
 
 
+class _OptionABlock(nn.Module):
+  """Idelbayev's basic block with the option-A shortcut: subsample by 2 and
+  zero-pad the channels, planes // 4 on each side."""
+
+  def __init__(self, cin, cout, stride):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(cout)
+    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(cout)
+    self.pad = cout // 4 if stride != 1 or cin != cout else 0
+
+  def forward(self, x):
+    out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+    if self.pad:
+      x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+    return F.relu(out + x)
+
+
+class _OptionAResNet110(nn.Module):
+  """Idelbayev's CIFAR ResNet-110 (rs4a's), classifier named `linear`."""
+
+  def __init__(self, num_classes=10):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(16)
+    cin = 16
+    for stage, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
+      blocks = []
+      for i in range(18):
+        blocks.append(_OptionABlock(cin, cout, stride if i == 0 else 1))
+        cin = cout
+      setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+    self.linear = nn.Linear(64, num_classes)
+
+  def forward(self, x):
+    x = F.relu(self.bn1(self.conv1(x)))
+    x = self.layer3(self.layer2(self.layer1(x)))
+    return self.linear(x.mean(dim=(2, 3)))
+
+
 class _Normalize(nn.Module):
   """The authors' NormalizeLayer: (x - mu) / exp(log_sig), after the noise."""
 
@@ -183,7 +224,8 @@ def _randomize(model, image_size, seed):
     # Centre the logits on random images: a random deep network otherwise
     # predicts one class for every input, and the vote test would be vacuous.
     model.eval()
-    fc = model.model.module.fc
+    net = model.model.module
+    fc = net.linear if hasattr(net, "linear") else net.fc
     features = []
     hook = fc.register_forward_hook(lambda m, i, o: features.append(i[0]))
     model(torch.rand(16, 3, image_size, image_size))
@@ -287,12 +329,14 @@ def test_key_mapping(key, ndim, path):
   assert convert.torch_key(path) == key
 
 
+@pytest.mark.slow
 def test_wrn_logits_match_pytorch(torch_wrn, wrn_classifier):
   x = _grid_images(2, 32, seed=10)
   ours = jax.jit(wrn_classifier.apply_fn)(wrn_classifier.variables, x)
   _assert_logits_match(ours, torch_wrn[0], x)
 
 
+@pytest.mark.slow
 def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
   # Through the CLI's library function, into a workdir, then restored. 64x64
   # inputs (instead of 224x224) keep the test fast: both networks end in a
@@ -308,6 +352,7 @@ def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
   _assert_logits_match(ours, torch_resnet50[0], x)
 
 
+@pytest.mark.slow
 def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
   meta = wrn_classifier.metadata
   assert (meta["noise"], meta["sigma"], meta["levels"], meta["offsets_seed"],
@@ -326,7 +371,7 @@ def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
 
 
 def _torch_dssn_votes(model, x, v, levels, q=255):
-  """Per-sample torch predictions and top-two logit gaps, DESIGN.md formulas.
+  """Per-sample torch predictions and top-two logit gaps (docs/design.md).
 
   Args:
     model: the torch classifier.
@@ -349,6 +394,7 @@ def _torch_dssn_votes(model, x, v, levels, q=255):
   return torch.argmax(logits, dim=1).numpy(), gap.numpy()
 
 
+@pytest.mark.slow
 def test_dssn_counts_match_pytorch(torch_wrn, wrn_classifier):
   spec = wrn_classifier.spec
   assert spec.levels == 220
@@ -401,6 +447,7 @@ def _edit_nan(sd):
 
 @pytest.mark.parametrize("edit", [_edit_unknown, _edit_missing, _edit_shape,
                                   _edit_nan])
+@pytest.mark.slow
 def test_invalid_checkpoint_names_keys_and_writes_nothing(
     torch_wrn, tmp_path, edit):
   sd = _state_dict(torch_wrn[1])
@@ -415,6 +462,7 @@ def test_invalid_checkpoint_names_keys_and_writes_nothing(
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow
 def test_wrong_arch_is_named(torch_wrn, tmp_path):
   workdir = str(tmp_path / "workdir")
   with pytest.raises(ValueError, match="--arch=wrn_40_2") as error:
@@ -427,15 +475,38 @@ def test_wrong_arch_is_named(torch_wrn, tmp_path):
   assert not os.path.exists(workdir)
 
 
-def test_option_a_resnet110_is_explained():
-  shapes = convert.expected_state_dict(convert.OPTION_A_RESNET110, 10)
+def test_option_a_resnet110_is_named_and_converts():
+  shapes = convert.expected_state_dict("resnet110_zero_pad", 10)
+  assert "linear.weight" in shapes and not any("downsample" in k
+                                               for k in shapes)
   sd = {"model.module." + k: np.ones(s, np.float32) for k, s in shapes.items()}
   sd.update({"norm.module.mu": np.zeros((3, 1, 1), np.float32),
              "norm.module.log_sig": np.zeros((3, 1, 1), np.float32)})
-  with pytest.raises(ValueError, match="zero-padding.*cannot be converted"):
+  with pytest.raises(ValueError, match="Try --arch=resnet110_zero_pad"):
     convert.convert_state_dict(sd, "resnet110")
+  converted = convert.convert_state_dict(sd, "resnet110_zero_pad")
+  assert converted.num_classes == 10
+  assert converted.variables["params"]["fc"]["kernel"].shape == (64, 10)
 
 
+@pytest.mark.slow
+def test_option_a_resnet110_logits_match_pytorch(tmp_path):
+  torch.manual_seed(2)
+  model = _randomize(_Authors(_OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG),
+                     32, 2)
+  path = str(tmp_path / "resnet110_option_a.pth")
+  torch.save(model.state_dict(), path)
+  metadata = convert.convert_checkpoint(
+      path, "resnet110_zero_pad", str(tmp_path / "r110"), sigma=0.5)
+  assert (metadata["model"], metadata["dataset"]) == ("resnet110_zero_pad",
+                                                      "cifar10")
+  classifier = checkpoints.load_classifier(str(tmp_path / "r110"))
+  x = _grid_images(2, 32, seed=12)
+  ours = jax.jit(classifier.apply_fn)(classifier.variables, x)
+  _assert_logits_match(ours, model, x)
+
+
+@pytest.mark.slow
 def test_existing_checkpoint_is_not_overwritten(torch_wrn, tmp_path):
   workdir = str(tmp_path / "w")
   converted = convert.convert_state_dict(

@@ -15,10 +15,11 @@ _INPUT_SHAPES = {
     "small_cnn": (28, 28, 1),
     "wrn_40_2": (32, 32, 3),
     "resnet110": (32, 32, 3),
+    "resnet110_zero_pad": (32, 32, 3),
     "resnet50": (64, 64, 3),  # Small input: the test is about shapes.
 }
 _NUM_CLASSES = {"small_cnn": 10, "wrn_40_2": 10, "resnet110": 10,
-                "resnet50": 1000}
+                "resnet110_zero_pad": 10, "resnet50": 1000}
 
 # Parameter counts of the reference architectures (PyTorch `parameters()`,
 # which like Flax `params` excludes BatchNorm running statistics).
@@ -26,6 +27,7 @@ _PARAM_COUNTS = {
     "small_cnn": 391_146,
     "wrn_40_2": 2_243_546,  # xternalz WideResNet(40, 10, widen_factor=2).
     "resnet110": 1_730_714,  # Cohen et al. resnet110.
+    "resnet110_zero_pad": 1_727_962,  # Idelbayev's option-A resnet110.
     "resnet50": 25_557_032,  # torchvision resnet50.
 }
 
@@ -93,7 +95,7 @@ _SMALL_MODELS = {
 
 def test_model_names():
   assert models.MODEL_NAMES == ("small_cnn", "wrn_40_2", "resnet110",
-                                "resnet50")
+                                "resnet110_zero_pad", "resnet50")
 
 
 def test_unknown_name_lists_known_names():

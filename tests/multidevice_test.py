@@ -10,6 +10,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np

@@ -1,6 +1,5 @@
 """Tests of the per-image results files (dssn_jax/results.py)."""
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -283,6 +282,7 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
     results_lib.certified_accuracy(radius, correct, [-1.0])
 
 
+@pytest.mark.slow
 def test_results_module_imports_no_jax_or_tensorflow():
   code = textwrap.dedent(f"""
       import importlib.util, sys
@@ -328,6 +328,7 @@ print("finished")
 """
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   path = tmp_path / "certify.tsv"
   script = tmp_path / "writer_loop.py"
@@ -372,3 +373,8 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   np.testing.assert_array_equal(out["time"], idx / 1000)
   assert data.endswith(b"\n")
   assert data.count(b"\n") == n + 1  # Header + one line per image, no leftovers.
+
+
+def test_method_names_agree_with_their_home():
+  from dssn_jax import methods  # pylint: disable=g-import-not-at-top
+  assert results_lib.METHODS == methods.METHODS

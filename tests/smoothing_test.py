@@ -1,4 +1,4 @@
-"""Tests of the smoothing spec, offsets and noise kernels (DESIGN.md sec. 1)."""
+"""Tests of the smoothing spec, offsets and noise kernels (docs/design.md, sec. 1)."""
 
 import math
 
@@ -22,7 +22,7 @@ def canonical(xt, q):
 
 
 def reference_dssn(x, s, width):
-  """DESIGN.md's formula in float64 numpy, for any split width (L/q or 2lam)."""
+  """The design.md formula in float64 numpy, for any split width (L/q or 2lam)."""
   t = np.ceil((x - s) / width) * width + s
   return (np.minimum(t, 1) + np.maximum(t - width, 0)) / 2
 

@@ -14,8 +14,11 @@ from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
 from dssn_jax import checkpoints
-from dssn_jax import data
+from dssn_jax import fashion_mnist
 from dssn_jax import train
+
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
 
 
 def smoke_config(module, data_dir=None, **overrides):
@@ -209,8 +212,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_fashion_mnist_without_debian_files(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "prepare_fashion_mnist", functools.partial(
-      data.prepare_fashion_mnist, manual_dir=str(tmp_path / "empty")))
+  monkeypatch.setattr(
+      fashion_mnist, "prepare_fashion_mnist", functools.partial(
+          fashion_mnist.prepare_fashion_mnist,
+          manual_dir=str(tmp_path / "empty")))
   (tmp_path / "tfds").mkdir()  # An existing, empty TFDS data dir.
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   with pytest.raises(FileNotFoundError, match="apt-get install"):

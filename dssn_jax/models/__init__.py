@@ -34,6 +34,9 @@ _ARCHITECTURES = {
     "small_cnn": (SmallCNN, {}),  # Fashion-MNIST, 28x28x1.
     "wrn_40_2": (WideResNet, {"depth": 40, "widen_factor": 2}),  # CIFAR-10.
     "resnet110": (CifarResNet, {"depth": 110}),  # CIFAR-10, Cohen et al.
+    # CIFAR-10, Idelbayev's option-A shortcuts (the authors' rs4a code).
+    "resnet110_zero_pad": (CifarResNet, {"depth": 110,
+                                         "shortcut": "zero_pad"}),
     "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3)}),  # ImageNet.
 }
 
@@ -50,7 +53,8 @@ def create_model(name: str,
 
   Args:
     name: one of `MODEL_NAMES`: "small_cnn" (28x28x1), "wrn_40_2" (32x32x3),
-      "resnet110" (32x32x3), "resnet50" (ImageNet, 224x224x3).
+      "resnet110" and "resnet110_zero_pad" (32x32x3), "resnet50" (ImageNet,
+      224x224x3).
     num_classes: number of output logits.
     mean: per-channel input mean in [0, 1] pixel units (1 or C values).
     std: per-channel input standard deviation in the same units.

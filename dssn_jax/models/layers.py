@@ -1,8 +1,8 @@
 """Layer conventions shared by all models: input normalization, BatchNorm, init.
 
 Every model takes images in [0, 1] and normalizes them itself, so that noise is
-added in pixel space (DESIGN.md section 1) and a checkpoint carries its own
-normalization. BatchNorm and convolution initialization follow PyTorch, the
+added in pixel space (docs/design.md, section 1) and a checkpoint carries its
+own normalization. BatchNorm and convolution initialization follow PyTorch, the
 framework of the reference checkpoints: epsilon 1e-5, running averages updated
 as `0.9 * running + 0.1 * batch` (PyTorch momentum 0.1), He-normal kernels with
 fan-out scaling (`std = sqrt(2 / (kh * kw * out_channels))`).

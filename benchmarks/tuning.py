@@ -3,12 +3,13 @@
 `forward_batch_sweep` times the raw jitted forward pass of a model at several
 batch sizes, interleaved with the float32 matmul peak in every round, and
 reports forward passes per second and the fraction of the best batch size: the
-evidence for `sizing.TARGET_FORWARD_BATCH`.
+evidence for `memory.DEFAULT_FORWARD_BATCH`.
 
-`xla_flag_trials` runs the same small measurement (matmul peak, raw forward,
-certification program) in a fresh subprocess per XLA_FLAGS setting, because
-XLA reads its options once per process. Settings alternate (A, B, A, B, ...)
-so that drifting load from other processes hits all of them alike, and each
+`xla_flag_trials` runs a small measurement (matmul peak, raw forward) in a
+fresh process per XLA_FLAGS setting (`python -m benchmarks.flag_trial`),
+because XLA reads its options once per process. Settings alternate (A, B, A,
+B, ...) so that drifting load from other processes hits all of them alike,
+and each
 setting's throughput is reported relative to the first (the baseline) setting
 of the same alternation. Each trial also records the first logit of a fixed
 batch: options that change it change the classifier that gets certified (see
@@ -22,14 +23,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax import benchmark
+from benchmarks import measure
 
 
 def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
@@ -42,16 +43,16 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
     "utilization", "fraction_of_best"}]}; statistics are medians over rounds
     with min and max.
   """
-  subject = benchmark.make_subject(name, compute_dtype)
-  peak_fn = benchmark.matmul(peak_size, jnp.float32)[0]
+  subject = measure.make_subject(name, compute_dtype)
+  peak_fn = measure.matmul(peak_size, jnp.float32)[0]
   peak_flops = 2.0 * peak_size ** 3
   fns, flops = {"peak": peak_fn}, {}
   for batch in batches:
-    x = jnp.asarray(benchmark.grid_images(subject.input_shape, batch, seed=2))
+    x = jnp.asarray(measure.grid_images(subject.input_shape, batch, seed=2))
     forward = jax.jit(subject.apply_fn).lower(subject.variables, x).compile()
-    flops[batch] = benchmark.compiled_costs(forward)["flops"] or 0.0
+    flops[batch] = measure.compiled_costs(forward)["flops"] or 0.0
     fns[batch] = functools.partial(forward, subject.variables, x)
-  seconds = benchmark.timed_rounds(fns, repeats=repeats, warmup=warmup)
+  seconds = measure.timed_rounds(fns, repeats=repeats, warmup=warmup)
   peak_rate = [peak_flops / s for s in seconds["peak"]]
   rates = {b: [b / s for s in seconds[b]] for b in batches}
   best = max(np.median(r) for r in rates.values())
@@ -59,40 +60,12 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
   for batch in batches:
     rows.append({
         "batch": batch,
-        "forwards_per_second": benchmark.summarize(rates[batch]),
-        "utilization": benchmark.per_round(
+        "forwards_per_second": measure.summarize(rates[batch]),
+        "utilization": measure.per_round(
             [flops[batch] / s for s in seconds[batch]], peak_rate),
         "fraction_of_best": float(np.median(rates[batch]) / best),
     })
   return {"model": name, "compute_dtype": compute_dtype, "batches": rows}
-
-
-# The measurement of one trial, run in a fresh interpreter (XLA_FLAGS is read
-# once per process). Prints one JSON line.
-_TRIAL_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import jax, jax.numpy as jnp
-    from dssn_jax import benchmark, smoothing
-    args = json.loads(sys.argv[1])
-    fns, work = {}, {}
-    mm, mm_flops = benchmark.matmul(args["peak_size"], jnp.float32)
-    fns["peak"], work["peak"] = mm, mm_flops
-    out = {"flags": args["flags"], "logits": {}}
-    for name, batch in args["models"]:
-      s = benchmark.make_subject(name)
-      x = jnp.asarray(benchmark.grid_images(s.input_shape, batch, seed=2))
-      fwd = jax.jit(s.apply_fn).lower(s.variables, x).compile()
-      flops = benchmark.compiled_costs(fwd)["flops"] or 0.0
-      fns[name] = lambda fwd=fwd, s=s, x=x: fwd(s.variables, x)
-      work[name] = flops
-      out["logits"][name] = float(fwd(s.variables, x)[0, 0])
-      out.setdefault("forward_flops", {})[name] = flops / batch
-    seconds = benchmark.timed_rounds(fns, repeats=args["repeats"], warmup=1)
-    out["flops_per_second"] = {
-        k: sorted(work[k] / t for t in v)[len(v) // 2]
-        for k, v in seconds.items()}
-    print(json.dumps(out))
-""")
 
 
 def _run_trial(flags: str, models: Sequence[tuple[str, int]], *,
@@ -100,12 +73,13 @@ def _run_trial(flags: str, models: Sequence[tuple[str, int]], *,
   env = dict(os.environ)
   env["XLA_FLAGS"] = flags
   env.setdefault("PYTHONPATH", "")
+  # The repository root, so that the child imports this checkout's packages.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"]
                               if env["PYTHONPATH"] else "")
   args = json.dumps({"flags": flags, "models": [list(m) for m in models],
                      "peak_size": peak_size, "repeats": repeats})
-  proc = subprocess.run([sys.executable, "-c", _TRIAL_SCRIPT, args],
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.flag_trial", args],
                         env=env, capture_output=True, text=True,
                         timeout=timeout, check=False)
   if proc.returncode != 0:
@@ -116,7 +90,8 @@ def _run_trial(flags: str, models: Sequence[tuple[str, int]], *,
 def xla_flag_trials(settings: Sequence[str],
                     models: Sequence[tuple[str, int]], *, alternations: int,
                     peak_size: int, repeats: int, timeout: float = 1800,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = logging.info,
+                    ) -> dict[str, Any]:
   """Throughput of each XLA_FLAGS setting relative to settings[0].
 
   Args:
@@ -148,7 +123,7 @@ def xla_flag_trials(settings: Sequence[str],
     if mine:
       names = list(mine[0]["flops_per_second"])
       entry["flops_per_second"] = {
-          k: benchmark.summarize([t["flops_per_second"][k] for t in mine])
+          k: measure.summarize([t["flops_per_second"][k] for t in mine])
           for k in names}
       ratios = {k: [] for k in names}
       for trial in mine:
@@ -159,7 +134,7 @@ def xla_flag_trials(settings: Sequence[str],
             ratios[k].append(trial["flops_per_second"][k] /
                              base[0]["flops_per_second"][k])
       entry["ratio_to_baseline"] = {
-          k: benchmark.summarize(v) for k, v in ratios.items() if v}
+          k: measure.summarize(v) for k, v in ratios.items() if v}
       entry["logits"] = mine[0]["logits"]
       base_trials = [t for t in trials if t["flags"] == settings[0]
                      and "error" not in t]
@@ -171,8 +146,8 @@ def xla_flag_trials(settings: Sequence[str],
 
 
 def _rate(stats, scale=1.0, digits=3) -> str:
-  return (f"{stats['median'] * scale:.{digits}g} [{stats['min'] * scale:.{digits}g}, "
-          f"{stats['max'] * scale:.{digits}g}]")
+  low, mid, high = (stats[k] * scale for k in ("min", "median", "max"))
+  return f"{mid:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
 
 
 def to_markdown(report: dict[str, Any]) -> list[str]:

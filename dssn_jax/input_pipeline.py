@@ -12,7 +12,6 @@ this module, so ``import dssn_jax`` stays free of TensorFlow.
 Public API::
 
     info = dataset_info("cifar10")            # DatasetInfo(num_classes, input_shape, mean, std, ...)
-    prepare_fashion_mnist(data_dir)           # offline TFDS build from the Debian package
     it = train_dataset("cifar10", batch_size=64, seed=0, start_step=0)
     batch = next(it)                          # {"image": uint8 (B,H,W,C), "label": int32 (B,)}
     ev = eval_dataset("cifar10", start=0, skip=20, batch_size=100)
@@ -68,67 +67,32 @@ number of batches (padding as needed), as a multi-host jit requires.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
-import gzip
 import itertools
-import logging
 import os
 import re
 from collections.abc import Iterator
 
-import sys
-
+from absl import logging
 import numpy as np
 
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-  """Sends the process's native stderr (fd 2) to /dev/null for a while.
-
-  TensorFlow's C++ start-up lines (the oneDNN notice, CPU feature guards) are
-  written before TF_CPP_MIN_LOG_LEVEL is read, and would come before our own
-  output. Python exceptions are unaffected: they are printed later.
-  """
-  try:
-    saved = os.dup(2)
-  except OSError:  # No fd 2 (some embedded interpreters): nothing to hide.
-    yield
-    return
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    sys.stderr.flush()
-    os.dup2(devnull, 2)
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
-# TF_CPP_MIN_LOG_LEVEL=0 (a user's own setting wins) shows TF's start-up lines.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-with (_native_stderr_silenced() if os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
-      else contextlib.nullcontext()):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+from dssn_jax import fashion_mnist
+from dssn_jax.quiet_tensorflow import tf
+from dssn_jax.quiet_tensorflow import tfds
+from dssn_jax.datasets import dataset_info
+from dssn_jax.datasets import DatasetInfo
+from dssn_jax.datasets import KNOWN_DATASETS
 
 __all__ = [
     "DatasetInfo",
     "EvalBatches",
-    "FASHION_MNIST_MANUAL_DIR",
     "KNOWN_DATASETS",
     "dataset_info",
     "eval_dataset",
     "hide_tf_from_accelerators",
     "num_examples_in_subset",
-    "prepare_fashion_mnist",
     "train_dataset",
     "train_steps_per_epoch",
 ]
-
-FASHION_MNIST_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 
 _AUTOTUNE = tf.data.AUTOTUNE
 
@@ -137,66 +101,6 @@ _AUTOTUNE = tf.data.AUTOTUNE
 # Dataset metadata.
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """Static facts about a dataset, as the models and CLIs need them.
-
-  Attributes:
-    name: TFDS name.
-    num_classes: number of labels.
-    input_shape: (H, W, C) of one pipeline output image.
-    mean, std: per-channel statistics in [0, 1] units, for the model's
-      internal normalization (applied after the noise).
-    train_split, eval_split: TFDS split names.
-    num_eval: number of examples in ``eval_split``.
-  """
-
-  name: str
-  num_classes: int
-  input_shape: tuple[int, int, int]
-  mean: tuple[float, ...]
-  std: tuple[float, ...]
-  train_split: str
-  eval_split: str
-  num_eval: int
-
-
-_DATASETS = {
-    # Statistics of the 60,000 Debian training images.
-    "fashion_mnist": DatasetInfo(
-        name="fashion_mnist",
-        num_classes=10,
-        input_shape=(28, 28, 1),
-        mean=(0.2860,),
-        std=(0.3530,),
-        train_split="train",
-        eval_split="test",
-        num_eval=10_000,
-    ),
-    # The constants of Cohen et al. 2019, which the authors' code reuses.
-    "cifar10": DatasetInfo(
-        name="cifar10",
-        num_classes=10,
-        input_shape=(32, 32, 3),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2023, 0.1994, 0.2010),
-        train_split="train",
-        eval_split="test",
-        num_eval=10_000,
-    ),
-    "imagenet2012": DatasetInfo(
-        name="imagenet2012",
-        num_classes=1000,
-        input_shape=(224, 224, 3),
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        train_split="train",
-        eval_split="validation",
-        num_eval=50_000,
-    ),
-}
-
-KNOWN_DATASETS = tuple(_DATASETS)
 
 # Datasets whose original index is parsed from a string feature.
 _INDEX_FROM_ID = {"cifar10": "id"}
@@ -208,16 +112,6 @@ _SHUFFLE_BUFFER = {"fashion_mnist": 60_000, "cifar10": 50_000, "imagenet2012": 1
 _CACHE_DECODED = ("fashion_mnist", "cifar10")
 
 _IMAGENET_EVAL_RESIZE = 256
-
-
-def dataset_info(name: str) -> DatasetInfo:
-  """Returns the :class:`DatasetInfo` of a supported dataset."""
-  try:
-    return _DATASETS[name]
-  except KeyError:
-    raise ValueError(
-        f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}"
-    ) from None
 
 
 def hide_tf_from_accelerators() -> None:
@@ -234,136 +128,9 @@ def hide_tf_from_accelerators() -> None:
       if tf.config.get_visible_devices(kind):
         logging.warning(
             "TensorFlow already initialized its %s devices; could not hide "
-            "them. Call dssn_jax.data.hide_tf_from_accelerators() earlier.",
+            "them. Call dssn_jax.input_pipeline.hide_tf_from_accelerators() earlier.",
             kind,
         )
-
-
-# --------------------------------------------------------------------------
-# Fashion-MNIST, built offline from the Debian package.
-
-_FASHION_FILES = {
-    # split: (images file, labels file, number of examples)
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", 60_000),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", 10_000),
-}
-
-
-def _read_idx(path: os.PathLike | str, magic: int, count: int) -> np.ndarray:
-  """Reads a gzipped idx file (images: magic 2051, labels: magic 2049)."""
-  with gzip.open(path, "rb") as f:
-    data = f.read()
-  ndim = data[3]
-  header = np.frombuffer(data, ">u4", count=1 + ndim)
-  if header[0] != magic or header[1] != count:
-    raise ValueError(
-        f"{path} is not an idx file with {count} items (header "
-        f"{header.tolist()}, expected magic {magic})"
-    )
-  shape = tuple(int(d) for d in header[1:])
-  return np.frombuffer(data, np.uint8, offset=4 * (1 + ndim)).reshape(shape)
-
-
-@tf.function
-def _encode_pngs(images):
-  # The same op (and default compression) as tfds.features.Image, so the
-  # PNG bytes equal those of a TFDS build from the upstream archives;
-  # encoding in one graph is several times faster than TFDS's per-example
-  # encoding.
-  return tf.map_fn(
-      tf.io.encode_png, images, fn_output_signature=tf.string, parallel_iterations=32
-  )
-
-
-@functools.cache
-def _debian_fashion_mnist_cls():
-  """The registered TFDS `fashion_mnist` builder, reading local idx files.
-
-  The upstream builder downloads from URLs whose registered checksums do not
-  match Debian's recompressed archives. Its usual offline route,
-  ``DownloadConfig(manual_dir=..., register_checksums=True)``, rewrites the
-  checksum file inside the installed tensorflow_datasets package (and, in
-  TFDS 4.9.10 without the ``importlib_resources`` backport, crashes while
-  locating that file: tensorflow/datasets#11212). This unregistered
-  subclass instead keeps the upstream name,
-  version, features and example keys (so TFDS shuffles the records into the
-  same order) and only replaces the download step with a read of
-  ``dl_manager.manual_dir``. Reading the result back uses the normal
-  ``tfds.builder("fashion_mnist")``.
-  """
-  upstream = tfds.builder_cls("fashion_mnist")
-
-  class DebianFashionMNIST(upstream, skip_registration=True):
-    name = "fashion_mnist"
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "apt-get install dataset-fashion-mnist (files under "
-        f"{FASHION_MNIST_MANUAL_DIR})"
-    )
-    # Nothing is downloaded, so no checksum registry (looking one up next
-    # to this module also trips over TFDS's code_path on editable installs).
-    url_infos = None
-
-    def _split_generators(self, dl_manager):
-      manual_dir = dl_manager.manual_dir
-      return {
-          split: self._generate_examples(
-              num_examples=count,
-              data_path=manual_dir / images,
-              label_path=manual_dir / labels,
-          )
-          for split, (images, labels, count) in _FASHION_FILES.items()
-      }
-
-    def _generate_examples(self, num_examples, data_path, label_path):
-      images = _read_idx(data_path, 2051, num_examples)[..., None]
-      labels = _read_idx(label_path, 2049, num_examples).astype(np.int64)
-      pngs = _encode_pngs(images).numpy()
-      # Same keys as upstream: the index in the idx file.
-      for index in range(num_examples):
-        yield index, {"image": pngs[index], "label": labels[index]}
-
-  return DebianFashionMNIST
-
-
-def prepare_fashion_mnist(
-    data_dir: str | os.PathLike | None = None,
-    manual_dir: str | os.PathLike = FASHION_MNIST_MANUAL_DIR,
-) -> str:
-  """Builds TFDS ``fashion_mnist`` offline from Debian's dataset-fashion-mnist.
-
-  Writes the standard ``fashion_mnist`` dataset (same version, features
-  ``image`` uint8 (28, 28, 1) and ``label``, splits train/test) into
-  ``data_dir`` (TFDS's default data dir if None), reading the four
-  ``*-ubyte.gz`` files in ``manual_dir``. Does nothing if the dataset is
-  already prepared there. Returns the prepared dataset directory.
-
-  Raises:
-    FileNotFoundError: the Debian files are missing.
-  """
-  hide_tf_from_accelerators()
-  data_dir = os.fspath(data_dir) if data_dir is not None else None
-  builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  if builder.is_prepared():
-    return os.fspath(builder.data_dir)
-  manual_dir = os.fspath(manual_dir)
-  missing = [
-      os.path.join(manual_dir, fname)
-      for images, labels, _ in _FASHION_FILES.values()
-      for fname in (images, labels)
-      if not os.path.isfile(os.path.join(manual_dir, fname))
-  ]
-  if missing:
-    raise FileNotFoundError(
-        f"Fashion-MNIST files not found in {manual_dir!r} (missing: "
-        f"{', '.join(missing)}). Install them with `apt-get install "
-        "dataset-fashion-mnist` (files go to "
-        f"{FASHION_MNIST_MANUAL_DIR}) or pass manual_dir=."
-    )
-  debian = _debian_fashion_mnist_cls()(data_dir=data_dir)
-  debian.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-  )
-  return os.fspath(debian.data_dir)
 
 
 # --------------------------------------------------------------------------
@@ -415,7 +182,7 @@ def _get_builder(name: str, data_dir) -> tfds.core.DatasetBuilder:
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
     if name == "fashion_mnist":
-      prepare_fashion_mnist(data_dir)
+      fashion_mnist.prepare_fashion_mnist(data_dir)
       builder = tfds.builder(name, data_dir=data_dir)
     elif name == "imagenet2012":
       _prepare_imagenet(builder)

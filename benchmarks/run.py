@@ -1,6 +1,6 @@
 r"""Measures the certifier against this machine's own limits.
 
-  python -m experiments.benchmark --config=configs/benchmark.py \
+  python -m benchmarks.run --config=configs/benchmark.py \
       --workdir=runs/benchmark
 
 Writes benchmark.json and benchmark.md into --workdir (after every section)
@@ -33,12 +33,12 @@ def main(argv):
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), config.xla_flags) if f)
   # pylint: disable=g-import-not-at-top
-  from dssn_jax import benchmark
-  from dssn_jax import data
+  from benchmarks import certifier
+  from dssn_jax import input_pipeline
   # pylint: enable=g-import-not-at-top
-  data.hide_tf_from_accelerators()
-  report = benchmark.run_benchmark(config, _WORKDIR.value)
-  print(benchmark.to_markdown(report))
+  input_pipeline.hide_tf_from_accelerators()
+  report = certifier.run_benchmark(config, _WORKDIR.value, log=print)
+  print(certifier.to_markdown(report))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ import copy
 import dataclasses
 import os
 import shutil
-from typing import Sequence
+from typing import Callable, Sequence
+
+from absl import logging
 
 from dssn_jax import analysis
-from dssn_jax import certification
+from dssn_jax import certify_workdir
 from dssn_jax import results
 from dssn_jax import train
 
@@ -56,26 +58,28 @@ def configure(config, run: StudyRun):
   return config
 
 
-def train_certify_analyze(config, workdir: str) -> str:
+def train_certify_analyze(config, workdir: str,
+                          report: Callable[[str], None] = logging.info) -> str:
   """Trains (or resumes), certifies and analyzes one classifier.
 
   Args:
     config: a config of configs/.
     workdir: the run's directory; the analysis goes to workdir/analysis.
+    report: where the certification summary goes (entry points pass print).
 
   Returns:
     The Markdown tables (also in workdir/analysis/tables.md).
   """
   train.train_and_evaluate(config, workdir)
-  summary = certification.certify_workdir(config, workdir)
-  print(certification.format_summary(summary))
+  summary = certify_workdir.certify_workdir(config, workdir)
+  report(certify_workdir.format_summary(summary))
   return analysis.analyze(results=[summary["results"]],
                           outdir=os.path.join(workdir, "analysis"),
                           radii=tuple(config.certify.radii))
 
 
-def run_study(config, runs: Sequence[StudyRun], workdir: str,
-              outdir: str) -> str:
+def run_study(config, runs: Sequence[StudyRun], workdir: str, outdir: str,
+              report: Callable[[str], None] = logging.info) -> str:
   """Trains and certifies every run, then analyzes them together.
 
   The per-image results of every run (the results file, its metadata and
@@ -89,6 +93,7 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     runs: the grid.
     workdir: runs go to workdir/<run.name>.
     outdir: tables.md, the plots and results/ of all runs.
+    report: where each run's name and certification summary go.
 
   Returns:
     The Markdown tables.
@@ -97,10 +102,10 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
   for run in runs:
     run_config = configure(config, run)
     run_dir = os.path.join(workdir, run.name)
-    print(f"== {run.name}")
+    report(f"== {run.name}")
     train.train_and_evaluate(run_config, run_dir)
-    summary = certification.certify_workdir(run_config, run_dir)
-    print(certification.format_summary(summary))
+    summary = certify_workdir.certify_workdir(run_config, run_dir)
+    report(certify_workdir.format_summary(summary))
     copies.append(_copy_results(summary["results"],
                                 os.path.join(outdir, "results", run.name)))
   return analysis.analyze(results=copies, outdir=outdir,

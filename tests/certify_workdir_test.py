@@ -19,11 +19,14 @@ import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
-from dssn_jax import certification
+from dssn_jax import certify_workdir
 from dssn_jax import checkpoints
-from dssn_jax import data
+from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import results
+
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).parents[1]
 ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
@@ -31,7 +34,7 @@ ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 
 def save_untrained_checkpoint(config, workdir):
   """A freshly initialized classifier saved as a training run would save it."""
-  info = data.dataset_info(config.dataset)
+  info = input_pipeline.dataset_info(config.dataset)
   model = models.create_model(config.model, num_classes=info.num_classes,
                               mean=info.mean, std=info.std)
   variables = model.init(jax.random.key(0),
@@ -59,7 +62,7 @@ def library_rows(config, workdir):
       workdir, compute_dtype=config.certify.compute_dtype or None)
   cfg = config.certify
   rows = {name: [] for name in ROW_COLUMNS}
-  for batch in data.eval_dataset(
+  for batch in input_pipeline.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
       max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
       batch_size=cfg.batch_size,
@@ -118,8 +121,8 @@ def test_fashion_mnist_rows_match_library(fmnist_workdir, tmp_path,
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir, method=method,
                  max_examples=5, skip=3)
-  summary = certification.certify_workdir(config, workdir)
-  rows = results.read_results(certification.results_path(workdir, config))
+  summary = certify_workdir.certify_workdir(config, workdir)
+  rows = results.read_results(certify_workdir.results_path(workdir, config))
   assert_rows_equal(rows, library_rows(config, workdir))
   np.testing.assert_array_equal(rows["idx"], [0, 3, 6, 9, 12])
   assert summary["images"] == 5
@@ -136,14 +139,14 @@ def test_bfloat16_certification_is_recorded_and_not_mixed(
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir,
                  max_examples=3, compute_dtype="bfloat16")
-  certification.certify_workdir(config, workdir)
-  path = certification.results_path(workdir, config)
+  certify_workdir.certify_workdir(config, workdir)
+  path = certify_workdir.results_path(workdir, config)
   assert results.read_metadata(path)["run"]["compute_dtype"] == "bfloat16"
   assert_rows_equal(results.read_results(path), library_rows(config, workdir))
   # Rows of a float32 classifier do not go into the bfloat16 file.
   config.certify.compute_dtype = "float32"
   with pytest.raises(ValueError, match="compute_dtype"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
 
 
 def test_cifar10_rows_match_library(tmp_path, mock_cifar10):
@@ -151,8 +154,8 @@ def test_cifar10_rows_match_library(tmp_path, mock_cifar10):
   config = smoke(cifar10_config, max_examples=6, start=2)
   workdir = str(tmp_path / "run")
   save_untrained_checkpoint(config, workdir)
-  certification.certify_workdir(config, workdir)
-  rows = results.read_results(certification.results_path(workdir, config))
+  certify_workdir.certify_workdir(config, workdir)
+  rows = results.read_results(certify_workdir.results_path(workdir, config))
   assert_rows_equal(rows, library_rows(config, workdir))
   np.testing.assert_array_equal(rows["idx"], np.arange(2, 8))
 
@@ -162,9 +165,9 @@ def test_imagenet_rows_match_library(tmp_path):
   workdir = str(tmp_path / "run")
   save_untrained_checkpoint(config, workdir)
   with tfds.testing.mock_data(num_examples=4):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
     expected = library_rows(config, workdir)
-  rows = results.read_results(certification.results_path(workdir, config))
+  rows = results.read_results(certify_workdir.results_path(workdir, config))
   assert_rows_equal(rows, expected)
   assert rows["idx"].size == 2
 
@@ -253,11 +256,11 @@ def test_config_sigma_disagreeing_with_checkpoint(fmnist_workdir, tmp_path,
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
   config.sigma = 0.25
   with pytest.raises(ValueError, match="sigma.*override_smoothing"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   assert not os.path.exists(f"{workdir}/certify_dssn.tsv")
   config.certify.override_smoothing = True
   config.certify.max_examples = 2
-  summary = certification.certify_workdir(config, workdir)
+  summary = certify_workdir.certify_workdir(config, workdir)
   assert summary["sigma"] == 0.25
 
 
@@ -265,11 +268,11 @@ def test_results_file_of_another_run_is_refused(fmnist_workdir, tmp_path,
                                                 fashion_mnist_data_dir):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir, max_examples=2)
-  certification.certify_workdir(config, workdir)
+  certify_workdir.certify_workdir(config, workdir)
   before = pathlib.Path(f"{workdir}/certify_dssn.tsv").read_bytes()
   config.certify.skip = 2  # Another subset: another run.
   with pytest.raises(ValueError, match="skip"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   assert pathlib.Path(f"{workdir}/certify_dssn.tsv").read_bytes() == before
 
 
@@ -277,7 +280,7 @@ def test_empty_subset(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir, start=10_000)
   with pytest.raises(ValueError, match="(?i)empty"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
 
 
 def test_corrupt_checkpoint(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
@@ -287,13 +290,13 @@ def test_corrupt_checkpoint(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
       path.write_bytes(b"garbage")
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
   with pytest.raises(ValueError, match="corrupt|could not be restored"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
 
 
 def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
                                  fashion_mnist_data_dir, monkeypatch):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
-  original = data.eval_dataset
+  original = input_pipeline.eval_dataset
 
   def off_grid(*args, **kwargs):
     for batch in original(*args, **kwargs):
@@ -310,9 +313,9 @@ def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
     def __iter__(self):
       return off_grid(*self._args[0], **self._args[1])
 
-  monkeypatch.setattr(data, "eval_dataset", Batches)
+  monkeypatch.setattr(input_pipeline, "eval_dataset", Batches)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
   with pytest.raises(ValueError, match="quantized"):
-    certification.certify_workdir(config, workdir)
+    certify_workdir.certify_workdir(config, workdir)
   rows = results.read_results(f"{workdir}/certify_dssn.tsv")
   assert rows["idx"].size == 0

@@ -1,41 +1,39 @@
-"""The benchmark's smoke variant end to end, and the certifier's chunk sizing.
+"""The benchmarks (benchmarks/): the smoke variant end to end, the tuning
+trials and the device split, each in its own process where it needs one.
 
 No timing assertions: the figures depend on the machine and its load. The
-tests check that the report is complete and sane, and the properties the
-tuning relies on (memory independent of L, chunk sizing from memory, counts
-unchanged by it).
+tests check that the report is complete and sane.
 """
 
 import json
 import os
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
+from benchmarks import certifier
+from benchmarks import measure
+from benchmarks import tuning
 from configs import benchmark as benchmark_config
 import dssn_jax
-from dssn_jax import benchmark
-from dssn_jax import certify
-from dssn_jax import tuning
 
 
 @pytest.fixture(scope="module")
 def smoke_report(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("benchmark"))
   config = benchmark_config.get_config("smoke")
-  report = benchmark.run_benchmark(config, workdir, log=lambda _: None)
+  report = certifier.run_benchmark(config, workdir, log=lambda _: None)
   return report, workdir
 
 
+@pytest.mark.slow
 def test_smoke_writes_json_and_markdown(smoke_report):
   report, workdir = smoke_report
-  with open(os.path.join(workdir, benchmark.RESULTS_JSON)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_JSON)) as f:
     saved = json.load(f)
   assert saved["environment"]["backend"] == jax.default_backend()
   assert saved["models"][0]["model"] == "small_cnn"
-  with open(os.path.join(workdir, benchmark.RESULTS_MARKDOWN)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_MARKDOWN)) as f:
     markdown = f.read()
   for heading in ("## Peak: square matrix product",
                   "## Forward pass and certification",
@@ -50,6 +48,7 @@ def _positive_stats(stats):
   return 0 < stats["min"] <= stats["median"] <= stats["max"] and stats["n"] > 0
 
 
+@pytest.mark.slow
 def test_smoke_figures_are_sane(smoke_report):
   report, _ = smoke_report
   (peak,) = report["peak"]
@@ -91,79 +90,14 @@ def test_smoke_figures_are_sane(smoke_report):
 
 
 def test_summary_statistics():
-  stats = benchmark.summarize([3.0, 1.0, 2.0])
+  stats = measure.summarize([3.0, 1.0, 2.0])
   assert stats == {"median": 2.0, "min": 1.0, "max": 3.0, "spread": 1.0,
                    "n": 3}
-  ratio = benchmark.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
+  ratio = measure.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
   assert ratio["median"] == 2.0 and ratio["max"] == 3.0
 
 
-def _mlp(width=64, classes=5):
-  """apply_fn(params, x) of a 2-layer MLP on (4, 4, 3) inputs, and params."""
-  params = (jax.random.normal(jax.random.key(0), (48, width)),
-            jax.random.normal(jax.random.key(1), (width, classes)))
-
-  def apply_fn(params, x):
-    return jnp.tanh(x.reshape(x.shape[0], -1) @ params[0]) @ params[1]
-
-  return apply_fn, params
-
-
-def test_auto_chunk_size_follows_the_memory_budget():
-  apply_fn, params = _mlp()
-  shape = (4, 4, 3)
-  unlimited = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                      memory_budget=None)
-  assert unlimited == certify.default_chunk_size(4, 1000)  # 128: 512 / 4.
-  # A budget for ~64 noisy inputs (the bound from the jaxpr is larger than
-  # the activations, so the chunk only gets smaller).
-  facts = certify._classifier_facts(apply_fn, params, shape)
-  per_input = facts.intermediate_bytes + 4 * 48
-  small = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                  memory_budget=64 * per_input)
-  assert 1 <= small < unlimited
-  assert certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                 memory_budget=1) == 1
-  # Over a mesh: each device's share of the batch, or of the samples.
-  assert certify.auto_chunk_size(apply_fn, params, shape, 8, 1000, devices=4,
-                                 memory_budget=None) == certify.\
-      default_chunk_size(2, 1000)
-  assert certify.auto_chunk_size(apply_fn, params, shape, 1, 1000, devices=4,
-                                 memory_budget=None) == 250
-
-
-def test_counts_do_not_depend_on_the_chunk_sizing():
-  apply_fn, params = _mlp()
-  spec = dssn_jax.SmoothingSpec(0.12)  # L = 106.
-  v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
-  x = np.round(np.random.RandomState(0).uniform(size=(3, 4, 4, 3)) * 255)
-  x = (x / 255).astype(np.float32)
-  auto = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec,
-                                         params=params))
-  for chunk in (1, 5, spec.levels):  # 5: a padded last chunk.
-    counts = dssn_jax.dssn_counts(apply_fn, x, v, spec, params=params,
-                                  chunk_size=chunk)
-    np.testing.assert_array_equal(np.asarray(counts), auto)
-  assert set(auto.sum(axis=1).tolist()) == {spec.levels}
-
-
-def test_memory_of_the_vote_program_does_not_depend_on_levels():
-  apply_fn, params = _mlp(width=256)
-  x = jnp.zeros((4, 4, 4, 3))
-  peaks = []
-  for sigma in (0.5, 3.5):
-    spec = dssn_jax.SmoothingSpec(sigma)
-    v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
-    compiled = certify._vote_counts.lower(
-        params, x, jnp.zeros(4, jnp.int32), v, apply_fn=apply_fn,
-        make_noisy=certify._dssn_sample(spec), num_items=spec.levels,
-        chunk_size=32, mesh=None).compile()
-    peaks.append(compiled.memory_analysis().temp_size_in_bytes)
-  # Up to the scan's few bytes of bookkeeping (its index vector is L/chunk
-  # long): no buffer scales with L.
-  assert abs(peaks[0] - peaks[1]) <= 0.01 * max(peaks)
-
-
+@pytest.mark.slow
 def test_smoke_sweep_reports_every_batch(smoke_report):
   report, workdir = smoke_report
   (sweep,) = report["sweep"]
@@ -174,10 +108,11 @@ def test_smoke_sweep_reports_every_batch(smoke_report):
   for entry in sweep["batches"]:
     assert _positive_stats(entry["forwards_per_second"])
     assert _positive_stats(entry["utilization"])
-  with open(os.path.join(workdir, benchmark.RESULTS_MARKDOWN)) as f:
+  with open(os.path.join(workdir, certifier.RESULTS_MARKDOWN)) as f:
     assert "## Forward batch sweep" in f.read()
 
 
+@pytest.mark.slow
 def test_xla_flag_trials_run_each_setting_in_its_own_process():
   # Two identical settings: same logits, ratios near 1 (no timing bound).
   trials = tuning.xla_flag_trials(
@@ -194,9 +129,23 @@ def test_xla_flag_trials_run_each_setting_in_its_own_process():
   assert "xla_cpu_enable_fast_min_max" in lines
 
 
+@pytest.mark.slow
 def test_xla_flag_trials_report_a_failing_setting():
   trials = tuning.xla_flag_trials(
       ["--xla_this_flag_does_not_exist=1"], [("small_cnn", 4)],
       alternations=1, peak_size=64, repeats=1, log=lambda _: None)
   (entry,) = trials["settings"]
   assert entry["errors"] and "flops_per_second" not in entry
+
+
+@pytest.mark.slow
+def test_device_split_runs_in_its_own_process():
+  report = certifier.device_split_report(2, sigma=0.05, batch=4)
+  assert "error" not in report, report.get("error")
+  by_batch, by_samples = report["cases"]
+  assert (by_batch["split"], by_samples["split"]) == ("batch",
+                                                      "noise samples")
+  for case in report["cases"]:
+    assert case["identical_to_one_device"]
+    assert case["row_sums"] == [report["levels"]]
+    assert case["per_device_share"] == pytest.approx(0.5, abs=0.05)

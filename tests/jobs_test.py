@@ -6,10 +6,15 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax import analysis
-from dssn_jax import pipeline
+from dssn_jax import jobs
 from dssn_jax import results
+
+# Trains models or starts processes: the slow tier (`-m 'not slow'`).
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -21,7 +26,7 @@ def smoke_config(data_dir):
 
 
 def test_study_grid_of_the_study_config():
-  runs = pipeline.study_grid(fashion_mnist_config.get_config("study").study)
+  runs = jobs.study_grid(fashion_mnist_config.get_config("study").study)
   names = [run.name for run in runs]
   assert len(runs) == 14 == len(set(names))
   assert {run.noise for run in runs} == {"dssn", "uniform", "ssn"}
@@ -32,7 +37,7 @@ def test_study_grid_of_the_study_config():
 
 def test_quickstart_main_job(tmp_path, fashion_mnist_data_dir):
   workdir = str(tmp_path / "quickstart")
-  tables = pipeline.train_certify_analyze(smoke_config(fashion_mnist_data_dir),
+  tables = jobs.train_certify_analyze(smoke_config(fashion_mnist_data_dir),
                                           workdir)
   assert "Table 1 format" in tables and "DSSN" in tables
   analysis = os.listdir(os.path.join(workdir, "analysis"))
@@ -44,10 +49,10 @@ def test_quickstart_main_job(tmp_path, fashion_mnist_data_dir):
 
 def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   config = smoke_config(fashion_mnist_data_dir)
-  runs = pipeline.study_grid(config.study)
+  runs = jobs.study_grid(config.study)
   assert [run.name for run in runs] == ["dssn_0.5", "uniform_0.5"]
   outdir = str(tmp_path / "docs")
-  tables = pipeline.run_study(config, runs, str(tmp_path / "runs"), outdir)
+  tables = jobs.run_study(config, runs, str(tmp_path / "runs"), outdir)
   assert "DSSN" in tables and "Uniform" in tables
   for run in runs:
     meta = results.read_metadata(
@@ -68,7 +73,7 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   # Every run's certifier timed side by side.
   timing = tmp_path / "timing.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.time_certifiers",
+      [sys.executable, "-m", "benchmarks.time_certifiers",
        "--config=configs/fashion_mnist.py:smoke",
        f"--config.data_dir={fashion_mnist_data_dir}",
        f"--workdir={tmp_path / 'runs'}", "--images=2", "--rounds=1",
@@ -83,7 +88,7 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   assert all(r["seconds_per_image"] > 0 for r in report["runs"].values())
   assert "| dssn_0.5 | 441 |" in proc.stdout
   missing = subprocess.run(
-      [sys.executable, "-m", "experiments.time_certifiers",
+      [sys.executable, "-m", "benchmarks.time_certifiers",
        "--config=configs/fashion_mnist.py:smoke",
        f"--workdir={tmp_path / 'nothing'}"],
       cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -1,6 +1,6 @@
 r"""Seconds per image of each run's certifier, timed side by side.
 
-  python -m experiments.time_certifiers --config=configs/fashion_mnist.py:study \
+  python -m benchmarks.time_certifiers --config=configs/fashion_mnist.py:study \
       --workdir=runs/study --output=docs/fashion_mnist/timing.json
 
 The results files record each run's time as it ran, and a study's runs may
@@ -19,11 +19,11 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from dssn_jax import benchmark
+from benchmarks import measure
 from dssn_jax import certify
 from dssn_jax import checkpoints
-from dssn_jax import data
-from dssn_jax import pipeline
+from dssn_jax import input_pipeline
+from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -58,19 +58,19 @@ def main(argv):
 def _time_certifiers(config):
   """Times every study run of config side by side; prints and saves."""
   cfg = config.certify
-  batch = next(iter(data.eval_dataset(
+  batch = next(iter(input_pipeline.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
       max_examples=_IMAGES.value, batch_size=_IMAGES.value,
       data_dir=config.data_dir)))
   x = batch["image"].astype(np.float32) / 255
   calls, forwards = {}, {}
-  for run in pipeline.study_grid(config.study):
+  for run in jobs.study_grid(config.study):
     calls[run.name], forwards[run.name] = _certifier(
-        pipeline.configure(config, run), f"{_WORKDIR.value}/{run.name}", x,
+        jobs.configure(config, run), f"{_WORKDIR.value}/{run.name}", x,
         batch["index"])
-  seconds = benchmark.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
+  seconds = measure.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
   report = {"images": int(x.shape[0]), "rounds": _ROUNDS.value,
-            "load_average": benchmark.load_average(), "runs": {}}
+            "load_average": measure.load_average(), "runs": {}}
   lines = ["| run | forward passes / image | s / image | ms / forward pass |",
            "|---|---|---|---|"]
   for name, times in seconds.items():

@@ -1,4 +1,4 @@
-"""Tests of dssn_jax.data: TFDS pipelines that keep pixels on the uint8 grid.
+"""Tests of dssn_jax.input_pipeline: TFDS pipelines that keep pixels on the uint8 grid.
 
 Fashion-MNIST is the real Debian data, prepared once per session into a
 temporary data dir; cifar10 and imagenet2012 go through tfds.testing.mock_data.
@@ -16,9 +16,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dssn_jax import data
+from dssn_jax import fashion_mnist
+from dssn_jax import input_pipeline
 
-DEBIAN_DIR = data.FASHION_MNIST_MANUAL_DIR
+DEBIAN_DIR = fashion_mnist.FASHION_MNIST_MANUAL_DIR
 ONE_PROCESS = dict(process_index=0, process_count=1)
 
 
@@ -36,7 +37,7 @@ def fashion_dir(request, tmp_path_factory):
   if not os.path.isdir(DEBIAN_DIR):
     pytest.skip("needs `apt-get install dataset-fashion-mnist`")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare_fashion_mnist(data_dir)
+  fashion_mnist.prepare_fashion_mnist(data_dir)
   return data_dir
 
 
@@ -114,13 +115,13 @@ def _assert_batches_equal(a, b):
 
 
 def test_dataset_info():
-  info = data.dataset_info("cifar10")
+  info = input_pipeline.dataset_info("cifar10")
   assert info.num_classes == 10
   assert info.input_shape == (32, 32, 3)
   assert len(info.mean) == len(info.std) == 3
   assert (info.train_split, info.eval_split, info.num_eval) == ("train", "test", 10_000)
-  assert data.dataset_info("fashion_mnist").input_shape == (28, 28, 1)
-  imagenet = data.dataset_info("imagenet2012")
+  assert input_pipeline.dataset_info("fashion_mnist").input_shape == (28, 28, 1)
+  imagenet = input_pipeline.dataset_info("imagenet2012")
   assert (imagenet.num_classes, imagenet.eval_split, imagenet.num_eval) == (
       1000,
       "validation",
@@ -132,23 +133,32 @@ def test_dataset_info():
 
 def test_unknown_dataset():
   for call in (
-      lambda: data.dataset_info("mnist"),
-      lambda: data.train_dataset("mnist", batch_size=8, seed=0, **ONE_PROCESS),
-      lambda: data.eval_dataset("mnist", batch_size=8, **ONE_PROCESS),
+      lambda: input_pipeline.dataset_info("mnist"),
+      lambda: input_pipeline.train_dataset("mnist", batch_size=8, seed=0, **ONE_PROCESS),
+      lambda: input_pipeline.eval_dataset("mnist", batch_size=8, **ONE_PROCESS),
   ):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10"):
       call()
 
 
 def test_hide_tf_from_accelerators():
-  data.hide_tf_from_accelerators()
-  data.hide_tf_from_accelerators()  # Idempotent, also after TF initialized.
+  input_pipeline.hide_tf_from_accelerators()
+  input_pipeline.hide_tf_from_accelerators()  # Idempotent, also after TF initialized.
   assert tf.config.get_visible_devices("GPU") == []
   assert tf.config.get_visible_devices("TPU") == []
 
 
+@pytest.mark.slow
 def test_core_import_stays_free_of_tensorflow():
   code = "import sys, dssn_jax; assert 'tensorflow' not in sys.modules, 'TF imported'"
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_dataset_table_and_converter_import_no_tensorflow():
+  code = ("import sys; from dssn_jax import convert, datasets; "
+          "assert 'tensorflow' not in sys.modules, 'TF imported'; "
+          "assert datasets.dataset_info('cifar10').input_shape == (32, 32, 3)")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -156,6 +166,7 @@ def test_core_import_stays_free_of_tensorflow():
 # Fashion-MNIST from the Debian files.
 
 
+@pytest.mark.slow
 def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
   builder = tfds.builder("fashion_mnist", data_dir=fashion_dir)
   assert builder.is_prepared()
@@ -176,21 +187,23 @@ def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
   )
 
 
+@pytest.mark.slow
 def test_prepare_fashion_mnist_is_idempotent(fashion_dir):
-  path = data.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
+  path = fashion_mnist.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
   assert path.startswith(fashion_dir) and os.path.isdir(path)
 
 
 def test_prepare_fashion_mnist_missing_files(tmp_path):
   bogus = tmp_path / "no-such-dir"
   with pytest.raises(FileNotFoundError) as err:
-    data.prepare_fashion_mnist(tmp_path / "tfds", manual_dir=bogus)
+    fashion_mnist.prepare_fashion_mnist(tmp_path / "tfds", manual_dir=bogus)
   assert "apt-get install dataset-fashion-mnist" in str(err.value)
   assert str(bogus) in str(err.value)
 
 
+@pytest.mark.slow
 def test_fashion_train_epoch(fashion_dir):
-  it = data.train_dataset(
+  it = input_pipeline.train_dataset(
       "fashion_mnist", batch_size=6000, seed=0, data_dir=fashion_dir, **ONE_PROCESS
   )
   epoch = _take(it, 10)
@@ -205,13 +218,14 @@ def test_fashion_train_epoch(fashion_dir):
   assert not np.array_equal(first_of_next_epoch["label"], epoch[0]["label"])
 
 
+@pytest.mark.slow
 def test_fashion_train_per_process(fashion_dir):
-  assert data.train_steps_per_epoch(
+  assert input_pipeline.train_steps_per_epoch(
       "fashion_mnist", batch_size=64, data_dir=fashion_dir, process_count=2
   ) == 30_000 // 32
   batches = [
       next(
-          data.train_dataset(
+          input_pipeline.train_dataset(
               "fashion_mnist",
               batch_size=64,
               seed=0,
@@ -228,11 +242,12 @@ def test_fashion_train_per_process(fashion_dir):
   assert not np.array_equal(batches[0]["image"], batches[1]["image"])
 
 
+@pytest.mark.slow
 def test_fashion_eval_subset(fashion_dir, fashion_test_split):
   images, labels = fashion_test_split
   kwargs = dict(start=5, skip=7, max_examples=100, data_dir=fashion_dir)
-  assert data.num_examples_in_subset("fashion_mnist", **kwargs) == 100
-  ev = data.eval_dataset("fashion_mnist", batch_size=32, **kwargs, **ONE_PROCESS)
+  assert input_pipeline.num_examples_in_subset("fashion_mnist", **kwargs) == 100
+  ev = input_pipeline.eval_dataset("fashion_mnist", batch_size=32, **kwargs, **ONE_PROCESS)
   assert (len(ev), ev.num_examples, ev.num_local_examples) == (4, 100, 100)
   batches = list(ev)
   assert len(batches) == 4
@@ -251,11 +266,12 @@ def test_fashion_eval_subset(fashion_dir, fashion_test_split):
   assert not batch["image"][100:].any() and not batch["label"][100:].any()
 
 
+@pytest.mark.slow
 def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
   _, labels = fashion_test_split
   seen = []
   for p in range(3):
-    ev = data.eval_dataset(
+    ev = input_pipeline.eval_dataset(
         "fashion_mnist",
         start=9990,
         batch_size=6,
@@ -273,22 +289,23 @@ def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
   assert seen == list(range(9990, 10_000))  # Disjoint, in order, each once.
 
 
+@pytest.mark.slow
 def test_eval_errors(fashion_dir):
   common = dict(data_dir=fashion_dir, **ONE_PROCESS)
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    data.eval_dataset("fashion_mnist", start=10_000, batch_size=8, **common)
+    input_pipeline.eval_dataset("fashion_mnist", start=10_000, batch_size=8, **common)
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    data.eval_dataset("fashion_mnist", max_examples=0, batch_size=8, **common)
+    input_pipeline.eval_dataset("fashion_mnist", max_examples=0, batch_size=8, **common)
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    data.num_examples_in_subset("fashion_mnist", start=20_000, data_dir=fashion_dir)
+    input_pipeline.num_examples_in_subset("fashion_mnist", start=20_000, data_dir=fashion_dir)
   with pytest.raises(ValueError, match="skip"):
-    data.eval_dataset("fashion_mnist", skip=0, batch_size=8, **common)
+    input_pipeline.eval_dataset("fashion_mnist", skip=0, batch_size=8, **common)
   with pytest.raises(ValueError, match="no split 'validation'"):
-    data.eval_dataset("fashion_mnist", split="validation", batch_size=8, **common)
+    input_pipeline.eval_dataset("fashion_mnist", split="validation", batch_size=8, **common)
   with pytest.raises(ValueError, match="plain split name"):
-    data.eval_dataset("fashion_mnist", split="test[:10]", batch_size=8, **common)
+    input_pipeline.eval_dataset("fashion_mnist", split="test[:10]", batch_size=8, **common)
   with pytest.raises(ValueError, match="not divisible"):
-    data.eval_dataset(
+    input_pipeline.eval_dataset(
         "fashion_mnist", batch_size=5, data_dir=fashion_dir, process_index=0, process_count=2
     )
 
@@ -311,7 +328,7 @@ def _source_of(image):
 
 
 def test_cifar10_train_augmentation(fake_cifar10):
-  it = data.train_dataset("cifar10", batch_size=8, seed=0, **ONE_PROCESS)
+  it = input_pipeline.train_dataset("cifar10", batch_size=8, seed=0, **ONE_PROCESS)
   epoch = _take(it, NUM_FAKE // 8)
   sources = []
   for batch in epoch:
@@ -329,7 +346,7 @@ def test_cifar10_train_augmentation(fake_cifar10):
 def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
   def run(seed, start_step=0, n=8):
     return _take(
-        data.train_dataset(
+        input_pipeline.train_dataset(
             "cifar10", batch_size=8, seed=seed, start_step=start_step, **ONE_PROCESS
         ),
         n,
@@ -345,8 +362,8 @@ def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
 
 
 def test_cifar10_eval_index_from_id(fake_cifar10):
-  assert data.num_examples_in_subset("cifar10", start=3, skip=4, max_examples=5) == 5
-  ev = data.eval_dataset("cifar10", start=3, skip=4, max_examples=5, batch_size=4, **ONE_PROCESS)
+  assert input_pipeline.num_examples_in_subset("cifar10", start=3, skip=4, max_examples=5) == 5
+  ev = input_pipeline.eval_dataset("cifar10", start=3, skip=4, max_examples=5, batch_size=4, **ONE_PROCESS)
   batches = list(ev)
   assert len(batches) == len(ev) == 2
   index = np.concatenate([b["index"] for b in batches])
@@ -363,14 +380,14 @@ def test_cifar10_eval_index_from_id(fake_cifar10):
         assert not image.any() and label == 0
 
   # The whole split comes out in original order, although stored shuffled.
-  ev = data.eval_dataset("cifar10", batch_size=NUM_FAKE, **ONE_PROCESS)
+  ev = input_pipeline.eval_dataset("cifar10", batch_size=NUM_FAKE, **ONE_PROCESS)
   np.testing.assert_array_equal(next(ev)["index"], np.arange(NUM_FAKE))
 
 
 def test_cifar10_eval_per_process(fake_cifar10):
   per_process = []
   for p in range(2):
-    ev = data.eval_dataset(
+    ev = input_pipeline.eval_dataset(
         "cifar10",
         start=3,
         skip=4,
@@ -390,7 +407,7 @@ def test_cifar10_eval_per_process(fake_cifar10):
 def test_cifar10_malformed_ids():
   with tfds.testing.mock_data(num_examples=4):  # Random text ids.
     with pytest.raises(ValueError, match="unexpected cifar10 id"):
-      data.eval_dataset("cifar10", batch_size=4, **ONE_PROCESS)
+      input_pipeline.eval_dataset("cifar10", batch_size=4, **ONE_PROCESS)
 
 
 # --------------------------------------------------------------------------
@@ -399,17 +416,17 @@ def test_cifar10_malformed_ids():
 
 def test_imagenet_train_and_eval_shapes():
   with tfds.testing.mock_data(num_examples=6):
-    it = data.train_dataset("imagenet2012", batch_size=4, seed=0, **ONE_PROCESS)
+    it = input_pipeline.train_dataset("imagenet2012", batch_size=4, seed=0, **ONE_PROCESS)
     batch = next(it)
     assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32
     assert ((batch["label"] >= 0) & (batch["label"] < 1000)).all()
     _assert_batches_equal(
-        [next(data.train_dataset("imagenet2012", batch_size=4, seed=0, start_step=1, **ONE_PROCESS))],
+        [next(input_pipeline.train_dataset("imagenet2012", batch_size=4, seed=0, start_step=1, **ONE_PROCESS))],
         [next(it)],
     )
 
-    ev = data.eval_dataset("imagenet2012", skip=2, batch_size=2, **ONE_PROCESS)
+    ev = input_pipeline.eval_dataset("imagenet2012", skip=2, batch_size=2, **ONE_PROCESS)
     batches = list(ev)
     assert len(batches) == len(ev) == 2
     for b in batches:
@@ -420,14 +437,14 @@ def test_imagenet_train_and_eval_shapes():
 def test_imagenet_resizes_round_to_the_grid():
   # A constant image stays exactly constant through resize + rounding.
   wide = tf.io.encode_jpeg(tf.fill([300, 500, 3], tf.constant(77, tf.uint8)), quality=100)
-  image = data._imagenet_eval(wide).numpy()  # pylint: disable=protected-access
+  image = input_pipeline._imagenet_eval(wide).numpy()  # pylint: disable=protected-access
   assert image.shape == (224, 224, 3) and image.dtype == np.uint8
   values = np.unique(image)
   assert len(values) == 1 and abs(int(values[0]) - 77) <= 1
   # Shorter side -> 256, centre crop: a 256x512 image crops columns 144..367.
   ramp = np.tile(np.repeat(np.arange(0, 256, 32, dtype=np.uint8), 64)[None, :, None], [256, 1, 3])
-  image = data._imagenet_eval(tf.io.encode_jpeg(ramp, quality=100)).numpy()  # pylint: disable=protected-access
+  image = input_pipeline._imagenet_eval(tf.io.encode_jpeg(ramp, quality=100)).numpy()  # pylint: disable=protected-access
   np.testing.assert_allclose(image[0, :, 0].astype(int), ramp[0, 144:368, 0].astype(int), atol=8)
-  crop = data._imagenet_train(wide, tf.constant([1, 2], tf.int64)).numpy()  # pylint: disable=protected-access
+  crop = input_pipeline._imagenet_train(wide, tf.constant([1, 2], tf.int64)).numpy()  # pylint: disable=protected-access
   assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
   assert np.abs(crop.astype(int) - 77).max() <= 1

@@ -34,11 +34,11 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import config_checks
-from dssn_jax import data
+from dssn_jax import input_pipeline
+from dssn_jax import memory
+from dssn_jax import methods
 from dssn_jax import results
 from dssn_jax import smoothing
-
-METHODS = ("dssn",) + certify.RANDOMIZED_NOISE_KINDS
 
 
 def results_path(workdir: str, config) -> str:
@@ -114,7 +114,7 @@ def batching_record(config, classifier, spec, mesh) -> dict[str, Any]:
   cfg = config.certify
   devices = mesh.size
   num_items = spec.levels if cfg.method == "dssn" else cfg.n
-  chunk = cfg.chunk_size if cfg.chunk_size > 0 else certify.auto_chunk_size(
+  chunk = cfg.chunk_size if cfg.chunk_size > 0 else memory.auto_chunk_size(
       classifier.apply_fn, classifier.variables,
       tuple(classifier.metadata["input_shape"]), cfg.batch_size, num_items,
       devices=devices)
@@ -184,19 +184,19 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
     The summary, also written to `<results file>.summary.json`.
   """
   cfg = config.certify
-  if cfg.method not in METHODS:
+  if cfg.method not in methods.METHODS:
     raise ValueError(f"Unknown certification method {cfg.method!r}; expected "
-                     f"one of {METHODS}.")
+                     f"one of {methods.METHODS}.")
   config_checks.check_integer_fields(
       config, [f for f in config_checks.SENTINEL_FIELDS +
                config_checks.POSITIVE_FIELDS +
                config_checks.NON_NEGATIVE_FIELDS if f.startswith("certify.")])
-  data.check_data_dir(config.data_dir)
-  data.hide_tf_from_accelerators()
+  input_pipeline.check_data_dir(config.data_dir)
+  input_pipeline.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)
   spec, offsets = _resolve_smoothing(config, classifier)
-  batches = data.eval_dataset(
+  batches = input_pipeline.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
       max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
       batch_size=cfg.batch_size * jax.process_count(),
