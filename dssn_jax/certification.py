@@ -13,13 +13,21 @@ to use the config's (the certificate is valid for any offsets, but a
 classifier certified with offsets other than its training ones loses
 accuracy).
 
-Multi-host: every JAX process certifies its own slice of the subset on its
-local devices into its own file (`certify_dssn.tsv`,
-`certify_dssn.process1.tsv`, ...); analysis merges them.
+Multi-host: every JAX process certifies its own contiguous slice of the
+subset on its local devices into its own file (`certify_dssn.tsv` for process
+0, `certify_dssn.process1.tsv`, ...), so no two processes ever append to one
+file and each file is resumable on its own. Before anyone writes, every
+process reads the rows of all files of the run (which must belong to the same
+run) and skips those images: a restart with another number of processes
+re-slices the subset but certifies every image exactly once. When all
+processes are done, process 0 writes the summary of the merged files;
+`read_results` and `experiments.analyze` merge them (an image in two files is
+an error).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -32,6 +40,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import data
+from dssn_jax import distributed
 from dssn_jax import results
 from dssn_jax import smoothing
 
@@ -44,6 +53,39 @@ def results_path(workdir: str, config) -> str:
   if jax.process_index() > 0:
     name += f".process{jax.process_index()}"
   return os.path.join(workdir, name + ".tsv")
+
+
+def run_files(workdir: str, config) -> list[str]:
+  """The existing results files of the config's run, of every process."""
+  name = config.certify.results_name or f"certify_{config.certify.method}"
+  first = os.path.join(workdir, name + ".tsv")
+  others = glob.glob(os.path.join(glob.escape(workdir),
+                                  glob.escape(name) + ".process*.tsv"))
+  return ([first] if os.path.exists(first) else []) + sorted(others)
+
+
+def _done_in_other_files(workdir: str, config, metadata) -> np.ndarray:
+  """idx of the rows in the run's files of other processes (this process's
+  own file is its writer's business); refuses files of another run, whose
+  rows must not stand in for this run's."""
+  own = os.path.abspath(results_path(workdir, config))
+  others = [p for p in run_files(workdir, config)
+            if os.path.abspath(p) != own]
+  for path in others:
+    stored = results.read_metadata(path)
+    problems = results.diff_metadata(
+        {"method": stored.get("method"), **(stored.get("run") or {})},
+        {"method": config.certify.method, **metadata},
+        ignore=("process_index",))
+    if problems:
+      raise ValueError(
+          f"Results file {path} of another process belongs to a different "
+          f"run; refusing to mix runs. Mismatching fields: "
+          + "; ".join(problems) + ". Use another --workdir or "
+          "--config.certify.results_name, or delete that run's files.")
+  if not others:
+    return np.zeros((0,), np.int64)
+  return results.read_results(others)["idx"]
 
 
 def _resolve_smoothing(config, classifier: checkpoints.Classifier):
@@ -92,8 +134,9 @@ def run_metadata(config, classifier, spec, offsets) -> dict[str, Any]:
       "checkpoint_step": classifier.step,
       "compute_dtype": (cfg.get("compute_dtype") or
                         classifier.metadata.get("compute_dtype", "float32")),
+      # Names the file, not the run: a run may be resumed on another
+      # number of processes.
       "process_index": jax.process_index(),
-      "process_count": jax.process_count(),
   }
   if cfg.method != "dssn":
     meta.update(n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed)
@@ -128,8 +171,9 @@ def _to_inputs(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32)
 
 
-def summarize(path: str, radii) -> dict[str, Any]:
-  """Clean and certified accuracy, seconds per image of a results file."""
+def summarize(path, radii) -> dict[str, Any]:
+  """Clean and certified accuracy, seconds per image of a results file (or
+  of the merged files of a multi-process run)."""
   rows = results.read_results(path)
   accuracy = results.certified_accuracy(rows["radius"], rows["correct"],
                                         radii, predict=rows["predict"])
@@ -169,13 +213,18 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = certify.make_mesh(jax.local_devices())
   path = results_path(workdir, config)
   metadata = run_metadata(config, classifier, spec, offsets)
+  done_elsewhere = _done_in_other_files(workdir, config, metadata)
+  # Nobody writes before everyone has read the others' files.
+  distributed.barrier("certify: files read")
   with results.ResultsWriter(path, cfg.method, metadata) as writer:
-    done = writer.done_indices
+    done = np.concatenate([
+        np.fromiter(writer.done_indices, np.int64, writer.num_rows),
+        done_elsewhere])
     progress = tqdm.tqdm(total=batches.num_local_examples,
-                         initial=len(done), unit="img",
+                         initial=int(np.isin(batches.indices, done).sum()),
+                         unit="img",
                          desc=f"certify {cfg.method} sigma={spec.sigma}",
                          disable=jax.process_index() > 0)
-    done = np.fromiter(done, np.int64, len(done))
     warm = False
     for batch in batches:
       index = batch["index"]
@@ -198,10 +247,14 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
       progress.update(int(todo.sum()))
       progress.set_postfix(img_s=f"{1 / seconds:.2f}")
     progress.close()
-  summary = {"results": path, "method": cfg.method, "sigma": spec.sigma,
-             **summarize(path, tuple(cfg.radii))}
-  with open(path[:-len(".tsv")] + ".summary.json", "w") as f:
-    json.dump(summary, f, indent=2)
+  distributed.barrier("certify: all files complete")
+  files = run_files(workdir, config)
+  summary = {"results": files[0], "results_files": files,
+             "method": cfg.method, "sigma": spec.sigma,
+             **summarize(files, tuple(cfg.radii))}
+  if distributed.is_primary():
+    with open(files[0][:-len(".tsv")] + ".summary.json", "w") as f:
+      json.dump(summary, f, indent=2)
   return summary
 
 

@@ -146,8 +146,11 @@ class Checkpointer:
   def restore(self, target=None, step: int | None = None):
     """Restores `state` (into the structure and shardings of target)."""
     step = self._step(step)
+    # Without a target, arrays saved on another topology (more devices or
+    # processes than this run has) come back on this process's first device.
     args = (ocp.args.StandardRestore(target) if target is not None else
-            ocp.args.StandardRestore())
+            ocp.args.StandardRestore(fallback_sharding=(
+                jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))))
     try:
       return self._manager.restore(
           step, args=ocp.args.Composite(state=args)).state

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from dssn_jax import analysis
 from dssn_jax import certification
+from dssn_jax import distributed
 from dssn_jax import results
 from dssn_jax import train
 
@@ -64,12 +65,15 @@ def train_certify_analyze(config, workdir: str) -> str:
     workdir: the run's directory; the analysis goes to workdir/analysis.
 
   Returns:
-    The Markdown tables (also in workdir/analysis/tables.md).
+    The Markdown tables (also in workdir/analysis/tables.md); "" on the
+    processes other than 0 of a multi-process run, which write nothing.
   """
   train.train_and_evaluate(config, workdir)
   summary = certification.certify_workdir(config, workdir)
+  if not distributed.is_primary():
+    return ""
   print(certification.format_summary(summary))
-  return analysis.analyze(results=[summary["results"]],
+  return analysis.analyze(results=summary["results_files"],
                           outdir=os.path.join(workdir, "analysis"),
                           radii=tuple(config.certify.radii))
 
@@ -91,7 +95,8 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     outdir: tables.md, the plots and results/ of all runs.
 
   Returns:
-    The Markdown tables.
+    The Markdown tables; "" on the processes other than 0 of a
+    multi-process run, which write nothing.
   """
   copies = []
   for run in runs:
@@ -100,9 +105,13 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str,
     print(f"== {run.name}")
     train.train_and_evaluate(run_config, run_dir)
     summary = certification.certify_workdir(run_config, run_dir)
-    print(certification.format_summary(summary))
-    copies.append(_copy_results(summary["results"],
-                                os.path.join(outdir, "results", run.name)))
+    if distributed.is_primary():
+      print(certification.format_summary(summary))
+      copies.extend(_copy_results(path, os.path.join(outdir, "results",
+                                                      run.name))
+                    for path in summary["results_files"])
+  if not distributed.is_primary():
+    return ""
   return analysis.analyze(results=copies, outdir=outdir,
                           radii=tuple(config.certify.radii),
                           what_if_n=config.study.get("what_if_n") or None)
