@@ -220,15 +220,14 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
     done = np.concatenate([
         np.fromiter(writer.done_indices, np.int64, writer.num_rows),
         done_elsewhere])
-    progress = tqdm.tqdm(total=batches.num_local_examples,
-                         initial=int(np.isin(batches.indices, done).sum()),
-                         unit="img",
+    progress = tqdm.tqdm(total=batches.num_local_examples, unit="img",
                          desc=f"certify {cfg.method} sigma={spec.sigma}",
                          disable=jax.process_index() > 0)
     warm = False
     for batch in batches:
       index = batch["index"]
       todo = batch["mask"] & ~np.isin(index, done)
+      progress.update(int(batch["mask"].sum() - todo.sum()))  # Done before.
       if not todo.any():
         continue
       if not warm:  # Compile outside the timed region: time is per image.
