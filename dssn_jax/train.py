@@ -10,13 +10,14 @@ Data parallel over all devices of all processes: one jitted step on a global
 mesh, the batch split along "data", the state replicated. The training data
 is read in `data_shards` disjoint shards (default: one per process, fixed when
 a run starts and stored in its checkpoints); each process reads its share of
-the shards and its rows of every global batch, so the batches, and with them
-the parameters, do not depend on how many processes read them. Checkpoints
-are saved and restored by all processes together; only process 0 writes
-config.json, metrics.jsonl and TensorBoard events. Every random choice is a function of the
-config's seed and the step number, and the input pipeline can skip to any
-step, so a run killed and resumed from its last checkpoint ends with the same
-parameters as an uninterrupted one.
+the shards and its rows of every global batch, so the batches do not depend
+on how many processes read them (the parameters only through the order in
+which cross-process sums are rounded). Checkpoints are saved and restored by
+all processes together; only process 0 writes config.json, metrics.jsonl and
+TensorBoard events. Every random choice is a function of the config's seed
+and the step number, and the input pipeline can skip to any step, so a run
+killed and resumed from its last checkpoint ends with the same parameters as
+an uninterrupted one.
 """
 
 from __future__ import annotations
