@@ -26,12 +26,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  experiments.start(argv)
   config = _CONFIG.value
   if config.xla_flags:
-    # Read once, when JAX creates its backend: before anything runs on it.
+    # Read once, when JAX creates its backend: before anything runs on it
+    # (a multi-process start-up in `start` creates it).
     os.environ["XLA_FLAGS"] = " ".join(
         f for f in (os.environ.get("XLA_FLAGS", ""), config.xla_flags) if f)
+  experiments.start(argv)
   # pylint: disable=g-import-not-at-top
   from benchmarks import certifier
   from dssn_jax import input_pipeline

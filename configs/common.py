@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.nesterov = True
   config.weight_decay = 1e-4
   config.shuffle_buffer = -1  # -1: the input pipeline's default.
+  # Disjoint shards the training data is read in; the batches depend on it,
+  # not on the process count. -1: one per process (fixed at a run's start).
+  config.data_shards = -1
   config.eval_batch_size = 256
   config.eval_max_examples = -1  # -1: the whole evaluation split.
   config.keep_checkpoints = 3

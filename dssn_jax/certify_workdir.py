@@ -13,14 +13,22 @@ to use the config's (the certificate is valid for any offsets, but a
 classifier certified with offsets other than its training ones loses
 accuracy).
 
-Multi-host: every JAX process certifies its own slice of the subset on its
-local devices into its own file (`certify_dssn.tsv`,
-`certify_dssn.process1.tsv`, ...); analysis merges them.
+Multi-host: every JAX process certifies its own contiguous slice of the
+subset on its local devices into its own file (`certify_dssn.tsv` for process
+0, `certify_dssn.process1.tsv`, ...), so no two processes ever append to one
+file and each file is resumable on its own. Before anyone writes, every
+process reads the rows of all files of the run (which must belong to the same
+run) and skips those images: a restart with another number of processes
+re-slices the subset but certifies every image exactly once. When all
+processes are done, process 0 writes the summary of the merged files;
+`read_results` and `experiments.analyze` merge them (an image in two files is
+an error).
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import time
@@ -34,6 +42,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import config_checks
+from dssn_jax import distributed
 from dssn_jax import input_pipeline
 from dssn_jax import memory
 from dssn_jax import methods
@@ -47,6 +56,39 @@ def results_path(workdir: str, config) -> str:
   if jax.process_index() > 0:
     name += f".process{jax.process_index()}"
   return os.path.join(workdir, name + ".tsv")
+
+
+def run_files(workdir: str, config) -> list[str]:
+  """The existing results files of the config's run, of every process."""
+  name = config.certify.results_name or f"certify_{config.certify.method}"
+  first = os.path.join(workdir, name + ".tsv")
+  others = glob.glob(os.path.join(glob.escape(workdir),
+                                  glob.escape(name) + ".process*.tsv"))
+  return ([first] if os.path.exists(first) else []) + sorted(others)
+
+
+def _done_in_other_files(workdir: str, config, metadata) -> np.ndarray:
+  """idx of the rows in the run's files of other processes (this process's
+  own file is its writer's business); refuses files of another run, whose
+  rows must not stand in for this run's."""
+  own = os.path.abspath(results_path(workdir, config))
+  others = [p for p in run_files(workdir, config)
+            if os.path.abspath(p) != own]
+  for path in others:
+    stored = results.read_metadata(path)
+    problems = results.diff_metadata(
+        {"method": stored.get("method"), **(stored.get("run") or {})},
+        {"method": config.certify.method, **metadata},
+        ignore=("process_index",))
+    if problems:
+      raise ValueError(
+          f"Results file {path} of another process belongs to a different "
+          f"run; refusing to mix runs. Mismatching fields: "
+          + "; ".join(problems) + ". Use another --workdir or "
+          "--config.certify.results_name, or delete that run's files.")
+  if not others:
+    return np.zeros((0,), np.int64)
+  return results.read_results(others)["idx"]
 
 
 def _resolve_smoothing(config, classifier: checkpoints.Classifier):
@@ -95,8 +137,9 @@ def run_metadata(config, classifier, spec, offsets) -> dict[str, Any]:
       "checkpoint_step": classifier.step,
       "compute_dtype": (cfg.get("compute_dtype") or
                         classifier.metadata.get("compute_dtype", "float32")),
+      # Names the file, not the run: a run may be resumed on another
+      # number of processes.
       "process_index": jax.process_index(),
-      "process_count": jax.process_count(),
   }
   if cfg.method != "dssn":
     meta.update(n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed)
@@ -158,8 +201,9 @@ def _to_inputs(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32)
 
 
-def summarize(path: str, radii) -> dict[str, Any]:
-  """Clean and certified accuracy, seconds per image of a results file."""
+def summarize(path, radii) -> dict[str, Any]:
+  """Clean and certified accuracy, seconds per image of a results file (or
+  of the merged files of a multi-process run)."""
   rows = results.read_results(path)
   accuracy = results.certified_accuracy(rows["radius"], rows["correct"],
                                         radii, predict=rows["predict"])
@@ -204,26 +248,31 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = certify.make_mesh(jax.local_devices())
   path = results_path(workdir, config)
   metadata = run_metadata(config, classifier, spec, offsets)
-  wanted = set(int(i) for i in batches.indices)
+  subset = range(cfg.start, cfg.start + cfg.skip * batches.num_examples,
+                 cfg.skip)
   try:
     writer = results.ResultsWriter(path, cfg.method, metadata).open()
   except OSError as e:
     if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
       raise
-    return _summarize_read_only(config, spec, path, metadata, wanted, e)
+    return _summarize_read_only(config, spec, workdir, metadata, subset, e)
+  done_elsewhere = _done_in_other_files(workdir, config, metadata)
+  # Nobody writes before everyone has read the others' files.
+  distributed.barrier("certify: files read")
   with writer:
-    _check_rows_requested(writer, wanted, path)
+    _check_rows_requested(writer, subset, path)
     _record_batching(path, batching_record(config, classifier, spec, mesh))
-    done = writer.done_indices
-    progress = tqdm.tqdm(total=batches.num_local_examples,
-                         initial=len(done), unit="img",
+    done = np.concatenate([
+        np.fromiter(writer.done_indices, np.int64, writer.num_rows),
+        done_elsewhere])
+    progress = tqdm.tqdm(total=batches.num_local_examples, unit="img",
                          desc=f"certify {cfg.method} sigma={spec.sigma}",
                          disable=jax.process_index() > 0)
-    done = np.fromiter(done, np.int64, len(done))
     warm = False
     for batch in batches:
       index = batch["index"]
       todo = batch["mask"] & ~np.isin(index, done)
+      progress.update(int(batch["mask"].sum() - todo.sum()))  # Done before.
       if not todo.any():
         continue
       if not warm:  # Compile outside the timed region: time is per image.
@@ -242,33 +291,40 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
       progress.update(int(todo.sum()))
       progress.set_postfix(img_s=f"{1 / seconds:.2f}")
     progress.close()
-  return _write_summary(config, spec, path)
+  distributed.barrier("certify: all files complete")
+  return _write_summary(config, spec, workdir)
 
 
-def _write_summary(config, spec, path: str) -> dict[str, Any]:
-  """The summary of a results file, also written next to it when possible."""
+def _write_summary(config, spec, workdir: str) -> dict[str, Any]:
+  """The summary of the run's results files (of every process), also
+  written next to the first one by process 0 when possible."""
   cfg = config.certify
-  summary = {"results": path, "method": cfg.method, "sigma": spec.sigma,
-             **summarize(path, tuple(cfg.radii))}
-  try:
-    with open(path[:-len(".tsv")] + ".summary.json", "w") as f:
-      json.dump(summary, f, indent=2)
-  except OSError as e:
-    logging.warning("Summary not written next to %s (%s).", path, e.strerror)
+  files = run_files(workdir, config)
+  summary = {"results": files[0], "results_files": files,
+             "method": cfg.method, "sigma": spec.sigma,
+             **summarize(files, tuple(cfg.radii))}
+  if distributed.is_primary():
+    try:
+      with open(files[0][:-len(".tsv")] + ".summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    except OSError as e:
+      logging.warning("Summary not written next to %s (%s).", files[0],
+                      e.strerror)
   return summary
 
 
-def _summarize_read_only(config, spec, path: str, metadata, wanted: set[int],
+def _summarize_read_only(config, spec, workdir: str, metadata, subset: range,
                          error: OSError) -> dict[str, Any]:
-  """A finished results file on storage we cannot write is summarized; an
-  unfinished one is an error that says what to do."""
+  """A finished run whose results file we cannot write (read-only storage)
+  is summarized; an unfinished one is an error that says what to do."""
+  path = results_path(workdir, config)
   if not os.path.exists(path):
     raise ValueError(
         f"Cannot create {path} ({error.strerror}): the workdir is not "
         f"writable. Certify into a writable copy of the workdir.") from error
   results.check_metadata(path, config.certify.method, metadata)
-  done = set(results.read_results(path)["idx"].tolist())
-  missing = wanted - done
+  done = set(results.read_results(run_files(workdir, config))["idx"].tolist())
+  missing = set(subset) - done
   if missing:
     raise ValueError(
         f"{path} cannot be opened for writing ({error.strerror}) and "
@@ -276,13 +332,13 @@ def _summarize_read_only(config, spec, path: str, metadata, wanted: set[int],
         f"into a writable copy of the workdir, or make it writable.") from error
   logging.warning("%s is read-only; every requested image has a row, so it "
                   "is only summarized.", path)
-  return _write_summary(config, spec, path)
+  return _write_summary(config, spec, workdir)
 
 
-def _check_rows_requested(writer, wanted: set[int], path: str) -> None:
+def _check_rows_requested(writer, subset: range, path: str) -> None:
   """Refuses a results file holding rows of images this run does not ask
   for (appended by hand, or another subset's): they would be counted."""
-  extra = sorted(set(writer.done_indices) - wanted)
+  extra = sorted(i for i in writer.done_indices if i not in subset)
   if extra:
     raise ValueError(
         f"{path}: line {writer.line_of(extra[0])} has idx {extra[0]}, which "

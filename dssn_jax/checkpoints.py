@@ -17,6 +17,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -144,10 +145,12 @@ class Checkpointer:
           f"to fall back to an earlier one, or retrain.") from e
 
   def restore(self, target=None, step: int | None = None):
-    """Restores `state` (into the structure and shardings of target)."""
+    """Restores `state` into the structure and shardings of target
+    (default: the saved structure on this process's first device)."""
     step = self._step(step)
-    args = (ocp.args.StandardRestore(target) if target is not None else
-            ocp.args.StandardRestore())
+    if target is None:
+      target = self._local_target(step)
+    args = ocp.args.StandardRestore(target)
     try:
       return self._manager.restore(
           step, args=ocp.args.Composite(state=args)).state
@@ -156,6 +159,26 @@ class Checkpointer:
           f"Checkpoint step {step} in {self.directory} could not be "
           f"restored ({type(e).__name__}: {e}). Delete that step directory "
           f"to fall back to an earlier one, or retrain.") from e
+
+  def _local_target(self, step: int):
+    """The saved state's shapes and dtypes on this process's first device.
+
+    Orbax would otherwise restore onto the devices it was saved from, which
+    fails on another topology and, in a multi-process run, spans the other
+    processes' devices, which a process-local computation cannot use.
+    """
+    path = epath.Path(self.directory) / str(step) / "state"
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      tree = ocp.StandardCheckpointHandler().metadata(path).tree
+    except Exception as e:  # Orbax raises several types for damaged files.
+      raise ValueError(
+          f"Checkpoint step {step} in {self.directory} is unreadable or "
+          f"corrupt ({type(e).__name__}: {e}); delete that step directory "
+          f"to fall back to an earlier one, or retrain.") from e
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        tree)
 
   def _step(self, step):
     step = self.latest_step() if step is None else step

@@ -18,6 +18,7 @@ from absl import logging
 
 from dssn_jax import analysis
 from dssn_jax import certify_workdir
+from dssn_jax import distributed
 from dssn_jax import results
 from dssn_jax import train
 
@@ -68,12 +69,15 @@ def train_certify_analyze(config, workdir: str,
     report: where the certification summary goes (entry points pass print).
 
   Returns:
-    The Markdown tables (also in workdir/analysis/tables.md).
+    The Markdown tables (also in workdir/analysis/tables.md); "" on the
+    processes other than 0 of a multi-process run, which write nothing.
   """
   train.train_and_evaluate(config, workdir)
   summary = certify_workdir.certify_workdir(config, workdir)
+  if not distributed.is_primary():
+    return ""
   report(certify_workdir.format_summary(summary))
-  return analysis.analyze(results=[summary["results"]],
+  return analysis.analyze(results=summary["results_files"],
                           outdir=os.path.join(workdir, "analysis"),
                           radii=tuple(config.certify.radii))
 
@@ -96,7 +100,8 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str, outdir: str,
     report: where each run's name and certification summary go.
 
   Returns:
-    The Markdown tables.
+    The Markdown tables; "" on the processes other than 0 of a
+    multi-process run, which write nothing.
   """
   copies = []
   for run in runs:
@@ -105,9 +110,13 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str, outdir: str,
     report(f"== {run.name}")
     train.train_and_evaluate(run_config, run_dir)
     summary = certify_workdir.certify_workdir(run_config, run_dir)
-    report(certify_workdir.format_summary(summary))
-    copies.append(_copy_results(summary["results"],
-                                os.path.join(outdir, "results", run.name)))
+    if distributed.is_primary():
+      report(certify_workdir.format_summary(summary))
+      copies.extend(_copy_results(path, os.path.join(outdir, "results",
+                                                      run.name))
+                    for path in summary["results_files"])
+  if not distributed.is_primary():
+    return ""
   return analysis.analyze(results=copies, outdir=outdir,
                           radii=tuple(config.certify.radii),
                           what_if_n=config.study.get("what_if_n") or None)

@@ -6,11 +6,18 @@ example with the classifier's own offsets, `ssn` independent splits, `uniform`
 additive noise, `none` clean inputs; with `stability`, the loss is
 `CE(f(xt1), y) + gamma * KL(p(xt1) || p(xt2))` over two independent draws.
 
-Data parallel over all devices: one jitted step on a mesh, the batch split
-along "data", the state replicated. Every random choice is a function of the
-config's seed and the step number, and the input pipeline can skip to any
-step, so a run killed and resumed from its last checkpoint ends with the same
-parameters as an uninterrupted one.
+Data parallel over all devices of all processes: one jitted step on a global
+mesh, the batch split along "data", the state replicated. The training data
+is read in `data_shards` disjoint shards (default: one per process, fixed when
+a run starts and stored in its checkpoints); each process reads its share of
+the shards and its rows of every global batch, so the batches do not depend
+on how many processes read them (the parameters only through the order in
+which cross-process sums are rounded). Checkpoints are saved and restored by
+all processes together; only process 0 writes config.json, metrics.jsonl and
+TensorBoard events. Every random choice is a function of the config's seed
+and the step number, and the input pipeline can skip to any step, so a run
+killed and resumed from its last checkpoint ends with the same parameters as
+an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import config_checks
+from dssn_jax import distributed
 from dssn_jax import input_pipeline
 from dssn_jax import models
 from dssn_jax import smoothing
@@ -88,10 +96,64 @@ def _check_config(config) -> None:
   if config.q != 255:
     raise ValueError(f"q={config.q}, but the input pipelines yield 8-bit "
                      f"images (q=255); set --config.q=255.")
+  if config.get("data_shards", -1) == 0 or config.get("data_shards", -1) < -1:
+    raise ValueError(f"data_shards={config.data_shards}; use a positive "
+                     f"number or -1 (one shard per process).")
   if config.batch_size % jax.device_count():
     raise ValueError(
         f"batch_size={config.batch_size} must be a multiple of the "
         f"{jax.device_count()} devices.")
+
+
+def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
+  """The number of training-data shards of the run (see module doc).
+
+  A new run takes `config.data_shards` (-1: one per process); a resumed run
+  keeps the number its checkpoint was written with, since another number
+  would reorder the data. Every process must read whole shards.
+  """
+  shards = config.get("data_shards", -1)
+  shards = shards if shards > 0 else None
+  if stored is not None and stored.get("data_shards") is not None:
+    if shards is not None and shards != stored["data_shards"]:
+      raise ValueError(
+          f"The run in {workdir!r} reads its training data in "
+          f"{stored['data_shards']} shards, but the config asks for "
+          f"{shards}. Resume with --config.data_shards="
+          f"{stored['data_shards']} (or -1), or use a new --workdir.")
+    shards = int(stored["data_shards"])
+  shards = shards or jax.process_count()
+  if shards % jax.process_count():
+    raise ValueError(
+        f"The run in {workdir!r} reads its training data in {shards} shards, "
+        f"which {jax.process_count()} processes cannot split evenly. Run it "
+        f"with a number of processes that divides {shards}, or start a new "
+        f"--workdir.")
+  if config.batch_size % shards:
+    raise ValueError(
+        f"batch_size={config.batch_size} must be a multiple of the {shards} "
+        f"training-data shards (data_shards, default one per process).")
+  return shards
+
+
+def _train_batches(config, shards: int, start_step: int):
+  """This process's rows of every global batch from `start_step` on: the
+  concatenated batches of its consecutive shards (numpy, uint8 images)."""
+  per_process = shards // jax.process_count()
+  first = jax.process_index() * per_process
+  streams = [
+      input_pipeline.train_dataset(
+          config.dataset, batch_size=config.batch_size, seed=config.seed,
+          data_dir=config.data_dir, start_step=start_step,
+          shuffle_buffer=(config.shuffle_buffer if config.shuffle_buffer > 0
+                          else None),
+          process_index=first + i, process_count=shards)
+      for i in range(per_process)]
+  if per_process == 1:
+    yield from streams[0]
+    return
+  for parts in zip(*streams):
+    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _noisy(config, spec, offsets, key, x):
@@ -183,6 +245,8 @@ def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
 
 def _write_metrics(workdir, writer, step, metrics):
   writer.write_scalars(step, metrics)
+  if not distributed.is_primary():
+    return
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
     f.write(json.dumps({"step": step, **metrics}) + "\n")
 
@@ -190,7 +254,7 @@ def _write_metrics(workdir, writer, step, metrics):
 def _truncate_metrics(workdir, last_step):
   """Drops metric lines written after the checkpoint a run resumes from."""
   path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  if not distributed.is_primary() or not os.path.exists(path):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
@@ -246,10 +310,21 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       config, input_shape=info.input_shape, num_classes=info.num_classes,
       mean=info.mean, std=info.std, offsets=offsets)
 
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  stored = (checkpointer.metadata() if checkpointer.latest_step() is not None
+            else None)
+  if stored is not None:
+    checkpoints.check_matches(
+        stored, metadata, RESUME_FIELDS,
+        what=f"The checkpoint in {workdir!r}",
+        fix="Resume with the checkpoint's values, or use a new --workdir.")
+  shards = _data_shards(config, stored, workdir)
+  metadata["data_shards"] = shards
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
                      input_pipeline.train_steps_per_epoch(config.dataset,
                                                 batch_size=config.batch_size,
-                                                data_dir=config.data_dir))
+                                                data_dir=config.data_dir,
+                                                process_count=shards))
   total_steps = config.num_epochs * steps_per_epoch
 
   mesh = certify.make_mesh()
@@ -266,22 +341,19 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         tx=create_optimizer(config, total_steps))
 
   state = jax.jit(init_state, out_shardings=replicated)()
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    checkpoints.check_matches(
-        checkpointer.metadata(), metadata, RESUME_FIELDS,
-        what=f"The checkpoint in {workdir!r}",
-        fix="Resume with the checkpoint's values, or use a new --workdir.")
+  if stored is not None:
     state = checkpointer.restore(state)
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
   _truncate_metrics(workdir, start_step)
-  if jax.process_index() == 0:
+  if distributed.is_primary():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  keys = jax.random.split(jax.random.key(config.seed), 2)
-  train_key, eval_key = jax.device_put(tuple(keys), replicated)
+  # Made on the global mesh: device_put cannot reach other processes' devices.
+  train_key, eval_key = jax.jit(
+      lambda: tuple(jax.random.split(jax.random.key(config.seed), 2)),
+      out_shardings=replicated)()
   train_step = jax.jit(make_train_step(model, config, spec, offsets),
                        in_shardings=(replicated, batch_sharding, replicated),
                        out_shardings=(replicated, replicated),
@@ -289,16 +361,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   eval_step = jax.jit(make_eval_step(model, config, spec, offsets),
                       in_shardings=(replicated, batch_sharding, replicated))
 
-  # Imported here, after dssn_jax.data: clu imports TensorFlow, which data
-  # imports with its C++ start-up lines silenced.
+  # Imported here, after the input pipeline: clu imports TensorFlow, which
+  # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
-  batches = input_pipeline.train_dataset(
-      config.dataset, batch_size=config.batch_size, seed=config.seed,
-      data_dir=config.data_dir, start_step=start_step,
-      shuffle_buffer=(config.shuffle_buffer if config.shuffle_buffer > 0
-                      else None))
+  batches = _train_batches(config, shards, start_step)
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                        desc=f"train {config.model} {config.noise}",
                        disable=jax.process_index() > 0)
@@ -329,10 +397,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                               jax.random.fold_in(eval_key, done)))
       summary["epoch"] = done // steps_per_epoch
       _write_metrics(workdir, writer, done, summary)
-      tqdm.tqdm.write(
-          f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
-          f"eval clean accuracy {summary['eval_clean_accuracy']:.4f}, "
-          f"under noise {summary['eval_noisy_accuracy']:.4f}")
+      if distributed.is_primary():
+        tqdm.tqdm.write(
+            f"epoch {summary['epoch']}: train loss "
+            f"{summary['train_loss']:.4f}, eval clean accuracy "
+            f"{summary['eval_clean_accuracy']:.4f}, under noise "
+            f"{summary['eval_noisy_accuracy']:.4f}")
       checkpointer.save(done, state, metadata)
       window_start = time.perf_counter()  # Do not count evaluation time.
   progress.close()

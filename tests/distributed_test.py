@@ -1,0 +1,61 @@
+"""Start-up settings and the process-count rules of resumed runs, in-process.
+
+The runs with real processes are in multiprocess_test.py; these check the
+decisions made before any process joins, in milliseconds.
+"""
+
+import jax
+import pytest
+
+from configs import fashion_mnist
+from dssn_jax import distributed
+from dssn_jax import train
+
+
+def test_single_process_is_the_default_and_needs_nothing():
+  assert distributed.initialize() is False
+  assert distributed.is_primary()
+  distributed.barrier("alone")  # A no-op with one process.
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2),
+     "needs --coordinator_address, --num_processes and --process_id"),
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2),
+     "--process_id=2 is out of range for --num_processes=2"),
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2,
+          process_id=-1), "out of range"),
+    (dict(coordinator_address="127.0.0.1:1", num_processes=0, process_id=0),
+     "--num_processes=0 must be at least 1"),
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=0,
+          timeout_s=0), "--distributed_timeout=0"),
+])
+def test_bad_settings_are_refused_before_joining(kwargs, message):
+  with pytest.raises(ValueError, match=message.replace("-", r"\-")):
+    distributed.initialize(**kwargs)
+  assert not jax.distributed.is_initialized()
+
+
+def _config(**fields):
+  config = fashion_mnist.get_config("smoke")
+  config.update(fields)
+  return config
+
+
+def test_data_shards_default_to_one_per_process_and_stick_to_the_run():
+  assert train._data_shards(_config(), None, "w") == 1
+  assert train._data_shards(_config(data_shards=2), None, "w") == 2
+  # A resumed run keeps its checkpoint's shard count (the data order).
+  assert train._data_shards(_config(), {"data_shards": 4}, "w") == 4
+  assert train._data_shards(_config(), {}, "w") == 1  # Older checkpoints.
+
+
+def test_data_shards_mismatches_are_refused_with_the_fix(monkeypatch):
+  with pytest.raises(ValueError, match="Resume with --config.data_shards=2"):
+    train._data_shards(_config(data_shards=4), {"data_shards": 2}, "w")
+  with pytest.raises(ValueError, match="multiple of the 3 training-data"):
+    train._data_shards(_config(data_shards=3), None, "w")
+  monkeypatch.setattr(jax, "process_count", lambda: 4)
+  with pytest.raises(ValueError, match="4 processes cannot split evenly. "
+                     "Run it with a number of processes that divides 2"):
+    train._data_shards(_config(), {"data_shards": 2}, "w")
