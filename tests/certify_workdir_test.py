@@ -308,6 +308,7 @@ def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
       self._inner = original(*args, **kwargs)
       self.num_local_examples = self._inner.num_local_examples
       self.indices = self._inner.indices
+      self.num_examples = self._inner.num_examples
       self._args = (args, kwargs)
 
     def __iter__(self):
