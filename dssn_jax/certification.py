@@ -13,6 +13,10 @@ to use the config's (the certificate is valid for any offsets, but a
 classifier certified with offsets other than its training ones loses
 accuracy).
 
+With `certify.denoiser_workdir`, the classifier of `workdir` is certified
+behind that workdir's denoiser (`denoising.compose`): smoothing is the
+denoiser's, and the results metadata records both checkpoints.
+
 Multi-host: every JAX process certifies its own slice of the subset on its
 local devices into its own file (`certify_dssn.tsv`,
 `certify_dssn.process1.tsv`, ...); analysis merges them.
@@ -32,6 +36,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import data
+from dssn_jax import denoising
 from dssn_jax import results
 from dssn_jax import smoothing
 
@@ -160,6 +165,9 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   data.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)
+  if cfg.get("denoiser_workdir"):  # Denoised smoothing: certify f o D.
+    classifier = denoising.compose(classifier, denoising.load_denoiser(
+        cfg.denoiser_workdir, compute_dtype=cfg.get("compute_dtype") or None))
   spec, offsets = _resolve_smoothing(config, classifier)
   batches = data.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
@@ -169,6 +177,7 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = certify.make_mesh(jax.local_devices())
   path = results_path(workdir, config)
   metadata = run_metadata(config, classifier, spec, offsets)
+  metadata.update(denoising.run_metadata(classifier))
   with results.ResultsWriter(path, cfg.method, metadata) as writer:
     done = writer.done_indices
     progress = tqdm.tqdm(total=batches.num_local_examples,

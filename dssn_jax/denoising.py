@@ -171,7 +171,9 @@ def compose(classifier: checkpoints.Classifier,
       "denoiser_noise": den_meta["noise"],
       "denoiser_step": denoiser.step,
       "denoiser_sha256": denoiser.sha256,
-      "denoiser_trained_for_this_classifier": trained_for == clf_sha256,
+      # None: an mse denoiser, trained for no classifier in particular.
+      "denoiser_trained_for_this_classifier": (
+          None if trained_for is None else trained_for == clf_sha256),
   }
   f, d = classifier.apply_fn, denoiser.apply_fn
   apply_fn = lambda p, x: f(p["clf"], d(p["den"], x))
