@@ -331,3 +331,14 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   steps = [json.loads(line)["step"] for line in
            open(f"{workdir}/{train.METRICS_FILE}")]
   assert steps == sorted(set(steps)), "no duplicated metric rows"
+
+
+def test_readme_denoised_example_runs(capsys):
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+            if 'p["clf"]' in b]
+  assert len(blocks) == 1, "README.md shows the composed apply_fn once"
+  exec(compile(blocks[0], "README.md", "exec"), {})  # pylint: disable=exec-used
+  assert capsys.readouterr().out.strip(), "the example prints certificates"
