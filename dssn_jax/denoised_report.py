@@ -9,6 +9,7 @@ like. JAX-free, like `dssn_jax.analysis`.
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -17,10 +18,17 @@ from dssn_jax import analysis
 
 
 def load_group(directories: Sequence[str]) -> list[analysis.Run]:
-  """The runs of one row: each directory holds one run's results files."""
+  """The runs of one row: each directory holds one run's results files.
+
+  A directory that does not exist is a run not made (yet): it is left out,
+  and `report` names it.
+  """
   runs = []
   for directory in directories:
-    found = list(analysis.load_result_runs(directory).values())
+    if not os.path.isdir(directory):
+      continue
+    found = list(analysis.load_result_runs(
+        analysis.expand_result_paths(directory)).values())
     if len(found) != 1:
       raise ValueError(f"{directory} holds {len(found)} runs; expected one.")
     runs.append(found[0])
@@ -55,13 +63,19 @@ def table1(groups: Mapping[str, Sequence[analysis.Run]], radii) -> str:
   """Best certified accuracy over sigma per row, `best (clean @ sigma)`."""
   rows = []
   for label, runs in groups.items():
+    if not runs:
+      rows.append([label] + ["not run"] * len(radii))
+      continue
     cells = []
     for best in analysis.best_over_sigma(runs, radii):
       cells.append(_pct(0.0) if best.sigma is None else
                    f"{_pct(best.accuracy)} ({_pct(best.clean_accuracy)} @ "
                    f"σ={analysis.format_sigma(best.sigma)})")
-    rows.append([label] + cells)
-  return _table(["Base classifier"] + [f"r = {r:g}" for r in radii], rows)
+    sigmas = ", ".join(analysis.format_sigma(r.sigma) for r in
+                       sorted(runs, key=lambda r: r.sigma))
+    rows.append([f"{label} (σ = {sigmas})"] + cells)
+  return _table(["Base classifier (σ run)"] + [f"r = {r:g}" for r in radii],
+                rows)
 
 
 def per_run(groups: Mapping[str, Sequence[analysis.Run]], radii,

@@ -50,4 +50,5 @@ first=$!
 lane 0.5
 wait $first
 "$PY" -m experiments.denoised_tables --results="$OUT/results" \
-    --reference=docs/fashion_mnist/results --out="$OUT/tables.md"
+    --reference=docs/fashion_mnist/results --out="$OUT/tables.md" \
+    --timing_out="$OUT/timing.json"
