@@ -16,6 +16,36 @@ import numpy as np
 
 from dssn_jax import analysis
 
+# The study's layout (experiments/denoised_study.sh).
+SIGMAS = ("0.25", "0.5")
+RADII = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# Row label -> (directory under --reference or --results, name pattern).
+ROWS = (
+    ("DSSN-trained classifier", "reference", "dssn_{s}"),
+    ("Uniform-trained classifier", "reference", "uniform_{s}"),
+    ("Clean classifier + DnCNN, DSSN noise, MSE", "results",
+     "den_dssn_mse_{s}"),
+    ("Clean classifier + DnCNN, DSSN noise, stability", "results",
+     "den_dssn_stability_{s}"),
+    ("Clean classifier + DnCNN, uniform noise, MSE", "results",
+     "den_uniform_mse_{s}"),
+    ("Clean classifier + DnCNN, uniform noise, stability",
+     "results", "den_uniform_stability_{s}"),
+)
+
+
+def build_groups(results: str, reference: str) -> dict:
+  """Row label -> that row's runs (one per sigma made so far).
+
+  Args:
+    results: the directory of the denoised runs (docs/denoised/results).
+    reference: the Fashion-MNIST study's (docs/fashion_mnist/results).
+  """
+  roots = {"reference": reference, "results": results}
+  return {label: load_group(
+      [os.path.join(roots[root], pattern.format(s=s)) for s in SIGMAS])
+          for label, root, pattern in ROWS}
+
 
 def load_group(directories: Sequence[str]) -> list[analysis.Run]:
   """The runs of one row: each directory holds one run's results files.

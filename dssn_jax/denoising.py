@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dssn_jax import checkpoints
+from dssn_jax import data
 from dssn_jax import models
 from dssn_jax import smoothing
 
@@ -180,6 +181,43 @@ def compose(classifier: checkpoints.Classifier,
   return checkpoints.Classifier(
       apply_fn, {"clf": classifier.variables, "den": denoiser.variables},
       denoiser.spec, denoiser.offsets, metadata, classifier.step)
+
+
+def _flops(fn, *args) -> float:
+  return jax.jit(fn).lower(*args).compile().cost_analysis()["flops"]
+
+
+def forward_flops(groups, dataset: str = "fashion_mnist") -> dict[str, float]:
+  """XLA's FLOPs of one forward of each row's base classifier.
+
+  Args:
+    groups: row label -> runs (`analysis.Run`) of the small CNN, alone or
+      behind the denoiser their `denoised` metadata names.
+    dataset: the runs' dataset (input shape and normalization).
+
+  Returns:
+    Row label -> FLOPs of one image (rows without runs are left out).
+  """
+  info = data.dataset_info(dataset)
+  x = jnp.zeros((1,) + tuple(info.input_shape))
+  clf = models.create_model("small_cnn", num_classes=info.num_classes,
+                            mean=info.mean, std=info.std)
+  clf_flops = _flops(lambda v, x: clf.apply(v, x),
+                     clf.init(jax.random.key(0), x), x)
+  flops = {}
+  for label, runs in groups.items():
+    if not runs:
+      continue
+    denoised = runs[0].metadata.get("denoised")
+    if denoised is None:
+      flops[label] = clf_flops
+      continue
+    den = models.create_denoiser(denoised["denoiser"], channels=x.shape[-1],
+                                 depth=denoised["denoiser_depth"],
+                                 width=denoised["denoiser_width"])
+    flops[label] = clf_flops + _flops(lambda v, x: den.apply(v, x),
+                                      den.init(jax.random.key(0), x), x)
+  return flops
 
 
 def run_metadata(classifier: checkpoints.Classifier) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax import certification
 from dssn_jax import checkpoints
 from dssn_jax import data
+from dssn_jax import denoised_report
 from dssn_jax import denoising
 from dssn_jax import models
 from dssn_jax import results
@@ -379,3 +380,15 @@ def test_readme_denoised_example_runs(capsys):
   assert len(blocks) == 1, "README.md shows the composed apply_fn once"
   exec(compile(blocks[0], "README.md", "exec"), {})  # pylint: disable=exec-used
   assert capsys.readouterr().out.strip(), "the example prints certificates"
+
+
+def test_committed_study_tables_regenerate_from_committed_results():
+  repo = pathlib.Path(__file__).parents[1]
+  docs = repo / "docs"
+  groups = denoised_report.build_groups(str(docs / "denoised" / "results"),
+                                        str(docs / "fashion_mnist" /
+                                            "results"))
+  tables = denoised_report.report(groups, denoised_report.RADII,
+                                  denoising.forward_flops(groups))
+  assert tables == (docs / "denoised" / "tables.md").read_text()
+  assert "# Denoised smoothing on Fashion-MNIST: 1000 test images" in tables
