@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import fashion_mnist as fashion_mnist_config
 import dssn_jax
 from dssn_jax import data
 from dssn_jax import denoised_report
@@ -84,10 +85,9 @@ def main(argv):
     f.write(markdown)
   print(markdown)
   if _TIMING_OUT.value:
-    denoised = next(runs[0].metadata["denoised"] for runs in groups.values()
-                    if runs and "denoised" in runs[0].metadata)
-    timing = time_certification(denoised["denoiser_depth"],
-                                denoised["denoiser_width"])
+    # The DnCNN of the study's config (the runs' metadata record the same).
+    study = fashion_mnist_config.get_config("denoised").denoiser
+    timing = time_certification(study.depth, study.width)
     with open(_TIMING_OUT.value, "w") as f:
       json.dump(timing, f, indent=2)
     print(json.dumps(timing["seconds_per_image"], indent=2))
