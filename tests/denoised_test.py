@@ -392,3 +392,34 @@ def test_committed_study_tables_regenerate_from_committed_results():
                                   denoising.forward_flops(groups))
   assert tables == (docs / "denoised" / "tables.md").read_text()
   assert "# Denoised smoothing on Fashion-MNIST: 1000 test images" in tables
+
+
+def _run(name, sigma, idx, correct, radius):
+  from dssn_jax import analysis  # pylint: disable=g-import-not-at-top
+  idx = np.asarray(idx)
+  return analysis.Run(
+      name=name, dataset="fashion_mnist", method="dssn", sigma=sigma,
+      stabilized=False, results={
+          "idx": idx, "label": np.zeros_like(idx),
+          "predict": np.zeros_like(idx), "correct": np.asarray(correct, bool),
+          "radius": np.asarray(radius, float),
+          "time": np.ones(idx.size)}, seconds_per_image=1.0)
+
+
+def test_report_tables_runs_on_a_subset_separately():
+  full = _run("a", 0.5, [0, 10, 20, 30], [1, 1, 1, 0], [0.6, 0.3, 0.1, 0.0])
+  part = _run("b", 0.5, [0, 10], [1, 0], [0.3, 0.0])
+  text = denoised_report.report({"A": [full], "B": [part]}, (0.25, 0.5),
+                                {"A": 1e6, "B": 2e6})
+  main, subset = text.split("## 2 of those images")[:2]
+  assert "4 test images" in main
+  assert "| A (σ = 0.5) | 50.0% (75.0% @ σ=0.5) | 25.0% (75.0% @ σ=0.5) |" in (
+      main)
+  assert "| B | not run | not run |" in main
+  # On images {0, 10}: A certifies 0 at 0.6 and 10 at 0.3.
+  assert "| A (σ = 0.5) | 100.0% (100.0% @ σ=0.5) | 50.0% (100.0% @ σ=0.5) |" in (
+      subset)
+  assert "| B (σ = 0.5) | 50.0% (50.0% @ σ=0.5) | 0.0% |" in subset
+  other = _run("c", 0.5, [5], [1], [0.3])
+  with pytest.raises(ValueError, match="not a subset"):
+    denoised_report.report({"A": [full], "C": [other]}, (0.25,), {})
