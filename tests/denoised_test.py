@@ -415,7 +415,7 @@ def test_report_tables_runs_on_a_subset_separately():
   assert "4 test images" in main
   assert "| A (σ = 0.5) | 50.0% (75.0% @ σ=0.5) | 25.0% (75.0% @ σ=0.5) |" in (
       main)
-  assert "| B | not run | not run |" in main
+  assert "| B | fewer images: below | fewer images: below |" in main
   # On images {0, 10}: A certifies 0 at 0.6 and 10 at 0.3.
   assert "| A (σ = 0.5) | 100.0% (100.0% @ σ=0.5) | 50.0% (100.0% @ σ=0.5) |" in (
       subset)
