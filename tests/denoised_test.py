@@ -259,14 +259,11 @@ def test_cli_certifies_from_two_workdirs(pair, tmp_path,
   assert "2 images, dssn at sigma=0.5" in run.stdout
   meta = results.read_metadata(f"{clf}/certify_dssn.tsv")["run"]
   assert meta["denoised"]["denoiser_step"] == 1
-  for denoiser, flag, message in (
-      (pair / "den_other", "--config.sigma=0.5", "denoiser_sha256"),
-      (pair / "clf", "--config.sigma=0.5", "not a denoiser"),
-      (pair / "den", "--config.sigma=0.25", "disagrees"),
-      (tmp_path / "none", "--config.sigma=0.5", "No checkpoint")):
-    run = certify_cli(clf, denoiser, fashion_mnist_data_dir, flag)
-    assert run.returncode == 1, run.stderr[-2000:]
-    assert message in run.stderr and "Traceback" not in run.stderr
+  # One refusal through the CLI (one line, exit 1); the library tests above
+  # cover the others, each a ValueError that `user_errors` turns into one.
+  run = certify_cli(clf, pair / "den_other", fashion_mnist_data_dir)
+  assert run.returncode == 1, run.stderr[-2000:]
+  assert "denoiser_sha256" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_a_classifier_is_not_a_denoiser(pair):
@@ -371,6 +368,7 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   assert steps == sorted(set(steps)), "no duplicated metric rows"
 
 
+@pytest.mark.slow
 def test_readme_denoised_example_runs(capsys):
   import pathlib  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
