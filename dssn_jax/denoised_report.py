@@ -149,7 +149,8 @@ def per_run(groups: Mapping[str, Sequence[analysis.Run]], radii,
                    f"{flops.get(label, float('nan')) / 1e6:.1f} M",
                    f"{run.seconds_per_image:.3f}"] +
                   [_pct(a) for a in accuracy])
-  return _table(["Base classifier", "σ", "images", "certificate", "FLOPs / forward",
+  return _table(["Base classifier", "σ", "images", "certificate",
+                 "FLOPs / forward",
                  "s / image (as run)", "clean"] +
                 [f"r = {r:g}" for r in radii], rows)
 

@@ -43,6 +43,13 @@ from dssn_jax import models
 from dssn_jax import smoothing
 from dssn_jax import train
 
+# The classifier trainer's batch placement and metrics file handling, shared
+# so that both runs resume and log alike.
+_global_batch = train._global_batch  # pylint: disable=protected-access
+# pylint: disable-next=protected-access
+_truncate_metrics = train._truncate_metrics
+_write_metrics = train._write_metrics  # pylint: disable=protected-access
+
 TRAINING_NOISES = ("dssn", "ssn", "uniform")
 # Fields a resumed run must share with its checkpoint.
 RESUME_FIELDS = (checkpoints.SMOOTHING_FIELDS + ("dataset",) +
@@ -170,7 +177,7 @@ def evaluate(eval_step, state, config, sharding, key, clf_variables):
   totals = {}
   for i, batch in enumerate(batches):
     batch = {k: batch[k] for k in ("image", "label", "mask")}
-    sums = eval_step(state, train._global_batch(sharding, batch),  # pylint: disable=protected-access
+    sums = eval_step(state, _global_batch(sharding, batch),
                      jax.random.fold_in(key, i), clf_variables)
     for name, value in sums.items():
       totals[name] = totals.get(name, 0.0) + float(value)
@@ -232,7 +239,8 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
         tx=optax.adam(schedule))
 
   state = jax.jit(init_state, out_shardings=replicated)()
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir,
+                                          keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     checkpoints.check_matches(
         checkpointer.metadata(), metadata, RESUME_FIELDS,
@@ -241,7 +249,7 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
     state = checkpointer.restore(state)
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
-  train._truncate_metrics(workdir, start_step)  # pylint: disable=protected-access
+  _truncate_metrics(workdir, start_step)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -272,7 +280,7 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
       disable=jax.process_index() > 0)
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   for step in range(start_step, total_steps):
-    batch = train._global_batch(batch_sharding, next(batches))  # pylint: disable=protected-access
+    batch = _global_batch(batch_sharding, next(batches))
     state, metrics = train_step(state, batch, train_key, clf_variables)
     progress.update(1)
     done = step + 1
@@ -290,14 +298,14 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
       progress.set_postfix(loss=f"{summary['train_loss']:.4f}",
                            img_s=f"{summary['train_images_per_second']:.0f}")
       if done % steps_per_epoch:
-        train._write_metrics(workdir, writer, done, summary)  # pylint: disable=protected-access
+        _write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
       summary.update(evaluate(eval_step, state, config, batch_sharding,
                               jax.random.fold_in(eval_key, done),
                               clf_variables))
       summary["epoch"] = done // steps_per_epoch
-      train._write_metrics(workdir, writer, done, summary)  # pylint: disable=protected-access
+      _write_metrics(workdir, writer, done, summary)
       tqdm.tqdm.write(
           f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
           f"eval MSE {summary['eval_denoised_mse']:.5f} (noisy input "

@@ -411,12 +411,12 @@ def test_report_tables_runs_on_a_subset_separately():
                                 {"A": 1e6, "B": 2e6})
   main, subset = text.split("## 2 of those images")[:2]
   assert "4 test images" in main
-  assert "| A (σ = 0.5) | 50.0% (75.0% @ σ=0.5) | 25.0% (75.0% @ σ=0.5) |" in (
-      main)
+  assert ("| A (σ = 0.5) | 50.0% (75.0% @ σ=0.5) | 25.0% (75.0% @ "
+          "σ=0.5) |") in main
   assert "| B | fewer images: below | fewer images: below |" in main
   # On images {0, 10}: A certifies 0 at 0.6 and 10 at 0.3.
-  assert "| A (σ = 0.5) | 100.0% (100.0% @ σ=0.5) | 50.0% (100.0% @ σ=0.5) |" in (
-      subset)
+  assert ("| A (σ = 0.5) | 100.0% (100.0% @ σ=0.5) | 50.0% (100.0% @ "
+          "σ=0.5) |") in subset
   assert "| B (σ = 0.5) | 50.0% (50.0% @ σ=0.5) | 0.0% |" in subset
   other = _run("c", 0.5, [5], [1], [0.3])
   with pytest.raises(ValueError, match="not a subset"):
