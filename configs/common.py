@@ -46,6 +46,19 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every_steps = 100
 
+  # Denoiser training (experiments/train_denoiser.py; README "Denoised
+  # smoothing"): a DnCNN under the noise above; noise, sigma, offsets, seed,
+  # batch_size, num_epochs and steps_per_epoch are shared with the fields
+  # above, the optimizer is Adam with a cosine schedule.
+  config.denoiser = ml_collections.ConfigDict()
+  config.denoiser.model = "dncnn"
+  config.denoiser.depth = 17  # Salman et al.'s DnCNN: 17 convs, 64 wide.
+  config.denoiser.width = 64
+  config.denoiser.objective = "mse"  # mse | stability
+  # stability: the frozen classifier's training workdir.
+  config.denoiser.classifier_workdir = ""
+  config.denoiser.learning_rate = 1e-3
+
   # Certification (experiments/certify.py).
   config.certify = ml_collections.ConfigDict()
   config.certify.method = "dssn"  # dssn (exact) | uniform | ssn (randomized)
@@ -63,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   # error unless this is True (then the config's sigma/seed/layout are used).
   config.certify.override_smoothing = False
   config.certify.results_name = ""  # "" -> certify_{method}.tsv
+  # A denoiser's training workdir: certify f(D(x~)) (denoised smoothing)
+  # with --workdir the classifier's; results go into --workdir.
+  config.certify.denoiser_workdir = ""
   # "" certifies in the checkpoint's compute dtype; "bfloat16" or "float32"
   # override it. The certificate holds for the classifier as computed in
   # that dtype (README, "Performance").

@@ -13,6 +13,10 @@ to use the config's (the certificate is valid for any offsets, but a
 classifier certified with offsets other than its training ones loses
 accuracy).
 
+With `certify.denoiser_workdir`, the classifier of `workdir` is certified
+behind that workdir's denoiser (`denoising.compose`): smoothing is the
+denoiser's, and the results metadata records both checkpoints.
+
 Multi-host: every JAX process certifies its own contiguous slice of the
 subset on its local devices into its own file (`certify_dssn.tsv` for process
 0, `certify_dssn.process1.tsv`, ...), so no two processes ever append to one
@@ -42,6 +46,7 @@ import tqdm
 from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import config_checks
+from dssn_jax import denoising
 from dssn_jax import distributed
 from dssn_jax import input_pipeline
 from dssn_jax import memory
@@ -239,6 +244,9 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   input_pipeline.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None)
+  if cfg.get("denoiser_workdir"):  # Denoised smoothing: certify f o D.
+    classifier = denoising.compose(classifier, denoising.load_denoiser(
+        cfg.denoiser_workdir, compute_dtype=cfg.get("compute_dtype") or None))
   spec, offsets = _resolve_smoothing(config, classifier)
   batches = input_pipeline.eval_dataset(
       config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
@@ -248,6 +256,7 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = certify.make_mesh(jax.local_devices())
   path = results_path(workdir, config)
   metadata = run_metadata(config, classifier, spec, offsets)
+  metadata.update(denoising.run_metadata(classifier))
   subset = range(cfg.start, cfg.start + cfg.skip * batches.num_examples,
                  cfg.skip)
   try:

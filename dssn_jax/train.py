@@ -217,7 +217,7 @@ def make_eval_step(model, config, spec, offsets):
   return eval_step
 
 
-def _global_batch(sharding, batch):
+def global_batch(sharding, batch):
   """A process-local numpy batch as one global array split over devices."""
   return jax.tree.map(
       lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
@@ -233,7 +233,7 @@ def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
   totals = {"clean_correct": 0, "noisy_correct": 0, "count": 0}
   for i, batch in enumerate(batches):
     batch = {k: batch[k] for k in ("image", "label", "mask")}
-    counts = eval_step(state, _global_batch(sharding, batch),
+    counts = eval_step(state, global_batch(sharding, batch),
                        jax.random.fold_in(key, i))
     for name, value in counts.items():
       totals[name] += int(value)
@@ -243,7 +243,7 @@ def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
           "eval_examples": totals["count"]}
 
 
-def _write_metrics(workdir, writer, step, metrics):
+def write_metrics(workdir, writer, step, metrics):
   writer.write_scalars(step, metrics)
   if not distributed.is_primary():
     return
@@ -251,7 +251,7 @@ def _write_metrics(workdir, writer, step, metrics):
     f.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
-def _truncate_metrics(workdir, last_step):
+def truncate_metrics(workdir, last_step):
   """Drops metric lines written after the checkpoint a run resumes from."""
   path = os.path.join(workdir, METRICS_FILE)
   if not distributed.is_primary() or not os.path.exists(path):
@@ -345,7 +345,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     state = checkpointer.restore(state)
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
-  _truncate_metrics(workdir, start_step)
+  truncate_metrics(workdir, start_step)
   if distributed.is_primary():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -372,7 +372,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                        disable=jax.process_index() > 0)
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   for step in range(start_step, total_steps):
-    batch = _global_batch(batch_sharding, next(batches))
+    batch = global_batch(batch_sharding, next(batches))
     state, metrics = train_step(state, batch, train_key)
     progress.update(1)
     done = step + 1
@@ -390,13 +390,13 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       progress.set_postfix(loss=f"{summary['train_loss']:.3f}",
                            img_s=f"{summary['train_images_per_second']:.0f}")
       if done % steps_per_epoch:
-        _write_metrics(workdir, writer, done, summary)
+        write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
       summary.update(evaluate(eval_step, state, config, batch_sharding,
                               jax.random.fold_in(eval_key, done)))
       summary["epoch"] = done // steps_per_epoch
-      _write_metrics(workdir, writer, done, summary)
+      write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
         tqdm.tqdm.write(
             f"epoch {summary['epoch']}: train loss "

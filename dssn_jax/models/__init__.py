@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from dssn_jax.models.cifar_resnet import BasicBlock
 from dssn_jax.models.cifar_resnet import CifarResNet
+from dssn_jax.models.dncnn import DnCNN
 from dssn_jax.models.resnet import Bottleneck
 from dssn_jax.models.resnet import ResNet
 from dssn_jax.models.small_cnn import SmallCNN
@@ -41,6 +42,9 @@ _ARCHITECTURES = {
 }
 
 MODEL_NAMES = tuple(_ARCHITECTURES)
+# Denoisers map noisy images to images of the same shape (denoised smoothing:
+# the smoothed classifier is argmax f(D(x~)), README "Denoised smoothing").
+DENOISER_NAMES = ("dncnn",)
 
 
 def create_model(name: str,
@@ -84,11 +88,43 @@ def create_model(name: str,
              **kwargs)
 
 
+def create_denoiser(name: str, *, channels: int, depth: int, width: int,
+                    dtype: Any = jnp.float32) -> nn.Module:
+  """Builds a denoiser by name.
+
+  Args:
+    name: one of `DENOISER_NAMES` ("dncnn").
+    channels: image channels C (1 or 3); input and output are (B, H, W, C)
+      in [0, 1] pixel units.
+    depth: number of convolutions (at least 2).
+    width: channels of the hidden convolutions (positive).
+    dtype: compute dtype; params and outputs stay float32.
+
+  Returns:
+    An unbound `flax.linen.Module`.
+
+  Raises:
+    ValueError: for an unknown name or a bad depth, width or channels.
+  """
+  if name not in DENOISER_NAMES:
+    raise ValueError(f"Unknown denoiser {name!r}; known denoisers: "
+                     f"{', '.join(DENOISER_NAMES)}.")
+  if depth < 2 or width < 1 or channels < 1:
+    raise ValueError(f"A DnCNN needs depth >= 2, width >= 1 and channels >= "
+                     f"1; got depth={depth}, width={width}, "
+                     f"channels={channels}.")
+  return DnCNN(channels=int(channels), depth=int(depth), width=int(width),
+               dtype=dtype)
+
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
     "CifarResNet",
+    "create_denoiser",
     "create_model",
+    "DENOISER_NAMES",
+    "DnCNN",
     "MODEL_NAMES",
     "ResNet",
     "SmallCNN",
