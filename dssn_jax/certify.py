@@ -11,8 +11,8 @@ smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
 
 Without an explicit `chunk_size`, a forward pass sees up to
-`DEFAULT_FORWARD_BATCH` noisy inputs per device, fewer when the model's
-activations would not fit a fraction of the device's free memory
+`default_forward_batch()` noisy inputs per device (512 on accelerators, 64
+on CPUs), fewer when the model's activations would not fit a fraction of the device's free memory
 (`auto_chunk_size`): the memory of one forward pass is bounded from its jaxpr
 and, when that bound is too coarse, taken from XLA's memory analysis.
 """
@@ -36,7 +36,11 @@ from dssn_jax.smoothing import SmoothingSpec
 
 # Noisy inputs per forward pass (per device) when no chunk size is given, at
 # most: fewer when they would not fit MEMORY_FRACTION of the free memory.
+# Accelerators want large batches; on CPUs a forward pass whose activations
+# stay in the caches is faster (benchmarks/cpu_defaults.py: WRN-40-2 and
+# ResNet-50 are fastest at 16-64 inputs, the small CNN flat from 64 up).
 DEFAULT_FORWARD_BATCH = 512
+CPU_FORWARD_BATCH = 64
 MEMORY_FRACTION = 0.5
 RANDOMIZED_NOISE_KINDS = ("uniform", "ssn")
 # Inputs within this many ulps of their dtype of a grid value a/q are on the
@@ -338,6 +342,14 @@ def default_chunk_size(batch_per_device: int, num_items: int,
   return math.ceil(num_items / num_chunks)
 
 
+def default_forward_batch(device=None) -> int:
+  """Most noisy inputs per forward pass on `device` (default: the first
+  local device): CPU_FORWARD_BATCH on CPUs, else DEFAULT_FORWARD_BATCH."""
+  device = jax.local_devices()[0] if device is None else device
+  return CPU_FORWARD_BATCH if device.platform == "cpu" else (
+      DEFAULT_FORWARD_BATCH)
+
+
 def _host_available_bytes() -> int | None:
   """Memory the host can still give this process (Linux MemAvailable)."""
   try:
@@ -433,7 +445,7 @@ def auto_chunk_size(apply_fn, params, input_shape, batch: int,
   Each device evaluates `rows` inputs (its share of the batch, or the whole
   batch when the noise samples are split over devices) on `chunk` noise
   samples per forward pass, so that rows * chunk noisy inputs fit
-  `forward_batch_for_memory` (at most `DEFAULT_FORWARD_BATCH`).
+  `forward_batch_for_memory` (at most `default_forward_batch()`).
 
   Args:
     apply_fn, params: the classifier, as given to `dssn_counts`.
@@ -454,7 +466,8 @@ def auto_chunk_size(apply_fn, params, input_shape, batch: int,
   if memory_budget == "device":
     memory_budget = device_memory_budget()
   forward_batch = forward_batch_for_memory(apply_fn, params, input_shape,
-                                           memory_budget)
+                                           memory_budget,
+                                           default_forward_batch())
   return min(default_chunk_size(rows, items, forward_batch), items)
 
 
@@ -607,7 +620,7 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
     spec: the smoothing spec.
     params: optional first argument of apply_fn.
     chunk_size: noise samples per forward pass; default
-      `auto_chunk_size`: up to `DEFAULT_FORWARD_BATCH` noisy inputs per
+      `auto_chunk_size`: up to `default_forward_batch()` noisy inputs per
       forward pass per device, fewer when they would not fit its memory.
     mesh: optional device mesh to shard the work over.
 

@@ -109,27 +109,37 @@ def _mlp(width=64, classes=5):
   return apply_fn, params
 
 
+def test_default_forward_batch_depends_on_the_backend():
+  cpu = type("Device", (), {"platform": "cpu"})()
+  gpu = type("Device", (), {"platform": "gpu"})()
+  assert certify.default_forward_batch(cpu) == certify.CPU_FORWARD_BATCH
+  assert certify.default_forward_batch(gpu) == certify.DEFAULT_FORWARD_BATCH
+  assert certify.CPU_FORWARD_BATCH < certify.DEFAULT_FORWARD_BATCH
+
+
 def test_auto_chunk_size_follows_the_memory_budget():
   apply_fn, params = _mlp()
   shape = (4, 4, 3)
+  forward = certify.default_forward_batch()  # These tests run on a CPU.
   unlimited = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                       memory_budget=None)
-  assert unlimited == certify.default_chunk_size(4, 1000)  # 128: 512 / 4.
-  # A budget for ~64 noisy inputs (the bound from the jaxpr is larger than
+  assert unlimited == certify.default_chunk_size(4, 1000, forward)
+  # A budget for ~8 noisy inputs (the bound from the jaxpr is larger than
   # the activations, so the chunk only gets smaller).
   facts = certify._classifier_facts(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
   small = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                  memory_budget=64 * per_input)
+                                  memory_budget=8 * per_input)
   assert 1 <= small < unlimited
   assert certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                  memory_budget=1) == 1
   # Over a mesh: each device's share of the batch, or of the samples.
   assert certify.auto_chunk_size(apply_fn, params, shape, 8, 1000, devices=4,
                                  memory_budget=None) == certify.\
-      default_chunk_size(2, 1000)
+      default_chunk_size(2, 1000, forward)
   assert certify.auto_chunk_size(apply_fn, params, shape, 1, 1000, devices=4,
-                                 memory_budget=None) == 250
+                                 memory_budget=None) == certify.\
+      default_chunk_size(1, 250, forward)
 
 
 def test_counts_do_not_depend_on_the_chunk_sizing():
