@@ -200,30 +200,50 @@ def markdown(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  del argv
+def torch_available() -> bool:
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    print("benchmarks.torch_peer skipped: PyTorch is not installed "
-          "(pip install 'dssn-jax[torch]').")
-    return 0
+    return False
+  return True
+
+
+def run(outdir: str, *, sigmas=(0.5, 3.5), images: int = 2, rounds: int = 3,
+        noise_batch: int = 128, log=print) -> dict[str, Any] | None:
+  """Both certifiers side by side; writes torch_peer.{json,md} to outdir.
+
+  Returns:
+    The report, or None (after saying so) when torch is not installed.
+  """
+  if not torch_available():
+    log("PyTorch peer skipped: PyTorch is not installed "
+        "(pip install 'dssn-jax[torch]').")
+    return None
   import dssn_jax  # pylint: disable=g-import-not-at-top,unused-import
-  images = _grid_images(_IMAGES.value)
+  pixels = _grid_images(images)
   with tempfile.TemporaryDirectory() as workdir:
     model, classifier = _converted_pair(workdir)
-  rows = [compare(float(s), model, classifier, images, rounds=_ROUNDS.value,
-                  noise_batch=_NOISE_BATCH.value) for s in _SIGMAS.value]
-  report = {"rows": rows, "rounds": _ROUNDS.value,
-            "noise_batch": _NOISE_BATCH.value, "environment": environment()}
-  os.makedirs(_OUTDIR.value, exist_ok=True)
-  with open(os.path.join(_OUTDIR.value, "torch_peer.json"), "w") as f:
+  rows = [compare(float(s), model, classifier, pixels, rounds=rounds,
+                  noise_batch=noise_batch, log=log) for s in sigmas]
+  report = {"rows": rows, "rounds": rounds, "noise_batch": noise_batch,
+            "environment": environment()}
+  os.makedirs(outdir, exist_ok=True)
+  with open(os.path.join(outdir, "torch_peer.json"), "w") as f:
     json.dump(report, f, indent=2)
-  table = markdown(report)
-  with open(os.path.join(_OUTDIR.value, "torch_peer.md"), "w") as f:
-    f.write(table)
-  print(table)
-  return 0 if all(row["counts_agree"] for row in rows) else 1
+  with open(os.path.join(outdir, "torch_peer.md"), "w") as f:
+    f.write(markdown(report))
+  return report
+
+
+def main(argv):
+  del argv
+  report = run(_OUTDIR.value, sigmas=[float(s) for s in _SIGMAS.value],
+               images=_IMAGES.value, rounds=_ROUNDS.value,
+               noise_batch=_NOISE_BATCH.value)
+  if report is None:
+    return 0
+  print(markdown(report))
+  return 0 if all(row["counts_agree"] for row in report["rows"]) else 1
 
 
 if __name__ == "__main__":
