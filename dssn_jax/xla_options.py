@@ -94,7 +94,15 @@ def apply_defaults(flags=DEFAULT_FLAGS) -> tuple[str, ...]:
   """
   if _state["user_flags"] is None:
     _state["user_flags"] = os.environ.get("XLA_FLAGS", "")
-  if opted_out() or _backend_started():
+  if opted_out():
+    return ()
+  if _backend_started():
+    missing = [f for f in flags if _flag_name(f) not in os.environ.get(
+        "XLA_FLAGS", "")]
+    if missing:
+      logging.info("dssn-jax's default XLA options %s are not in force: JAX "
+                   "had started its backend before dssn_jax was imported "
+                   "(import dssn_jax first to get them).", missing)
     return ()
   current = shlex.split(os.environ.get("XLA_FLAGS", ""))
   present = {_flag_name(f) for f in current}
