@@ -163,19 +163,17 @@ def _global_batch(sharding, batch):
 
 
 # Evaluation splits up to this size (uint8 images) are decoded once per
-# process and kept in host memory: decoding them every epoch costs more
+# training run and kept in host memory: decoding them every epoch costs more
 # than evaluating them (Fashion-MNIST's test split: 7.8 MB).
 EVAL_CACHE_BYTES = 256 * 2**20
-_eval_cache: dict[tuple, list[dict[str, np.ndarray]]] = {}
 
 
-def _eval_batches(config):
-  """The evaluation batches of the config (cached when small enough)."""
+def _eval_batches(config, cache: dict | None):
+  """The evaluation batches of the config, kept in `cache` (one training
+  run's dict) when they are small enough."""
   max_examples = config.eval_max_examples
-  key = (config.dataset, config.eval_batch_size, max_examples,
-         config.data_dir, jax.process_index(), jax.process_count())
-  if key in _eval_cache:
-    return _eval_cache[key]
+  if cache is not None and "batches" in cache:
+    return cache["batches"]
   batches = data.eval_dataset(
       config.dataset, batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
@@ -184,20 +182,22 @@ def _eval_batches(config):
   size = batches.num_examples * int(np.prod(info.input_shape))
   kept = ({k: batch[k] for k in ("image", "label", "mask")}
           for batch in batches)
-  if size > EVAL_CACHE_BYTES:
+  if cache is None or size > EVAL_CACHE_BYTES:
     return kept
-  _eval_cache[key] = list(kept)
-  return _eval_cache[key]
+  cache["batches"] = list(kept)
+  return cache["batches"]
 
 
-def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
+def evaluate(eval_step, state, config, sharding, key,
+             cache: dict | None = None) -> dict[str, float]:
   """Clean and noisy accuracy on (a prefix of) the evaluation split.
 
   Counts are summed on the device and read once, so the batches are
-  dispatched back to back.
+  dispatched back to back. `cache`: a dict kept across the evaluations of
+  one run, which then decode small evaluation splits only once.
   """
   totals = None
-  for i, batch in enumerate(_eval_batches(config)):
+  for i, batch in enumerate(_eval_batches(config, cache)):
     counts = eval_step(state, _global_batch(sharding, batch),
                        jax.random.fold_in(key, i))
     totals = counts if totals is None else jax.tree.map(jnp.add, totals,
@@ -335,6 +335,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                        disable=jax.process_index() > 0)
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   previous = None  # The last step's metrics, still being computed.
+  eval_cache = {}
   for step in range(start_step, total_steps):
     batch = _global_batch(batch_sharding, next(batches))
     state, metrics = train_step(state, batch, train_key)
@@ -366,7 +367,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
       summary.update(evaluate(eval_step, state, config, batch_sharding,
-                              jax.random.fold_in(eval_key, done)))
+                              jax.random.fold_in(eval_key, done),
+                              eval_cache))
       summary["epoch"] = done // steps_per_epoch
       _write_metrics(workdir, writer, done, summary)
       tqdm.tqdm.write(
