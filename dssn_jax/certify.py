@@ -11,8 +11,8 @@ smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
 
 Without an explicit `chunk_size`, a forward pass sees up to
-`default_forward_batch()` noisy inputs per device (512 on accelerators, 64
-on CPUs), fewer when the model's activations would not fit a fraction of the device's free memory
+`default_forward_batch()` noisy inputs per device (512 on accelerators; on
+CPUs as many as keep the activations near the caches), fewer when the model's activations would not fit a fraction of the device's free memory
 (`auto_chunk_size`): the memory of one forward pass is bounded from its jaxpr
 and, when that bound is too coarse, taken from XLA's memory analysis.
 """
@@ -37,10 +37,15 @@ from dssn_jax.smoothing import SmoothingSpec
 # Noisy inputs per forward pass (per device) when no chunk size is given, at
 # most: fewer when they would not fit MEMORY_FRACTION of the free memory.
 # Accelerators want large batches; on CPUs a forward pass whose activations
-# stay in the caches is faster (benchmarks/cpu_defaults.py: WRN-40-2 and
-# ResNet-50 are fastest at 16-64 inputs, the small CNN flat from 64 up).
+# stay near the caches is faster: there the batch is CPU_ACTIVATION_BYTES
+# over the model's activation bytes per input (the jaxpr bound of
+# `_classifier_facts`), within [CPU_MIN_FORWARD_BATCH, DEFAULT_FORWARD_BATCH].
+# benchmarks/cpu_defaults.py (2-core AVX-512 EPYC): the small CNN (1.2 MiB
+# per input) is fastest at 512 and 0.4x as fast at 64; WRN-40-2 (20 MiB)
+# is fastest at 32-64, 9% slower at 512; the rule gives 512 and 50.
 DEFAULT_FORWARD_BATCH = 512
-CPU_FORWARD_BATCH = 64
+CPU_ACTIVATION_BYTES = 2**30
+CPU_MIN_FORWARD_BATCH = 8
 MEMORY_FRACTION = 0.5
 RANDOMIZED_NOISE_KINDS = ("uniform", "ssn")
 # Inputs within this many ulps of their dtype of a grid value a/q are on the
@@ -342,12 +347,17 @@ def default_chunk_size(batch_per_device: int, num_items: int,
   return math.ceil(num_items / num_chunks)
 
 
-def default_forward_batch(device=None) -> int:
+def default_forward_batch(device=None,
+                          bytes_per_input: float | None = None) -> int:
   """Most noisy inputs per forward pass on `device` (default: the first
-  local device): CPU_FORWARD_BATCH on CPUs, else DEFAULT_FORWARD_BATCH."""
+  local device): DEFAULT_FORWARD_BATCH on accelerators; on CPUs sized so
+  that bytes_per_input (activations of one input) fit CPU_ACTIVATION_BYTES.
+  """
   device = jax.local_devices()[0] if device is None else device
-  return CPU_FORWARD_BATCH if device.platform == "cpu" else (
-      DEFAULT_FORWARD_BATCH)
+  if device.platform != "cpu" or not bytes_per_input:
+    return DEFAULT_FORWARD_BATCH
+  return int(min(DEFAULT_FORWARD_BATCH, max(
+      CPU_MIN_FORWARD_BATCH, CPU_ACTIVATION_BYTES // bytes_per_input)))
 
 
 def _host_available_bytes() -> int | None:
@@ -465,9 +475,11 @@ def auto_chunk_size(apply_fn, params, input_shape, batch: int,
     rows, items = batch, math.ceil(num_items / devices)
   if memory_budget == "device":
     memory_budget = device_memory_budget()
-  forward_batch = forward_batch_for_memory(apply_fn, params, input_shape,
-                                           memory_budget,
-                                           default_forward_batch())
+  facts = _classifier_facts(apply_fn, params, tuple(input_shape))
+  forward_batch = forward_batch_for_memory(
+      apply_fn, params, input_shape, memory_budget, default_forward_batch(
+          bytes_per_input=facts.intermediate_bytes +
+          math.prod(input_shape) * 4))
   return min(default_chunk_size(rows, items, forward_batch), items)
 
 

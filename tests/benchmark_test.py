@@ -112,21 +112,27 @@ def _mlp(width=64, classes=5):
 def test_default_forward_batch_depends_on_the_backend():
   cpu = type("Device", (), {"platform": "cpu"})()
   gpu = type("Device", (), {"platform": "gpu"})()
-  assert certify.default_forward_batch(cpu) == certify.CPU_FORWARD_BATCH
-  assert certify.default_forward_batch(gpu) == certify.DEFAULT_FORWARD_BATCH
-  assert certify.CPU_FORWARD_BATCH < certify.DEFAULT_FORWARD_BATCH
+  mib = 2**20
+  assert certify.default_forward_batch(gpu, 20 * mib) == 512
+  assert certify.default_forward_batch(cpu, None) == 512
+  # Small activations: the cap; WRN-40-2's ~20 MiB: ~50; huge: the floor.
+  assert certify.default_forward_batch(cpu, 1.2 * mib) == 512
+  assert certify.default_forward_batch(cpu, 20.4 * mib) == 50
+  assert certify.default_forward_batch(cpu, 300 * mib) == (
+      certify.CPU_MIN_FORWARD_BATCH)
 
 
 def test_auto_chunk_size_follows_the_memory_budget():
   apply_fn, params = _mlp()
   shape = (4, 4, 3)
-  forward = certify.default_forward_batch()  # These tests run on a CPU.
+  facts = certify._classifier_facts(apply_fn, params, shape)
+  forward = certify.default_forward_batch(  # These tests run on a CPU.
+      bytes_per_input=facts.intermediate_bytes + 4 * 48)
   unlimited = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                       memory_budget=None)
   assert unlimited == certify.default_chunk_size(4, 1000, forward)
   # A budget for ~8 noisy inputs (the bound from the jaxpr is larger than
   # the activations, so the chunk only gets smaller).
-  facts = certify._classifier_facts(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
   small = certify.auto_chunk_size(apply_fn, params, shape, 4, 1000,
                                   memory_budget=8 * per_input)
