@@ -93,6 +93,8 @@ def _loadavg() -> str:
 def main(argv):
   del argv
   from dssn_jax import data  # pylint: disable=g-import-not-at-top
+  from dssn_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()  # As the training entry points do.
   config = _CONFIG.value
   steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
                      else data.train_steps_per_epoch(
