@@ -7,4 +7,8 @@ tuning           forward-batch sweep and XLA_FLAGS trials
 flag_trial       one XLA_FLAGS trial (a fresh process per setting)
 device_split     the work split over fake CPU devices (a fresh process)
 time_certifiers  entry point: seconds per image of a study's certifiers
+torch_models     the authors' PyTorch networks, for the peer and the tests
+torch_peer       a PyTorch eager certifier of the same network, side by side
+cpu_defaults     what the CPU defaults rest on: flags, forward batch, bfloat16
+train_ratio      train_and_evaluate images/s over the jitted train step alone
 """

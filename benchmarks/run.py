@@ -4,7 +4,9 @@ r"""Measures the certifier against this machine's own limits.
       --workdir=runs/benchmark
 
 Writes benchmark.json and benchmark.md into --workdir (after every section)
-and prints the Markdown tables. `config.xla_flags` is appended to XLA_FLAGS
+and prints the Markdown tables; with `config.torch_peer`, then the PyTorch
+eager peer side by side (benchmarks/torch_peer.py; torch_peer.{json,md}).
+`config.xla_flags` is appended to XLA_FLAGS
 before JAX starts its backend (pass --config.xla_flags='' for XLA's
 defaults).
 """
@@ -40,6 +42,12 @@ def main(argv):
   input_pipeline.hide_tf_from_accelerators()
   report = certifier.run_benchmark(config, _WORKDIR.value, log=print)
   print(certifier.to_markdown(report))
+  if config.get("torch_peer"):
+    from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
+    peer = torch_peer.run(_WORKDIR.value, sigmas=tuple(config.sigmas),
+                          **config.torch_peer)
+    if peer:
+      print(torch_peer.markdown(peer))
 
 
 if __name__ == "__main__":

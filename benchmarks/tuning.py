@@ -72,6 +72,7 @@ def _run_trial(flags: str, models: Sequence[tuple[str, int]], *,
                peak_size: int, repeats: int, timeout: float) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = flags
+  env["DSSN_JAX_XLA_DEFAULTS"] = "0"  # Exactly these flags (xla_options).
   env.setdefault("PYTHONPATH", "")
   # The repository root, so that the child imports this checkout's packages.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

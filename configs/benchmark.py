@@ -64,9 +64,8 @@ def get_config(arg: str | None = None):
       "nesterov": True, "weight_decay": 1e-4})
   config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
   # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
-  # measures what the other entry points get by default; set it to
-  # CPU_FUSION_FLAGS to measure the opt-in CPU setting of README
-  # "Performance" throughout.
+  # measures what the other entry points get by default (which includes
+  # dssn_jax.xla_options.DEFAULT_FLAGS unless DSSN_JAX_XLA_DEFAULTS=0).
   config.xla_flags = ""
   # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
   # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):
@@ -79,6 +78,11 @@ def get_config(arg: str | None = None):
   config.flag_trials = ("", CPU_FUSION_FLAGS)
   config.flag_trial_models = (("small_cnn", 512), ("wrn_40_2", 256))
   config.flag_trial_alternations = 2
+  # The PyTorch eager certifier of the same WRN-40-2 side by side
+  # (benchmarks/torch_peer.py) at config.sigmas; {} skips it. Skipped with a
+  # message when torch is not installed.
+  config.torch_peer = ml_collections.ConfigDict(
+      {"images": 2, "rounds": 3, "noise_batch": 128})
   # Trace one certification call per model into workdir/profile and break
   # its time down by XLA operation.
   config.profile = True
@@ -99,6 +103,7 @@ def get_config(arg: str | None = None):
     config.profile = False
     config.sweep = ml_collections.ConfigDict({"small_cnn": (8, 16)})
     config.flag_trials = ()
+    config.torch_peer = ml_collections.ConfigDict()
   elif arg == "cpu_quick":
     config.models = ("small_cnn", "wrn_40_2")
     config.train_models = ("small_cnn", "wrn_40_2")

@@ -83,6 +83,10 @@ def base_config() -> ml_collections.ConfigDict:
   # override it. The certificate holds for the classifier as computed in
   # that dtype (README, "Performance").
   config.certify.compute_dtype = ""
+  # A results file records how its classifier was computed (backend, jax
+  # and jaxlib versions, compute dtype, XLA flags); resuming it under other
+  # values is refused unless this is True.
+  config.certify.allow_other_computation = False
   # Radii (l1, in [0, 1] pixel units) of the summary and the tables.
   config.certify.radii = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
   return config

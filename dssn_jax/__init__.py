@@ -7,7 +7,16 @@ The core API (docs/design.md, section 1):
   v = dssn_jax.make_offsets(seed, shape, spec.levels)
   counts = dssn_jax.dssn_counts(apply_fn, x, v, spec)
   pred, steps, radius = dssn_jax.certify_from_counts(counts, spec)
+
+Importing the package adds dssn-jax's default XLA options to XLA_FLAGS if JAX
+has not started a backend yet (`dssn_jax.xla_options`; opt out with
+DSSN_JAX_XLA_DEFAULTS=0).
 """
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dssn_jax import xla_options
+
+xla_options.apply_defaults()
 
 from dssn_jax.certify import certify_from_counts
 from dssn_jax.certify import certify_randomized

@@ -11,7 +11,8 @@ smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
 
 Without an explicit `chunk_size`, `memory.auto_chunk_size` picks one that
-fits the device's memory.
+fits the device's memory, and on CPUs keeps a forward pass's activations
+near the caches (`memory.default_forward_batch`).
 """
 
 from __future__ import annotations
@@ -403,8 +404,9 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
     spec: the smoothing spec.
     params: optional first argument of apply_fn.
     chunk_size: noise samples per forward pass; default
-      `memory.auto_chunk_size`: up to `memory.DEFAULT_FORWARD_BATCH` noisy
-      inputs per forward pass per device, fewer when they would not fit.
+      `memory.auto_chunk_size`: up to `memory.default_forward_batch()`
+      noisy inputs per forward pass per device, fewer when they would not
+      fit its memory.
     mesh: optional device mesh to shard the work over.
 
   Returns:

@@ -53,6 +53,7 @@ from dssn_jax import memory
 from dssn_jax import methods
 from dssn_jax import results
 from dssn_jax import smoothing
+from dssn_jax import xla_options
 
 
 def results_path(workdir: str, config) -> str:
@@ -271,6 +272,8 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   with writer:
     _check_rows_requested(writer, subset, path)
     _record_batching(path, batching_record(config, classifier, spec, mesh))
+    _check_computation(path, xla_options.computation_record(
+        metadata["compute_dtype"]), cfg.get("allow_other_computation", False))
     done = np.concatenate([
         np.fromiter(writer.done_indices, np.int64, writer.num_rows),
         done_elsewhere])
@@ -368,6 +371,34 @@ def _record_batching(path: str, record: dict[str, Any]) -> None:
         "on the rest of its batch.", path, history[-1], record)
   if record not in history:
     results.update_metadata(path, batching=history + [record])
+
+
+def _check_computation(path: str, record: dict[str, Any],
+                       allow_other: bool) -> None:
+  """Records how the classifier is computed (backend, jax and jaxlib
+  versions, compute dtype, XLA flags) and refuses to resume a results file
+  under another computation: it may change low bits of the logits, and so
+  votes at near ties, making the file's rows certificates of two different
+  classifiers. `allow_other` turns the refusal into a warning (recorded)."""
+  history = results.read_metadata(path).get("computation", [])
+  if history and history[-1] != record:
+    before = history[-1]
+    changes = "; ".join(
+        f"{k}: {before.get(k)!r} then, {record.get(k)!r} now"
+        for k in sorted(set(before) | set(record))
+        if before.get(k) != record.get(k))
+    if not allow_other:
+      raise ValueError(
+          f"{path} was computed differently ({changes}). Resume with the "
+          f"recorded settings (XLA_FLAGS; DSSN_JAX_XLA_DEFAULTS=0 turns off "
+          f"dssn-jax's default XLA options), certify into a new results "
+          f"file, or pass --config.certify.allow_other_computation=True to "
+          f"add rows of the classifier as computed now.")
+    logging.warning("%s: resumed under another computation (%s), as "
+                    "allowed by certify.allow_other_computation.", path,
+                    changes)
+  if record not in history:
+    results.update_metadata(path, computation=history + [record])
 
 
 def format_summary(summary: dict[str, Any]) -> str:

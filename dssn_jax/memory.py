@@ -25,7 +25,16 @@ import numpy as np
 
 # Noisy inputs per forward pass (per device) when no chunk size is given, at
 # most: fewer when they would not fit MEMORY_FRACTION of the free memory.
+# Accelerators want large batches; on CPUs a forward pass whose activations
+# stay near the caches is faster: there the batch is CPU_ACTIVATION_BYTES
+# over the model's activation bytes per input (the jaxpr bound of
+# `classifier_facts`), within [CPU_MIN_FORWARD_BATCH, DEFAULT_FORWARD_BATCH].
+# benchmarks/cpu_defaults.py (2-core AVX-512 EPYC): the small CNN (1.2 MiB
+# per input) is fastest at 512 and 0.4x as fast at 64; WRN-40-2 (20 MiB)
+# is fastest at 32-64, 9% slower at 512; the rule gives 512 and 50.
 DEFAULT_FORWARD_BATCH = 512
+CPU_ACTIVATION_BYTES = 2**30
+CPU_MIN_FORWARD_BATCH = 8
 MEMORY_FRACTION = 0.5
 # Inputs in the one trace of a classifier that sizes its forward passes.
 FACTS_BATCH = 2
@@ -119,6 +128,19 @@ def default_chunk_size(
   chunk = max(1, min(num_items, forward_batch // max(1, batch_per_device)))
   num_chunks = math.ceil(num_items / chunk)
   return math.ceil(num_items / num_chunks)
+
+
+def default_forward_batch(device=None,
+                          bytes_per_input: float | None = None) -> int:
+  """Most noisy inputs per forward pass on `device` (default: the first
+  local device): DEFAULT_FORWARD_BATCH on accelerators; on CPUs sized so
+  that bytes_per_input (activations of one input) fit CPU_ACTIVATION_BYTES.
+  """
+  device = jax.local_devices()[0] if device is None else device
+  if device.platform != "cpu" or not bytes_per_input:
+    return DEFAULT_FORWARD_BATCH
+  return int(min(DEFAULT_FORWARD_BATCH, max(
+      CPU_MIN_FORWARD_BATCH, CPU_ACTIVATION_BYTES // bytes_per_input)))
 
 
 def _host_available_bytes() -> int | None:
@@ -234,7 +256,7 @@ def auto_chunk_size(
   Each device evaluates `rows` inputs (its share of the batch, or the whole
   batch when the noise samples are split over devices) on `chunk` noise
   samples per forward pass, so that rows * chunk noisy inputs fit
-  `forward_batch_for_memory` (at most `DEFAULT_FORWARD_BATCH`).
+  `forward_batch_for_memory` (at most `default_forward_batch()`).
 
   Args:
     apply_fn, params: the classifier, as given to `dssn_counts`.
@@ -254,7 +276,15 @@ def auto_chunk_size(
     rows, items = batch, math.ceil(num_items / devices)
   if memory_budget == "device":
     memory_budget = device_memory_budget()
+  facts = classifier_facts(apply_fn, params, tuple(input_shape))
   forward_batch = forward_batch_for_memory(
-      apply_fn, params, input_shape, memory_budget
+      apply_fn,
+      params,
+      input_shape,
+      memory_budget,
+      default_forward_batch(
+          bytes_per_input=facts.intermediate_bytes
+          + math.prod(input_shape) * 4
+      ),
   )
   return min(default_chunk_size(rows, items, forward_batch), items)

@@ -223,20 +223,49 @@ def global_batch(sharding, batch):
       lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
 
 
-def evaluate(eval_step, state, config, sharding, key) -> dict[str, float]:
-  """Clean and noisy accuracy on (a prefix of) the evaluation split."""
+# Evaluation splits up to this size (uint8 images) are decoded once per
+# training run and kept in host memory: decoding them every epoch costs more
+# than evaluating them (Fashion-MNIST's test split: 7.8 MB).
+EVAL_CACHE_BYTES = 256 * 2**20
+
+
+def _eval_batches(config, cache: dict | None):
+  """The evaluation batches of the config, kept in `cache` (one training
+  run's dict) when they are small enough."""
   max_examples = config.eval_max_examples
+  if cache is not None and "batches" in cache:
+    return cache["batches"]
   batches = input_pipeline.eval_dataset(
       config.dataset, batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
       data_dir=config.data_dir)
-  totals = {"clean_correct": 0, "noisy_correct": 0, "count": 0}
-  for i, batch in enumerate(batches):
-    batch = {k: batch[k] for k in ("image", "label", "mask")}
+  info = input_pipeline.dataset_info(config.dataset)
+  size = batches.num_examples * int(np.prod(info.input_shape))
+  kept = ({k: batch[k] for k in ("image", "label", "mask")}
+          for batch in batches)
+  if cache is None or size > EVAL_CACHE_BYTES:
+    return kept
+  cache["batches"] = list(kept)
+  return cache["batches"]
+
+
+def evaluate(eval_step, state, config, sharding, key,
+             cache: dict | None = None) -> dict[str, float]:
+  """Clean and noisy accuracy on (a prefix of) the evaluation split.
+
+  Counts are summed on the device and read once, so the batches are
+  dispatched back to back. `cache`: a dict kept across the evaluations of
+  one run, which then decode small evaluation splits only once.
+  """
+  totals = None
+  for i, batch in enumerate(_eval_batches(config, cache)):
     counts = eval_step(state, global_batch(sharding, batch),
                        jax.random.fold_in(key, i))
-    for name, value in counts.items():
-      totals[name] += int(value)
+    totals = counts if totals is None else jax.tree.map(jnp.add, totals,
+                                                        counts)
+  totals = ({k: int(v) for k, v in jax.device_get(totals).items()}
+            if totals is not None else
+            {"clean_correct": 0, "noisy_correct": 0, "count": 0})
   count = max(totals["count"], 1)
   return {"eval_clean_accuracy": totals["clean_correct"] / count,
           "eval_noisy_accuracy": totals["noisy_correct"] / count,
@@ -371,10 +400,17 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
                        desc=f"train {config.model} {config.noise}",
                        disable=jax.process_index() > 0)
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
+  previous = None  # The last step's metrics, still being computed.
+  eval_cache = {}
   for step in range(start_step, total_steps):
     batch = global_batch(batch_sharding, next(batches))
     state, metrics = train_step(state, batch, train_key)
-    progress.update(1)
+    # Dispatch runs at most one step ahead: the bar counts finished steps,
+    # and the host never queues a backlog that a log step has to wait for.
+    if previous is not None:
+      jax.block_until_ready(previous)
+      progress.update(1)
+    previous = metrics
     done = step + 1
     if step == start_step:  # Leave compilation out of the throughput.
       jax.block_until_ready(state)
@@ -383,6 +419,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       window_images += config.batch_size
     train_metrics.append(metrics)
     if done % config.log_every_steps == 0 or done % steps_per_epoch == 0:
+      jax.block_until_ready(metrics)
+      progress.update(1)
+      previous = None
       summary = {f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
                  for k in train_metrics[0]}
       elapsed = time.perf_counter() - window_start
@@ -394,7 +433,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
       summary.update(evaluate(eval_step, state, config, batch_sharding,
-                              jax.random.fold_in(eval_key, done)))
+                              jax.random.fold_in(eval_key, done),
+                              eval_cache))
       summary["epoch"] = done // steps_per_epoch
       write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
@@ -405,6 +445,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             f"{summary['eval_noisy_accuracy']:.4f}")
       checkpointer.save(done, state, metadata)
       window_start = time.perf_counter()  # Do not count evaluation time.
+  if previous is not None:
+    jax.block_until_ready(previous)
+    progress.update(1)
   progress.close()
   writer.flush()
   checkpointer.close()

@@ -21,7 +21,7 @@ import numpy as np
 
 from configs import fashion_mnist as fashion_mnist_config
 import dssn_jax
-from dssn_jax import data
+from dssn_jax import datasets
 from dssn_jax import denoised_report
 from dssn_jax import denoising
 from dssn_jax import models
@@ -42,7 +42,7 @@ def time_certification(depth: int, width: int, *, sigma: float = 0.5,
   """Seconds per image of DSSN certification (all L forwards) of the small
   CNN alone and behind a DnCNN, interleaved rounds on the same random grid
   images (the weights do not change the time)."""
-  info = data.dataset_info("fashion_mnist")
+  info = datasets.dataset_info("fashion_mnist")
   shape = tuple(info.input_shape)
   x = jnp.round(jax.random.uniform(jax.random.key(0), (images,) + shape) *
                 255) / 255

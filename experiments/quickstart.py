@@ -11,6 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dssn_jax import host_memory
 from dssn_jax import jobs
 import experiments
 
@@ -23,6 +24,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
 
 def main(argv):
   experiments.start(argv)
+  # Training churns through large per-step buffers: huge pages for them
+  # (dssn_jax/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
+  host_memory.reexec_with_huge_pages()
   with experiments.user_errors():
     print(jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value,
                                      report=print))

@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from dssn_jax import host_memory
 from dssn_jax import train
 import experiments
 
@@ -23,6 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   experiments.start(argv)
+  # Training churns through large per-step buffers: huge pages for them
+  # (dssn_jax/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
+  host_memory.reexec_with_huge_pages()
   with experiments.user_errors():
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

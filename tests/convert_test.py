@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 import dssn_jax
 from dssn_jax import checkpoints
 from dssn_jax import convert
 from dssn_jax.models import layers
+
+from benchmarks import torch_models
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIGMA = 0.25  # L = 220 levels.
@@ -30,209 +31,8 @@ _CIFAR_MU = (0.4914, 0.4822, 0.4465)
 _CIFAR_SIG = (0.2023, 0.1994, 0.2010)
 
 
-# ----------------------------------------------------------------------------
-# The authors' PyTorch networks (key layout as in their state_dicts).
-
-
-class _WideBlock(nn.Module):
-  """rs4a / xternalz pre-activation block (shortcut of the activated input)."""
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.bn1 = nn.BatchNorm2d(cin)
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.equal = cin == cout
-    self.convShortcut = (None if self.equal else  # pylint: disable=invalid-name
-                         nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
-
-  def forward(self, x):
-    out = F.relu(self.bn1(x))
-    y = self.conv2(F.relu(self.bn2(self.conv1(out))))
-    return (x if self.equal else self.convShortcut(out)) + y
-
-
-class _NetworkBlock(nn.Module):
-
-  def __init__(self, n, cin, cout, stride):
-    super().__init__()
-    self.layer = nn.Sequential(*[
-        _WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-        for i in range(n)])
-
-  def forward(self, x):
-    return self.layer(x)
-
-
-class _WideResNet(nn.Module):
-  """WideResNet(depth=40, widen_factor=2) of the authors' src/lib."""
-
-  def __init__(self, depth=40, k=2, num_classes=10):
-    super().__init__()
-    n = (depth - 4) // 6
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.block1 = _NetworkBlock(n, 16, 16 * k, 1)
-    self.block2 = _NetworkBlock(n, 16 * k, 32 * k, 2)
-    self.block3 = _NetworkBlock(n, 32 * k, 64 * k, 2)
-    self.bn1 = nn.BatchNorm2d(64 * k)
-    self.fc = nn.Linear(64 * k, num_classes)
-
-  def forward(self, x):
-    out = self.block3(self.block2(self.block1(self.conv1(x))))
-    out = F.avg_pool2d(F.relu(self.bn1(out)), 8)
-    return self.fc(out.flatten(1))
-
-
-class _Bottleneck(nn.Module):
-  """torchvision's Bottleneck (v1.5, stride on the 3x3 convolution)."""
-
-  def __init__(self, cin, width, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = nn.Conv2d(width, 4 * width, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(4 * width)
-    self.downsample = None
-    if stride != 1 or cin != 4 * width:
-      self.downsample = nn.Sequential(
-          nn.Conv2d(cin, 4 * width, 1, stride, bias=False),
-          nn.BatchNorm2d(4 * width))
-
-  def forward(self, x):
-    y = F.relu(self.bn1(self.conv1(x)))
-    y = F.relu(self.bn2(self.conv2(y)))
-    y = self.bn3(self.conv3(y))
-    return F.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class _ResNet50(nn.Module):
-  """torchvision's resnet50 (same module names, so the same state_dict)."""
-
-  def __init__(self, num_classes=1000):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
-    cin = 64
-    for stage, blocks in enumerate((3, 4, 6, 3), start=1):
-      width = 64 * 2**(stage - 1)
-      stride = 1 if stage == 1 else 2
-      stage_blocks = []
-      for i in range(blocks):
-        stage_blocks.append(_Bottleneck(cin, width, stride if i == 0 else 1))
-        cin = 4 * width
-      setattr(self, f"layer{stage}", nn.Sequential(*stage_blocks))
-    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-    self.fc = nn.Linear(2048, num_classes)
-
-  def forward(self, x):
-    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(self.avgpool(x).flatten(1))
-
-
-class _OptionABlock(nn.Module):
-  """Idelbayev's basic block with the option-A shortcut: subsample by 2 and
-  zero-pad the channels, planes // 4 on each side."""
-
-  def __init__(self, cin, cout, stride):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(cout)
-    self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(cout)
-    self.pad = cout // 4 if stride != 1 or cin != cout else 0
-
-  def forward(self, x):
-    out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-    if self.pad:
-      x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-    return F.relu(out + x)
-
-
-class _OptionAResNet110(nn.Module):
-  """Idelbayev's CIFAR ResNet-110 (rs4a's), classifier named `linear`."""
-
-  def __init__(self, num_classes=10):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(16)
-    cin = 16
-    for stage, (cout, stride) in enumerate(((16, 1), (32, 2), (64, 2)), 1):
-      blocks = []
-      for i in range(18):
-        blocks.append(_OptionABlock(cin, cout, stride if i == 0 else 1))
-        cin = cout
-      setattr(self, f"layer{stage}", nn.Sequential(*blocks))
-    self.linear = nn.Linear(64, num_classes)
-
-  def forward(self, x):
-    x = F.relu(self.bn1(self.conv1(x)))
-    x = self.layer3(self.layer2(self.layer1(x)))
-    return self.linear(x.mean(dim=(2, 3)))
-
-
-class _Normalize(nn.Module):
-  """The authors' NormalizeLayer: (x - mu) / exp(log_sig), after the noise."""
-
-  def __init__(self, mu, sig):
-    super().__init__()
-    self.mu = nn.Parameter(torch.tensor(mu).reshape(3, 1, 1),
-                           requires_grad=False)
-    self.log_sig = nn.Parameter(torch.log(torch.tensor(sig)).reshape(3, 1, 1),
-                                requires_grad=False)
-
-  def forward(self, x):
-    return (x - self.mu) / torch.exp(self.log_sig)
-
-
-class _Authors(nn.Module):
-  """Their Forecaster: `norm` and `model`, each in DataParallel."""
-
-  def __init__(self, net, mu, sig):
-    super().__init__()
-    self.norm = nn.DataParallel(_Normalize(mu, sig))
-    self.model = nn.DataParallel(net)
-
-  def forward(self, x):
-    return self.model(self.norm(x))
-
-
-def _randomize(model, image_size, seed):
-  """Random weights and non-trivial BatchNorm statistics, then eval mode.
-
-  Running statistics are first estimated on random images (so activations
-  keep a sensible scale through the depth), then perturbed, and the affine
-  BatchNorm parameters are random.
-  """
-  torch.manual_seed(seed)
-  for m in model.modules():
-    if isinstance(m, nn.BatchNorm2d):
-      m.momentum = None  # Cumulative average.
-  model.train()
-  with torch.no_grad():
-    model(torch.rand(16, 3, image_size, image_size))
-    for m in model.modules():
-      if isinstance(m, nn.BatchNorm2d):
-        m.running_mean.add_(0.1 * torch.randn_like(m.running_mean))
-        m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.))
-        m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0., 0.2)
-    # Centre the logits on random images: a random deep network otherwise
-    # predicts one class for every input, and the vote test would be vacuous.
-    model.eval()
-    net = model.model.module
-    fc = net.linear if hasattr(net, "linear") else net.fc
-    features = []
-    hook = fc.register_forward_hook(lambda m, i, o: features.append(i[0]))
-    model(torch.rand(16, 3, image_size, image_size))
-    hook.remove()
-    fc.weight.mul_(10.)  # Logits of order 1.
-    fc.bias.copy_(-fc.weight @ features[0].mean(0))
-  return model
+# The authors' PyTorch networks (key layout as in their state_dicts) live in
+# benchmarks/torch_models.py, shared with the PyTorch peer benchmark.
 
 
 def _grid_images(n, size, seed):
@@ -274,7 +74,8 @@ def _assert_logits_match(ours, model, x):
 def torch_wrn(tmp_path_factory):
   """(torch model, path of its authors'-format checkpoint)."""
   torch.manual_seed(0)  # Construction draws the weights: seed it first.
-  model = _randomize(_Authors(_WideResNet(), _CIFAR_MU, _CIFAR_SIG), 32, 0)
+  model = torch_models.randomize(torch_models.Authors(
+      torch_models.WideResNet(), _CIFAR_MU, _CIFAR_SIG), 32, 0)
   path = str(tmp_path_factory.mktemp("torch") / "wrn_40_2.pth")
   torch.save(model.state_dict(), path)
   return model, path
@@ -297,8 +98,9 @@ def wrn_classifier(torch_wrn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_resnet50(tmp_path_factory):
   torch.manual_seed(1)
-  model = _randomize(_Authors(_ResNet50(), (0.485, 0.456, 0.406),
-                              (0.229, 0.224, 0.225)), 64, 1)
+  model = torch_models.randomize(torch_models.Authors(
+      torch_models.ResNet50(), (0.485, 0.456, 0.406),
+      (0.229, 0.224, 0.225)), 64, 1)
   path = str(tmp_path_factory.mktemp("torch") / "resnet50.pth")
   # Wrapped as some training scripts save it: {"state_dict": ..., ...}.
   torch.save({"state_dict": model.state_dict(), "epoch": 30}, path)
@@ -492,7 +294,8 @@ def test_option_a_resnet110_is_named_and_converts():
 @pytest.mark.slow
 def test_option_a_resnet110_logits_match_pytorch(tmp_path):
   torch.manual_seed(2)
-  model = _randomize(_Authors(_OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG),
+  model = torch_models.randomize(torch_models.Authors(
+      torch_models.OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG),
                      32, 2)
   path = str(tmp_path / "resnet110_option_a.pth")
   torch.save(model.state_dict(), path)
