@@ -75,9 +75,14 @@ def evaluated_items(levels: int, chunk: int) -> int:
   return math.ceil(levels / chunk) * chunk
 
 
-def certification_program(subject: measure.Subject, x,
-                          spec: smoothing.SmoothingSpec, *, chunk_size: int,
-                          num_items: int):
+def certification_program(
+    subject: measure.Subject,
+    x,
+    spec: smoothing.SmoothingSpec,
+    *,
+    chunk_size: int,
+    num_items: int,
+):
   """The compiled vote-counting program of `dssn_counts` over k < num_items.
 
   Returns:
@@ -87,22 +92,33 @@ def certification_program(subject: measure.Subject, x,
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
   start = time.perf_counter()
   lowered, args = certify.lower_counts(
-      subject.apply_fn, x, v, spec, params=subject.variables,
-      chunk_size=chunk_size, num_items=num_items)
+      subject.apply_fn,
+      x,
+      v,
+      spec,
+      params=subject.variables,
+      chunk_size=chunk_size,
+      num_items=num_items,
+  )
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
   run = functools.partial(compiled, *args)
   return run, compiled, compile_seconds
 
 
-def noise_fusion_report(compiled_text: str, spec: smoothing.SmoothingSpec,
-                        images: int, input_shape: Sequence[int]) -> dict:
+def noise_fusion_report(
+    compiled_text: str,
+    spec: smoothing.SmoothingSpec,
+    images: int,
+    input_shape: Sequence[int],
+) -> dict:
   """Checks the optimized HLO of a certification program: one loop, no
   buffer holding the noisy inputs of all L samples, and the noise kernel's
   integer `remainder` ops only inside fusions (computed on the fly where the
   noisy input is consumed, not in a separate pass over memory)."""
-  all_noisy = f"[{spec.levels},{images}," + ",".join(
-      str(n) for n in input_shape) + "]"
+  all_noisy = (
+      f"[{spec.levels},{images}," + ",".join(str(n) for n in input_shape) + "]"
+  )
   fused, remainders, computation = set(), {}, None
   for line in compiled_text.splitlines():
     if line and not line[0].isspace() and line.rstrip().endswith("{"):
@@ -114,12 +130,16 @@ def noise_fusion_report(compiled_text: str, spec: smoothing.SmoothingSpec,
         fused.add(called.group(1))
     if " remainder(" in line:
       remainders[computation] = remainders.get(computation, 0) + 1
-  return {"while_loops": compiled_text.count(" while("),
-          "buffer_of_all_L_noisy_inputs": all_noisy in compiled_text,
-          "noise_ops_in_fusions": sum(n for c, n in remainders.items()
-                                      if c in fused),
-          "noise_ops_outside_fusions": sum(n for c, n in remainders.items()
-                                           if c not in fused)}
+  return {
+      "while_loops": compiled_text.count(" while("),
+      "buffer_of_all_L_noisy_inputs": all_noisy in compiled_text,
+      "noise_ops_in_fusions": sum(
+          n for c, n in remainders.items() if c in fused
+      ),
+      "noise_ops_outside_fusions": sum(
+          n for c, n in remainders.items() if c not in fused
+      ),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -136,9 +156,13 @@ def _setting(config, name: str, field: str):
   return config[field]
 
 
-def benchmark_model(config, name: str, compute_dtype: str,
-                    log: Callable[[str], None] = logging.info,
-                    profile_dir: str | None = None) -> dict[str, Any]:
+def benchmark_model(
+    config,
+    name: str,
+    compute_dtype: str,
+    log: Callable[[str], None] = logging.info,
+    profile_dir: str | None = None,
+) -> dict[str, Any]:
   """Forward, certification and memory figures of one model and dtype.
 
   With profile_dir, one call of the certification program at the first
@@ -149,9 +173,13 @@ def benchmark_model(config, name: str, compute_dtype: str,
   images = _setting(config, name, "images")
   subject = measure.make_subject(name, compute_dtype)
   specs = [smoothing.SmoothingSpec(s, config.q) for s in config.sigmas]
-  row = {"model": name, "compute_dtype": compute_dtype,
-         "input_shape": list(subject.input_shape), "images": images,
-         "sigmas": {}}
+  row = {
+      "model": name,
+      "compute_dtype": compute_dtype,
+      "input_shape": list(subject.input_shape),
+      "images": images,
+      "sigmas": {},
+  }
 
   x = measure.grid_images(subject.input_shape, images)
   chunk_override = _setting(config, name, "chunk_size")
@@ -171,49 +199,56 @@ def benchmark_model(config, name: str, compute_dtype: str,
   row["forward_batch"] = forward_batch
 
   # Raw forward at the certification forward batch.
-  batch = jnp.asarray(measure.grid_images(subject.input_shape, forward_batch,
-                                          seed=2))
+  batch = jnp.asarray(
+      measure.grid_images(subject.input_shape, forward_batch, seed=2)
+  )
   forward = jax.jit(subject.apply_fn).lower(subject.variables, batch).compile()
   forward_costs = measure.compiled_costs(forward)
   row["forward"] = forward_costs
   flops_per_forward = (forward_costs["flops"] or 0.0) / forward_batch
   row["flops_per_forward"] = flops_per_forward
-  fns = {"peak": measure.matmul(config.peak_size, jnp.float32)[0],
-         "raw": functools.partial(forward, subject.variables, batch)}
-  peak_flops = 2.0 * config.peak_size ** 3
+  fns = {
+      "peak": measure.matmul(config.peak_size, jnp.float32)[0],
+      "raw": functools.partial(forward, subject.variables, batch),
+  }
+  peak_flops = 2.0 * config.peak_size**3
 
   programs = {}
   for spec in specs:
     chunk = chunks[spec.sigma]
-    num_items = min(spec.levels, _setting(config, name, "timed_chunks") *
-                    chunk)
+    num_items = min(spec.levels, _setting(config, name, "timed_chunks") * chunk)
     run, compiled, _ = certification_program(
-        subject, x, spec, chunk_size=chunk, num_items=num_items)
+        subject, x, spec, chunk_size=chunk, num_items=num_items
+    )
     programs[spec.sigma] = (run, compiled, num_items, chunk)
     fns[f"cert_{spec.sigma}"] = run
 
-  log(f"  {name} {compute_dtype}: timing (forward batch {forward_batch}, "
-      f"{repeats} rounds)")
+  log(
+      f"  {name} {compute_dtype}: timing (forward batch {forward_batch}, "
+      f"{repeats} rounds)"
+  )
   seconds = measure.timed_rounds(fns, repeats=repeats, warmup=warmup)
   raw_rate = [forward_batch / s for s in seconds["raw"]]
   peak_rate = [peak_flops / s for s in seconds["peak"]]
   row["peak_flops_per_second"] = measure.summarize(peak_rate)
   row["raw_forwards_per_second"] = measure.summarize(raw_rate)
   row["raw_flops_per_second"] = measure.summarize(
-      [r * flops_per_forward for r in raw_rate])
+      [r * flops_per_forward for r in raw_rate]
+  )
   row["raw_utilization"] = measure.per_round(
-      [r * flops_per_forward for r in raw_rate], peak_rate)
+      [r * flops_per_forward for r in raw_rate], peak_rate
+  )
 
   for spec in specs:
     run, compiled, num_items, chunk = programs[spec.sigma]
     evaluated = evaluated_items(spec.levels, chunk)
-    timed_rate = [images * num_items / s
-                  for s in seconds[f"cert_{spec.sigma}"]]
+    timed_rate = [images * num_items / s for s in seconds[f"cert_{spec.sigma}"]]
     # Useful forward passes per second over the whole certification: the
     # padding of the last chunk is evaluated but does not count.
     rate = [r * spec.levels / evaluated for r in timed_rate]
     entry = {
-        "levels": spec.levels, "chunk_size": chunk,
+        "levels": spec.levels,
+        "chunk_size": chunk,
         "timed_items": num_items,
         "timed_forwards": images * num_items,
         "evaluated_items": evaluated,
@@ -221,38 +256,47 @@ def benchmark_model(config, name: str, compute_dtype: str,
         "forwards_per_second": measure.summarize(rate),
         "seconds_per_image": measure.summarize([spec.levels / r for r in rate]),
         "ratio_to_raw": measure.per_round(rate, raw_rate),
-        "utilization": measure.per_round([r * flops_per_forward for r in rate],
-                                 peak_rate),
+        "utilization": measure.per_round(
+            [r * flops_per_forward for r in rate], peak_rate
+        ),
         "timed_program": measure.compiled_costs(compiled),
     }
     # Memory of the whole certification program at the full L (compiled,
     # not run): XLA's temporaries, arguments and outputs.
     _, full, compile_seconds = certification_program(
-        subject, x, spec, chunk_size=chunk, num_items=spec.levels)
+        subject, x, spec, chunk_size=chunk, num_items=spec.levels
+    )
     full_costs = measure.compiled_costs(full)
     entry["full_program"] = full_costs
     entry["full_program_compile_seconds"] = compile_seconds
     entry["peak_bytes"] = _footprint(full_costs)
     entry["noise_fusion"] = noise_fusion_report(
-        full.as_text(), spec, images, subject.input_shape)
+        full.as_text(), spec, images, subject.input_shape
+    )
     row["sigmas"][str(spec.sigma)] = entry
   if profile_dir:
     row["profile"] = measure.profile_breakdown(
         programs[specs[0].sigma][0],
-        os.path.join(profile_dir, f"{name}_{compute_dtype}"))
+        os.path.join(profile_dir, f"{name}_{compute_dtype}"),
+    )
   peaks = [e["peak_bytes"] for e in row["sigmas"].values()]
   row["peak_bytes_ratio_max_min"] = (
-      max(peaks) / max(1, min(peaks)) if None not in peaks else None)
+      max(peaks) / max(1, min(peaks)) if None not in peaks else None
+  )
   row["process_peak_rss_bytes"] = measure.peak_rss_bytes()
 
   if f"{name}:{compute_dtype}" in config.end_to_end:
-    row["end_to_end"] = _end_to_end(subject, x, specs[0],
-                                    repeats=config.end_to_end_repeats)
+    row["end_to_end"] = _end_to_end(
+        subject, x, specs[0], repeats=config.end_to_end_repeats
+    )
   # Host work per dssn_counts call, at a small L (the host's share of the
   # call does not depend on L).
   row["host_overhead"] = _end_to_end(
-      subject, x, smoothing.SmoothingSpec(config.host_sigma, config.q),
-      repeats=config.end_to_end_repeats)
+      subject,
+      x,
+      smoothing.SmoothingSpec(config.host_sigma, config.q),
+      repeats=config.end_to_end_repeats,
+  )
   return row
 
 
@@ -264,8 +308,9 @@ def _end_to_end(subject: measure.Subject, x, spec, *, repeats: int) -> dict:
   without the host.
   """
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
-  call = lambda: certify.dssn_counts(subject.apply_fn, x, v, spec,
-                                     params=subject.variables)
+  call = lambda: certify.dssn_counts(
+      subject.apply_fn, x, v, spec, params=subject.variables
+  )
   jax.block_until_ready(call())  # Compile.
   total, host = [], []
   for _ in range(repeats):
@@ -274,17 +319,19 @@ def _end_to_end(subject: measure.Subject, x, spec, *, repeats: int) -> dict:
     host.append(time.perf_counter() - start)
     jax.block_until_ready(counts)
     total.append(time.perf_counter() - start)
-  return {"sigma": spec.sigma, "levels": spec.levels,
-          "images": int(x.shape[0]),
-          "seconds_per_call": measure.summarize(total),
-          "host_seconds_per_call": measure.summarize(host),
-          "seconds_per_image": measure.summarize(
-              [s / x.shape[0] for s in total])}
+  return {
+      "sigma": spec.sigma,
+      "levels": spec.levels,
+      "images": int(x.shape[0]),
+      "seconds_per_call": measure.summarize(total),
+      "host_seconds_per_call": measure.summarize(host),
+      "seconds_per_image": measure.summarize([s / x.shape[0] for s in total]),
+  }
 
 
 def benchmark_training(
-    config, name: str,
-    log: Callable[[str], None] = logging.info) -> dict[str, Any]:
+    config, name: str, log: Callable[[str], None] = logging.info
+) -> dict[str, Any]:
   """Images/s of the jitted training step (DSSN noise, donated state)."""
   repeats = _setting(config, name, "repeats")
   batch_size = _setting(config, name, "train_batch")
@@ -292,24 +339,34 @@ def benchmark_training(
   train_config = config.train.copy_and_resolve_references()
   spec = smoothing.SmoothingSpec(train_config.sigma, train_config.q)
   offsets = smoothing.make_offsets(0, subject.input_shape, spec.levels)
-  step = jax.jit(train.make_train_step(subject.model, train_config, spec,
-                                       offsets), donate_argnums=0)
+  step = jax.jit(
+      train.make_train_step(subject.model, train_config, spec, offsets),
+      donate_argnums=0,
+  )
   state = train.TrainState.create(
-      apply_fn=subject.model.apply, params=subject.variables["params"],
+      apply_fn=subject.model.apply,
+      params=subject.variables["params"],
       batch_stats=subject.variables.get("batch_stats", {}),
-      tx=train.create_optimizer(train_config, 1000))
+      tx=train.create_optimizer(train_config, 1000),
+  )
   rng = np.random.RandomState(0)
-  batch = {"image": jnp.asarray(rng.randint(0, 256, (batch_size,) +
-                                            subject.input_shape, np.uint8)),
-           "label": jnp.asarray(rng.randint(0, subject.num_classes,
-                                            (batch_size,)), jnp.int32)}
+  batch = {
+      "image": jnp.asarray(
+          rng.randint(0, 256, (batch_size,) + subject.input_shape, np.uint8)
+      ),
+      "label": jnp.asarray(
+          rng.randint(0, subject.num_classes, (batch_size,)), jnp.int32
+      ),
+  }
   key = jax.random.key(0)
   compiled = step.lower(state, batch, key).compile()
   costs = measure.compiled_costs(compiled)
   # What donating the state saves: the same step compiled without donation.
-  undonated = measure.compiled_costs(jax.jit(train.make_train_step(
-      subject.model, train_config, spec, offsets)).lower(
-          state, batch, key).compile())
+  undonated = measure.compiled_costs(
+      jax.jit(train.make_train_step(subject.model, train_config, spec, offsets))
+      .lower(state, batch, key)
+      .compile()
+  )
   holder = [state]
 
   def run():
@@ -319,17 +376,21 @@ def benchmark_training(
   fns = {"peak": measure.matmul(config.peak_size, jnp.float32)[0], "train": run}
   log(f"  {name}: training step, batch {batch_size}, {repeats} rounds")
   seconds = measure.timed_rounds(fns, repeats=repeats, warmup=config.warmup)
-  peak_rate = [2.0 * config.peak_size ** 3 / s for s in seconds["peak"]]
+  peak_rate = [2.0 * config.peak_size**3 / s for s in seconds["peak"]]
   flops = costs["flops"] or 0.0
-  return {"model": name, "batch": batch_size,
-          "images_per_second": measure.summarize(
-              [batch_size / s for s in seconds["train"]]),
-          "flops_per_step": flops,
-          "utilization": measure.per_round(
-              [flops / s for s in seconds["train"]], peak_rate),
-          "step_program": costs,
-          "step_program_without_donation": undonated}
-
+  return {
+      "model": name,
+      "batch": batch_size,
+      "images_per_second": measure.summarize(
+          [batch_size / s for s in seconds["train"]]
+      ),
+      "flops_per_step": flops,
+      "utilization": measure.per_round(
+          [flops / s for s in seconds["train"]], peak_rate
+      ),
+      "step_program": costs,
+      "step_program_without_donation": undonated,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -337,18 +398,38 @@ def benchmark_training(
 # ----------------------------------------------------------------------------
 
 
-def device_split_report(num_devices: int, *, model: str = "small_cnn",
-                        sigma: float = 0.12, batch: int = 8,
-                        timeout: float = 900) -> dict[str, Any]:
+def device_split_report(
+    num_devices: int,
+    *,
+    model: str = "small_cnn",
+    sigma: float = 0.12,
+    batch: int = 8,
+    timeout: float = 900,
+) -> dict[str, Any]:
   """Runs `benchmarks.device_split` on `num_devices` fake CPU devices."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={num_devices}")
+  env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "")
+      + f" --xla_force_host_platform_device_count={num_devices}"
+  )
   env["JAX_PLATFORMS"] = "cpu"
   result = subprocess.run(
-      [sys.executable, "-m", "benchmarks.device_split", str(num_devices),
-       model, str(sigma), str(batch)], env=env, capture_output=True,
-      text=True, timeout=timeout, check=False, cwd=_ROOT)
+      [
+          sys.executable,
+          "-m",
+          "benchmarks.device_split",
+          str(num_devices),
+          model,
+          str(sigma),
+          str(batch),
+      ],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+      cwd=_ROOT,
+  )
   if result.returncode:
     return {"devices": num_devices, "error": result.stderr[-2000:]}
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -364,24 +445,29 @@ def bfloat16_supported() -> bool:
   try:
     x = jnp.ones((1, 8, 8, 4), jnp.bfloat16)
     w = jnp.ones((3, 3, 4, 4), jnp.bfloat16)
-    out = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO",
-                                                          "NHWC"))
+    out = jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return bool(jnp.isfinite(out.astype(jnp.float32)).all())
   except Exception:  # pylint: disable=broad-except
     return False
 
 
-def run_benchmark(config, workdir: str,
-                  log: Callable[[str], None] = logging.info) -> dict[str, Any]:
+def run_benchmark(
+    config, workdir: str, log: Callable[[str], None] = logging.info
+) -> dict[str, Any]:
   """Runs every section of the config; writes JSON and Markdown to workdir."""
   os.makedirs(workdir, exist_ok=True)
   started = time.time()
-  report: dict[str, Any] = {"environment": measure.environment(),
-                            "config": config.to_dict(),
-                            "load_average_start": measure.load_average(),
-                            "peak": [], "models": [], "training": [],
-                            "device_split": []}
+  report: dict[str, Any] = {
+      "environment": measure.environment(),
+      "config": config.to_dict(),
+      "load_average_start": measure.load_average(),
+      "peak": [],
+      "models": [],
+      "training": [],
+      "device_split": [],
+  }
 
   def save():
     report["load_average_now"] = measure.load_average()
@@ -391,26 +477,36 @@ def run_benchmark(config, workdir: str,
   wanted = config.get("xla_flags", "")
   report["xla_flags_applied"] = wanted in os.environ.get("XLA_FLAGS", "")
   if not report["xla_flags_applied"]:
-    log(f"warning: config.xla_flags {wanted!r} are not in XLA_FLAGS: they "
-        f"must be set before JAX starts (benchmarks/run.py does that).")
+    log(
+        f"warning: config.xla_flags {wanted!r} are not in XLA_FLAGS: they "
+        f"must be set before JAX starts (benchmarks/run.py does that)."
+    )
   dtypes = list(config.compute_dtypes)
   if "bfloat16" in dtypes and not bfloat16_supported():
     dtypes.remove("bfloat16")
     report["bfloat16_skipped"] = "the backend has no bfloat16 convolution"
   log(f"peak: matmul sizes {tuple(config.peak_sizes)}")
   report["peak"] = measure.measure_peak(
-      config.peak_sizes, [d for d in ("float32", "bfloat16") if d in dtypes
-                          or d == "float32"],
-      repeats=config.repeats, warmup=config.warmup)
+      config.peak_sizes,
+      [d for d in ("float32", "bfloat16") if d in dtypes or d == "float32"],
+      repeats=config.repeats,
+      warmup=config.warmup,
+  )
   save()
   for name in config.models:
     for dtype in dtypes:
       if dtype != "float32" and name not in config.reduced_precision_models:
         continue
       log(f"model {name} ({dtype})")
-      report["models"].append(benchmark_model(
-          config, name, dtype, log,
-          os.path.join(workdir, "profile") if config.profile else None))
+      report["models"].append(
+          benchmark_model(
+              config,
+              name,
+              dtype,
+              log,
+              os.path.join(workdir, "profile") if config.profile else None,
+          )
+      )
       save()
   for name in config.train_models:
     log(f"training {name}")
@@ -423,16 +519,26 @@ def run_benchmark(config, workdir: str,
   report["sweep"] = []
   for name, batches in config.get("sweep", {}).items():
     log(f"forward batch sweep {name}: {tuple(batches)}")
-    report["sweep"].append(tuning.forward_batch_sweep(
-        name, batches, repeats=_setting(config, name, "repeats"),
-        warmup=config.warmup, peak_size=config.peak_size))
+    report["sweep"].append(
+        tuning.forward_batch_sweep(
+            name,
+            batches,
+            repeats=_setting(config, name, "repeats"),
+            warmup=config.warmup,
+            peak_size=config.peak_size,
+        )
+    )
     save()
   if config.get("flag_trials"):
     log(f"XLA flag trials: {tuple(config.flag_trials)}")
     report["flag_trials"] = tuning.xla_flag_trials(
-        config.flag_trials, [tuple(m) for m in config.flag_trial_models],
+        config.flag_trials,
+        [tuple(m) for m in config.flag_trial_models],
         alternations=config.flag_trial_alternations,
-        peak_size=config.peak_size, repeats=config.repeats, log=log)
+        peak_size=config.peak_size,
+        repeats=config.repeats,
+        log=log,
+    )
     save()
   report["peak_rss_bytes_process"] = measure.peak_rss_bytes()
   save()
@@ -448,8 +554,10 @@ def _fmt(value, digits=3) -> str:
   if value is None:
     return "n/a"
   if isinstance(value, dict):
-    return (f"{_fmt(value['median'], digits)} "
-            f"[{_fmt(value['min'], digits)}, {_fmt(value['max'], digits)}]")
+    return (
+        f"{_fmt(value['median'], digits)} "
+        f"[{_fmt(value['min'], digits)}, {_fmt(value['max'], digits)}]"
+    )
   if abs(value) >= 1000:
     return f"{value:,.0f}"
   return f"{value:.{digits}g}"
@@ -460,8 +568,12 @@ def _footprint(costs: Mapping[str, Any]) -> int | None:
   minus the outputs that alias (reuse) donated arguments."""
   if costs.get("temp_bytes") is None:
     return None
-  return (costs["argument_bytes"] + costs["output_bytes"] +
-          costs["temp_bytes"] - (costs["alias_bytes"] or 0))
+  return (
+      costs["argument_bytes"]
+      + costs["output_bytes"]
+      + costs["temp_bytes"]
+      - (costs["alias_bytes"] or 0)
+  )
 
 
 def _mib(value) -> str:
@@ -491,8 +603,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
   ]
   for row in report["peak"]:
     if row.get("supported"):
-      rate = {k: (v / 1e9 if isinstance(v, float) else v)
-              for k, v in row["flops_per_second"].items()}
+      rate = {
+          k: v / 1e9 if isinstance(v, float) else v
+          for k, v in row["flops_per_second"].items()
+      }
       lines.append(f"| {row['dtype']} | {row['size']} | {_fmt(rate)} |")
     else:
       lines.append(f"| {row['dtype']} | {row['size']} | unsupported |")
@@ -524,49 +638,76 @@ def to_markdown(report: Mapping[str, Any]) -> str:
           f"{_fmt(entry['ratio_to_raw'])} | {_fmt(entry['utilization'], 2)} | "
           f"{_fmt(entry['seconds_per_image'])} | "
           f"{_mib(entry['peak_bytes'])} | "
-          f"{_fmt(entry['full_program_compile_seconds'], 2)} |")
-  end_to_end = [(r, r[k]) for k in ("end_to_end", "host_overhead")
-                for r in report["models"] if k in r]
+          f"{_fmt(entry['full_program_compile_seconds'], 2)} |"
+      )
+  end_to_end = [
+      (r, r[k])
+      for k in ("end_to_end", "host_overhead")
+      for r in report["models"]
+      if k in r
+  ]
   if end_to_end:
-    lines += ["", "Full `dssn_counts` calls (all L samples, host checks "
-              "included; host s/call = until the call returns, before its "
-              "result is ready):", "",
-              "| model | dtype | sigma | L | images | s/call | host s/call "
-              "| s/image |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Full `dssn_counts` calls (all L samples, host checks "
+        "included; host s/call = until the call returns, before its "
+        "result is ready):",
+        "",
+        "| model | dtype | sigma | L | images | s/call | host s/call "
+        "| s/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row, e in end_to_end:
-      lines.append(f"| {row['model']} | {row['compute_dtype']} | {e['sigma']} "
-                   f"| {e['levels']} | {e['images']} | "
-                   f"{_fmt(e['seconds_per_call'])} | "
-                   f"{_fmt(e['host_seconds_per_call'])} | "
-                   f"{_fmt(e['seconds_per_image'])} |")
+      lines.append(
+          f"| {row['model']} | {row['compute_dtype']} | {e['sigma']} "
+          f"| {e['levels']} | {e['images']} | "
+          f"{_fmt(e['seconds_per_call'])} | "
+          f"{_fmt(e['host_seconds_per_call'])} | "
+          f"{_fmt(e['seconds_per_image'])} |"
+      )
   profiled = [r for r in report["models"] if "top" in r.get("profile", {})]
   if profiled:
-    lines += ["", "## Where certification time goes (jax.profiler trace, "
-              "exclusive thread time per XLA operation)", "",
-              "| model | dtype | top operations (share of thread time) |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        "## Where certification time goes (jax.profiler trace, "
+        "exclusive thread time per XLA operation)",
+        "",
+        "| model | dtype | top operations (share of thread time) |",
+        "|---|---|---|",
+    ]
     for row in profiled:
-      ops = ", ".join(f"{op['op']} {op['share']:.1%}"
-                      for op in row["profile"]["top"][:6])
+      ops = ", ".join(
+          f"{op['op']} {op['share']:.1%}" for op in row["profile"]["top"][:6]
+      )
       lines.append(f"| {row['model']} | {row['compute_dtype']} | {ops} |")
   if report["training"]:
-    lines += ["", "## Training step (DSSN noise, SGD, donated state)", "",
-              "| model | batch | images/s | GFLOP/step | MFU | XLA MiB "
-              "(donated) | XLA MiB (not donated) |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Training step (DSSN noise, SGD, donated state)",
+        "",
+        "| model | batch | images/s | GFLOP/step | MFU | XLA MiB "
+        "(donated) | XLA MiB (not donated) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in report["training"]:
-      lines.append(f"| {row['model']} | {row['batch']} | "
-                   f"{_fmt(row['images_per_second'])} | "
-                   f"{_fmt(row['flops_per_step'] / 1e9)} | "
-                   f"{_fmt(row['utilization'], 2)} | "
-                   f"{_mib(_footprint(row['step_program']))} | "
-                   f"{_mib(_footprint(row['step_program_without_donation']))}"
-                   f" |")
+      lines.append(
+          f"| {row['model']} | {row['batch']} | "
+          f"{_fmt(row['images_per_second'])} | "
+          f"{_fmt(row['flops_per_step'] / 1e9)} | "
+          f"{_fmt(row['utilization'], 2)} | "
+          f"{_mib(_footprint(row['step_program']))} | "
+          f"{_mib(_footprint(row['step_program_without_donation']))}"
+          f" |"
+      )
   if report["device_split"]:
-    lines += ["", "## Work split over fake CPU devices", "",
-              "| devices | batch | split | chunk/device | per-device input "
-              "batches | per-device FLOPs / one device's | identical counts |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Work split over fake CPU devices",
+        "",
+        "| devices | batch | split | chunk/device | per-device input "
+        "batches | per-device FLOPs / one device's | identical counts |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in report["device_split"]:
       if "error" in row:
         lines.append(f"| {row['devices']} | error | | | | | |")
@@ -577,16 +718,18 @@ def to_markdown(report: Mapping[str, Any]) -> str:
             f"{case['chunk_per_device']} | "
             f"{case['per_device_input_batches']} | "
             f"{_fmt(case['per_device_share'])} | "
-            f"{case['identical_to_one_device']} |")
+            f"{case['identical_to_one_device']} |"
+        )
   lines += tuning.to_markdown(report)
   return "\n".join(lines) + "\n"
 
 
 def write_report(report: Mapping[str, Any], workdir: str) -> None:
   """Writes benchmark.json and benchmark.md atomically into workdir."""
-  for name, text in ((RESULTS_JSON, json.dumps(report, indent=2,
-                                                default=str)),
-                     (RESULTS_MARKDOWN, to_markdown(report))):
+  for name, text in (
+      (RESULTS_JSON, json.dumps(report, indent=2, default=str)),
+      (RESULTS_MARKDOWN, to_markdown(report)),
+  ):
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:
       f.write(text)

@@ -20,10 +20,14 @@ from ml_collections import config_flags
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Benchmark configuration (configs/benchmark.py[:variant]).",
-    lock_config=True)
+    "config",
+    None,
+    "Benchmark configuration (configs/benchmark.py[:variant]).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for benchmark.json and benchmark.md.")
+    "workdir", None, "Directory for benchmark.json and benchmark.md."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,7 +37,8 @@ def main(argv):
     # Read once, when JAX creates its backend: before anything runs on it
     # (a multi-process start-up in `start` creates it).
     os.environ["XLA_FLAGS"] = " ".join(
-        f for f in (os.environ.get("XLA_FLAGS", ""), config.xla_flags) if f)
+        f for f in (os.environ.get("XLA_FLAGS", ""), config.xla_flags) if f
+    )
   experiments.start(argv)
   # pylint: disable=g-import-not-at-top
   from benchmarks import certifier
@@ -44,8 +49,10 @@ def main(argv):
   print(certifier.to_markdown(report))
   if config.get("torch_peer"):
     from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
-    peer = torch_peer.run(_WORKDIR.value, sigmas=tuple(config.sigmas),
-                          **config.torch_peer)
+
+    peer = torch_peer.run(
+        _WORKDIR.value, sigmas=tuple(config.sigmas), **config.torch_peer
+    )
     if peer:
       print(torch_peer.markdown(peer))
 

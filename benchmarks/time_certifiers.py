@@ -27,7 +27,8 @@ from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Configuration with a `study` grid.", lock_config=True)
+    "config", None, "Configuration with a `study` grid.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where the JSON goes.")
 _IMAGES = flags.DEFINE_integer("images", 16, "Test images per call.")
@@ -40,13 +41,27 @@ def _certifier(config, workdir, x, index):
   c = checkpoints.load_classifier(workdir)
   cfg = config.certify
   if cfg.method == "dssn":
-    return (lambda: certify.dssn_counts(c.apply_fn, x, c.offsets, c.spec,
-                                        params=c.variables),
-            c.spec.levels)
-  return (lambda: certify.certify_randomized(
-      c.apply_fn, x, c.spec, jax.random.key(cfg.seed), noise=cfg.method,
-      n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, params=c.variables,
-      row_ids=index).p_lower, cfg.n0 + cfg.n)
+    return (
+        lambda: certify.dssn_counts(
+            c.apply_fn, x, c.offsets, c.spec, params=c.variables
+        ),
+        c.spec.levels,
+    )
+  return (
+      lambda: certify.certify_randomized(
+          c.apply_fn,
+          x,
+          c.spec,
+          jax.random.key(cfg.seed),
+          noise=cfg.method,
+          n0=cfg.n0,
+          n=cfg.n,
+          alpha=cfg.alpha,
+          params=c.variables,
+          row_ids=index,
+      ).p_lower,
+      cfg.n0 + cfg.n,
+  )
 
 
 def main(argv):
@@ -58,28 +73,50 @@ def main(argv):
 def _time_certifiers(config):
   """Times every study run of config side by side; prints and saves."""
   cfg = config.certify
-  batch = next(iter(input_pipeline.eval_dataset(
-      config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
-      max_examples=_IMAGES.value, batch_size=_IMAGES.value,
-      data_dir=config.data_dir)))
+  batch = next(
+      iter(
+          input_pipeline.eval_dataset(
+              config.dataset,
+              split=cfg.split,
+              start=cfg.start,
+              skip=cfg.skip,
+              max_examples=_IMAGES.value,
+              batch_size=_IMAGES.value,
+              data_dir=config.data_dir,
+          )
+      )
+  )
   x = batch["image"].astype(np.float32) / 255
   calls, forwards = {}, {}
   for run in jobs.study_grid(config.study):
     calls[run.name], forwards[run.name] = _certifier(
-        jobs.configure(config, run), f"{_WORKDIR.value}/{run.name}", x,
-        batch["index"])
+        jobs.configure(config, run),
+        f"{_WORKDIR.value}/{run.name}",
+        x,
+        batch["index"],
+    )
   seconds = measure.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
-  report = {"images": int(x.shape[0]), "rounds": _ROUNDS.value,
-            "load_average": measure.load_average(), "runs": {}}
-  lines = ["| run | forward passes / image | s / image | ms / forward pass |",
-           "|---|---|---|---|"]
+  report = {
+      "images": int(x.shape[0]),
+      "rounds": _ROUNDS.value,
+      "load_average": measure.load_average(),
+      "runs": {},
+  }
+  lines = [
+      "| run | forward passes / image | s / image | ms / forward pass |",
+      "|---|---|---|---|",
+  ]
   for name, times in seconds.items():
     per_image = float(np.median(times)) / x.shape[0]
-    report["runs"][name] = {"forwards_per_image": forwards[name],
-                            "seconds_per_image": per_image,
-                            "seconds": times}
-    lines.append(f"| {name} | {forwards[name]:,} | {per_image:.4f} | "
-                 f"{1e3 * per_image / forwards[name]:.3f} |")
+    report["runs"][name] = {
+        "forwards_per_image": forwards[name],
+        "seconds_per_image": per_image,
+        "seconds": times,
+    }
+    lines.append(
+        f"| {name} | {forwards[name]:,} | {per_image:.4f} | "
+        f"{1e3 * per_image / forwards[name]:.3f} |"
+    )
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:
       json.dump(report, f, indent=2)

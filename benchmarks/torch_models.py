@@ -29,8 +29,11 @@ class WideBlock(nn.Module):
     self.bn2 = nn.BatchNorm2d(cout)
     self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
     self.equal = cin == cout
-    self.convShortcut = (None if self.equal else  # pylint: disable=invalid-name
-                         nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
+    self.convShortcut = (
+        None
+        if self.equal  # pylint: disable=invalid-name
+        else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+    )
 
   def forward(self, x):
     out = F.relu(self.bn1(x))
@@ -42,9 +45,12 @@ class NetworkBlock(nn.Module):
 
   def __init__(self, n, cin, cout, stride):
     super().__init__()
-    self.layer = nn.Sequential(*[
-        WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-        for i in range(n)])
+    self.layer = nn.Sequential(
+        *[
+            WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+            for i in range(n)
+        ]
+    )
 
   def forward(self, x):
     return self.layer(x)
@@ -84,7 +90,8 @@ class Bottleneck(nn.Module):
     if stride != 1 or cin != 4 * width:
       self.downsample = nn.Sequential(
           nn.Conv2d(cin, 4 * width, 1, stride, bias=False),
-          nn.BatchNorm2d(4 * width))
+          nn.BatchNorm2d(4 * width),
+      )
 
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
@@ -103,7 +110,7 @@ class ResNet50(nn.Module):
     self.maxpool = nn.MaxPool2d(3, 2, 1)
     cin = 64
     for stage, blocks in enumerate((3, 4, 6, 3), start=1):
-      width = 64 * 2**(stage - 1)
+      width = 64 * 2 ** (stage - 1)
       stride = 1 if stage == 1 else 2
       stage_blocks = []
       for i in range(blocks):
@@ -165,10 +172,12 @@ class Normalize(nn.Module):
 
   def __init__(self, mu, sig):
     super().__init__()
-    self.mu = nn.Parameter(torch.tensor(mu).reshape(3, 1, 1),
-                           requires_grad=False)
-    self.log_sig = nn.Parameter(torch.log(torch.tensor(sig)).reshape(3, 1, 1),
-                                requires_grad=False)
+    self.mu = nn.Parameter(
+        torch.tensor(mu).reshape(3, 1, 1), requires_grad=False
+    )
+    self.log_sig = nn.Parameter(
+        torch.log(torch.tensor(sig)).reshape(3, 1, 1), requires_grad=False
+    )
 
   def forward(self, x):
     return (x - self.mu) / torch.exp(self.log_sig)
@@ -203,9 +212,9 @@ def randomize(model, image_size, seed):
     for m in model.modules():
       if isinstance(m, nn.BatchNorm2d):
         m.running_mean.add_(0.1 * torch.randn_like(m.running_mean))
-        m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.))
+        m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.5, 2.0))
         m.weight.uniform_(0.5, 1.5)
-        m.bias.normal_(0., 0.2)
+        m.bias.normal_(0.0, 0.2)
     # Centre the logits on random images: a random deep network otherwise
     # predicts one class for every input, and the vote test would be vacuous.
     model.eval()
@@ -214,7 +223,7 @@ def randomize(model, image_size, seed):
     hook = fc.register_forward_hook(lambda m, i, o: features.append(i[0]))
     model(torch.rand(16, 3, image_size, image_size))
     hook.remove()
-    fc.weight.mul_(10.)  # Logits of order 1.
+    fc.weight.mul_(10.0)  # Logits of order 1.
     fc.bias.copy_(-fc.weight @ features[0].mean(0))
   return model
 

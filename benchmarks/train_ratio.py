@@ -25,7 +25,8 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/fashion_mnist.py:quickstart", "Training config.")
+    "config", "configs/fashion_mnist.py:quickstart", "Training config."
+)
 _OUTDIR = flags.DEFINE_string("outdir", "runs/train_ratio", "Output dir.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Steady epochs timed.")
 _STEP_ROUNDS = flags.DEFINE_integer("step_rounds", 3, "Train-step rounds.")
@@ -41,28 +42,46 @@ def train_step_images_per_second(config, rounds: int, steps: int):
   from dssn_jax import models  # pylint: disable=g-import-not-at-top
   from dssn_jax import smoothing  # pylint: disable=g-import-not-at-top
   from dssn_jax import train  # pylint: disable=g-import-not-at-top
+
   info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
-                                   spec.levels, config.offsets_layout)
-  model = models.create_model(config.model, num_classes=info.num_classes,
-                              mean=info.mean, std=info.std,
-                              dtype=jnp.dtype(config.compute_dtype))
-  variables = model.init(jax.random.key(0),
-                         jnp.zeros((1,) + tuple(info.input_shape)),
-                         train=False)
+  offsets = smoothing.make_offsets(
+      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
+  )
+  model = models.create_model(
+      config.model,
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+      dtype=jnp.dtype(config.compute_dtype),
+  )
+  variables = model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(info.input_shape)), train=False
+  )
   state = train.TrainState.create(
-      apply_fn=model.apply, params=variables["params"],
+      apply_fn=model.apply,
+      params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),
-      tx=train.create_optimizer(config, 1000))
+      tx=train.create_optimizer(config, 1000),
+  )
   rng = np.random.RandomState(0)
-  batch = jax.device_put({
-      "image": rng.randint(0, 256, (config.batch_size,) +
-                           tuple(info.input_shape)).astype(np.uint8),
-      "label": rng.randint(0, info.num_classes,
-                           config.batch_size).astype(np.int32)})
-  step = jax.jit(train.make_train_step(model, config, spec, offsets),
-                 donate_argnums=0)
+  batch = jax.device_put(
+      {
+          "image": (
+              rng.randint(
+                  0, 256, (config.batch_size,) + tuple(info.input_shape)
+              ).astype(np.uint8)
+          ),
+          "label": (
+              rng.randint(0, info.num_classes, config.batch_size).astype(
+                  np.int32
+              )
+          ),
+      }
+  )
+  step = jax.jit(
+      train.make_train_step(model, config, spec, offsets), donate_argnums=0
+  )
   key = jax.random.key(1)
   state, _ = jax.block_until_ready(step(state, batch, key))  # Compiles.
   rates = []
@@ -77,6 +96,7 @@ def train_step_images_per_second(config, rounds: int, steps: int):
 
 def _timed_training(config, epochs: int) -> float:
   from dssn_jax import train  # pylint: disable=g-import-not-at-top
+
   config = config.copy_and_resolve_references()
   config.num_epochs = epochs
   with tempfile.TemporaryDirectory() as workdir:
@@ -94,29 +114,39 @@ def main(argv):
   del argv
   from dssn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from dssn_jax import host_memory  # pylint: disable=g-import-not-at-top
+
   host_memory.reexec_with_huge_pages()  # As the training entry points do.
   config = _CONFIG.value
-  steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0
-                     else input_pipeline.train_steps_per_epoch(
-                         config.dataset, batch_size=config.batch_size,
-                         data_dir=config.data_dir))
+  steps_per_epoch = (
+      config.steps_per_epoch
+      if config.steps_per_epoch > 0
+      else input_pipeline.train_steps_per_epoch(
+          config.dataset, batch_size=config.batch_size, data_dir=config.data_dir
+      )
+  )
   short = _timed_training(config, 1)
   step_rate, step_rates = train_step_images_per_second(
-      config, _STEP_ROUNDS.value, _STEPS.value)
+      config, _STEP_ROUNDS.value, _STEPS.value
+  )
   load_mid = _loadavg()
   long = _timed_training(config, 1 + _EPOCHS.value)
   images = _EPOCHS.value * steps_per_epoch * config.batch_size
   end_to_end = images / (long - short)
-  report = {"config": f"{config.dataset} {config.model} batch "
-                      f"{config.batch_size}", "steady_epochs": _EPOCHS.value,
-            "steps_per_epoch": steps_per_epoch,
-            "seconds_1_epoch": short,
-            f"seconds_{1 + _EPOCHS.value}_epochs": long,
-            "train_and_evaluate_images_per_s": end_to_end,
-            "train_step_images_per_s": step_rate,
-            "train_step_rates": step_rates,
-            "ratio": end_to_end / step_rate,
-            "load_mid": load_mid, "load_end": _loadavg()}
+  report = {
+      "config": (
+          f"{config.dataset} {config.model} batch " f"{config.batch_size}"
+      ),
+      "steady_epochs": _EPOCHS.value,
+      "steps_per_epoch": steps_per_epoch,
+      "seconds_1_epoch": short,
+      f"seconds_{1 + _EPOCHS.value}_epochs": long,
+      "train_and_evaluate_images_per_s": end_to_end,
+      "train_step_images_per_s": step_rate,
+      "train_step_rates": step_rates,
+      "ratio": end_to_end / step_rate,
+      "load_mid": load_mid,
+      "load_end": _loadavg(),
+  }
   os.makedirs(_OUTDIR.value, exist_ok=True)
   with open(os.path.join(_OUTDIR.value, "train_ratio.json"), "w") as f:
     json.dump(report, f, indent=2)

@@ -33,9 +33,15 @@ import numpy as np
 from benchmarks import measure
 
 
-def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
-                        warmup: int, peak_size: int,
-                        compute_dtype: str = "float32") -> dict[str, Any]:
+def forward_batch_sweep(
+    name: str,
+    batches: Sequence[int],
+    *,
+    repeats: int,
+    warmup: int,
+    peak_size: int,
+    compute_dtype: str = "float32",
+) -> dict[str, Any]:
   """Raw forward throughput of model `name` at each batch size.
 
   Returns:
@@ -45,7 +51,7 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
   """
   subject = measure.make_subject(name, compute_dtype)
   peak_fn = measure.matmul(peak_size, jnp.float32)[0]
-  peak_flops = 2.0 * peak_size ** 3
+  peak_flops = 2.0 * peak_size**3
   fns, flops = {"peak": peak_fn}, {}
   for batch in batches:
     x = jnp.asarray(measure.grid_images(subject.input_shape, batch, seed=2))
@@ -58,41 +64,67 @@ def forward_batch_sweep(name: str, batches: Sequence[int], *, repeats: int,
   best = max(np.median(r) for r in rates.values())
   rows = []
   for batch in batches:
-    rows.append({
-        "batch": batch,
-        "forwards_per_second": measure.summarize(rates[batch]),
-        "utilization": measure.per_round(
-            [flops[batch] / s for s in seconds[batch]], peak_rate),
-        "fraction_of_best": float(np.median(rates[batch]) / best),
-    })
+    rows.append(
+        {
+            "batch": batch,
+            "forwards_per_second": measure.summarize(rates[batch]),
+            "utilization": measure.per_round(
+                [flops[batch] / s for s in seconds[batch]], peak_rate
+            ),
+            "fraction_of_best": float(np.median(rates[batch]) / best),
+        }
+    )
   return {"model": name, "compute_dtype": compute_dtype, "batches": rows}
 
 
-def _run_trial(flags: str, models: Sequence[tuple[str, int]], *,
-               peak_size: int, repeats: int, timeout: float) -> dict:
+def _run_trial(
+    flags: str,
+    models: Sequence[tuple[str, int]],
+    *,
+    peak_size: int,
+    repeats: int,
+    timeout: float,
+) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = flags
   env["DSSN_JAX_XLA_DEFAULTS"] = "0"  # Exactly these flags (xla_options).
   env.setdefault("PYTHONPATH", "")
   # The repository root, so that the child imports this checkout's packages.
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"]
-                              if env["PYTHONPATH"] else "")
-  args = json.dumps({"flags": flags, "models": [list(m) for m in models],
-                     "peak_size": peak_size, "repeats": repeats})
-  proc = subprocess.run([sys.executable, "-m", "benchmarks.flag_trial", args],
-                        env=env, capture_output=True, text=True,
-                        timeout=timeout, check=False)
+  env["PYTHONPATH"] = root + (
+      os.pathsep + env["PYTHONPATH"] if env["PYTHONPATH"] else ""
+  )
+  args = json.dumps(
+      {
+          "flags": flags,
+          "models": [list(m) for m in models],
+          "peak_size": peak_size,
+          "repeats": repeats,
+      }
+  )
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.flag_trial", args],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
   if proc.returncode != 0:
     return {"flags": flags, "error": proc.stderr.strip()[-2000:]}
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def xla_flag_trials(settings: Sequence[str],
-                    models: Sequence[tuple[str, int]], *, alternations: int,
-                    peak_size: int, repeats: int, timeout: float = 1800,
-                    log: Callable[[str], None] = logging.info,
-                    ) -> dict[str, Any]:
+def xla_flag_trials(
+    settings: Sequence[str],
+    models: Sequence[tuple[str, int]],
+    *,
+    alternations: int,
+    peak_size: int,
+    repeats: int,
+    timeout: float = 1800,
+    log: Callable[[str], None] = logging.info,
+) -> dict[str, Any]:
   """Throughput of each XLA_FLAGS setting relative to settings[0].
 
   Args:
@@ -111,39 +143,54 @@ def xla_flag_trials(settings: Sequence[str],
   for alternation in range(alternations):
     for flags in settings:
       log(f"  XLA_FLAGS={flags or '(none)'} (alternation {alternation + 1})")
-      trial = _run_trial(flags, models, peak_size=peak_size, repeats=repeats,
-                         timeout=timeout)
+      trial = _run_trial(
+          flags, models, peak_size=peak_size, repeats=repeats, timeout=timeout
+      )
       trial["alternation"] = alternation
       trials.append(trial)
   summary = []
   for flags in settings:
     mine = [t for t in trials if t["flags"] == flags and "error" not in t]
-    errors = [t["error"] for t in trials
-              if t["flags"] == flags and "error" in t]
+    errors = [
+        t["error"] for t in trials if t["flags"] == flags and "error" in t
+    ]
     entry: dict[str, Any] = {"flags": flags, "errors": errors[:1]}
     if mine:
       names = list(mine[0]["flops_per_second"])
       entry["flops_per_second"] = {
           k: measure.summarize([t["flops_per_second"][k] for t in mine])
-          for k in names}
+          for k in names
+      }
       ratios = {k: [] for k in names}
       for trial in mine:
-        base = [t for t in trials if t["flags"] == settings[0] and
-                t["alternation"] == trial["alternation"] and "error" not in t]
+        base = [
+            t
+            for t in trials
+            if t["flags"] == settings[0]
+            and t["alternation"] == trial["alternation"]
+            and "error" not in t
+        ]
         for k in names:
           if base:
-            ratios[k].append(trial["flops_per_second"][k] /
-                             base[0]["flops_per_second"][k])
+            ratios[k].append(
+                trial["flops_per_second"][k] / base[0]["flops_per_second"][k]
+            )
       entry["ratio_to_baseline"] = {
-          k: measure.summarize(v) for k, v in ratios.items() if v}
+          k: measure.summarize(v) for k, v in ratios.items() if v
+      }
       entry["logits"] = mine[0]["logits"]
-      base_trials = [t for t in trials if t["flags"] == settings[0]
-                     and "error" not in t]
+      base_trials = [
+          t for t in trials if t["flags"] == settings[0] and "error" not in t
+      ]
       entry["same_logits_as_baseline"] = bool(base_trials) and (
-          mine[0]["logits"] == base_trials[0]["logits"])
+          mine[0]["logits"] == base_trials[0]["logits"]
+      )
     summary.append(entry)
-  return {"models": [list(m) for m in models], "trials": trials,
-          "settings": summary}
+  return {
+      "models": [list(m) for m in models],
+      "trials": trials,
+      "settings": summary,
+  }
 
 
 def _rate(stats, scale=1.0, digits=3) -> str:
@@ -155,36 +202,50 @@ def to_markdown(report: dict[str, Any]) -> list[str]:
   """Markdown lines of the tuning sections of a benchmark report."""
   lines = []
   if report.get("sweep"):
-    lines += ["", "## Forward batch sweep (raw jitted forward)", "",
-              "| model | batch | fwd/s | MFU | of the best batch |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Forward batch sweep (raw jitted forward)",
+        "",
+        "| model | batch | fwd/s | MFU | of the best batch |",
+        "|---|---|---|---|---|",
+    ]
     for row in report["sweep"]:
       for entry in row["batches"]:
         lines.append(
             f"| {row['model']} | {entry['batch']} | "
             f"{_rate(entry['forwards_per_second'], digits=4)} | "
             f"{_rate(entry['utilization'], digits=2)} | "
-            f"{entry['fraction_of_best']:.3f} |")
+            f"{entry['fraction_of_best']:.3f} |"
+        )
   trials = report.get("flag_trials")
   if trials:
     names = ["peak"] + [m[0] for m in trials["models"]]
-    lines += ["", "## XLA_FLAGS trials (fresh process per setting, "
-              "alternated; ratio to the first setting, per alternation)", "",
-              "| XLA_FLAGS | " + " | ".join(
-                  f"{n} GFLOP/s | {n} ratio" for n in names) +
-              " | logits equal to baseline |",
-              "|---|" + "---|---|" * len(names) + "---|"]
+    lines += [
+        "",
+        "## XLA_FLAGS trials (fresh process per setting, "
+        "alternated; ratio to the first setting, per alternation)",
+        "",
+        "| XLA_FLAGS | "
+        + " | ".join(f"{n} GFLOP/s | {n} ratio" for n in names)
+        + " | logits equal to baseline |",
+        "|---|" + "---|---|" * len(names) + "---|",
+    ]
     for entry in trials["settings"]:
       if "flops_per_second" not in entry:
-        lines.append(f"| `{entry['flags'] or '(none)'}` | error: "
-                     f"{entry['errors'][0][-200:] if entry['errors'] else ''}"
-                     + " |" * (2 * len(names) + 1))
+        lines.append(
+            f"| `{entry['flags'] or '(none)'}` | error: "
+            f"{entry['errors'][0][-200:] if entry['errors'] else ''}"
+            + " |" * (2 * len(names) + 1)
+        )
         continue
       cells = []
       for n in names:
         cells.append(_rate(entry["flops_per_second"][n], 1e-9))
         ratio = entry["ratio_to_baseline"].get(n)
         cells.append(_rate(ratio) if ratio else "n/a")
-      lines.append(f"| `{entry['flags'] or '(none)'}` | " + " | ".join(cells)
-                   + f" | {entry['same_logits_as_baseline']} |")
+      lines.append(
+          f"| `{entry['flags'] or '(none)'}` | "
+          + " | ".join(cells)
+          + f" | {entry['same_logits_as_baseline']} |"
+      )
   return lines

@@ -42,26 +42,50 @@ def get_config(arg: str | None = None):
   config.chunk_size = -1  # -1: what dssn_counts picks.
   config.timed_chunks = 3  # Chunks of noise samples timed per call.
   config.train_batch = 64
-  config.model_settings = ml_collections.ConfigDict({
-      "small_cnn": {"images": 16, "train_batch": 128, "timed_chunks": 6,
-                    "repeats": 9},
-      "wrn_40_2": {"images": 32, "train_batch": 64, "repeats": 3,
-                   "timed_chunks": 2},
-      # One ResNet-50 forward is ~8 GFLOP: on a CPU, time chunks of 8
-      # samples (forward batch 32; automatic: 124, i.e. 496) and 2 rounds.
-      "resnet50": {"images": 4, "chunk_size": 8, "train_batch": 8,
-                   "repeats": 2, "timed_chunks": 2},
-  })
+  config.model_settings = ml_collections.ConfigDict(
+      {
+          "small_cnn": {
+              "images": 16,
+              "train_batch": 128,
+              "timed_chunks": 6,
+              "repeats": 9,
+          },
+          "wrn_40_2": {
+              "images": 32,
+              "train_batch": 64,
+              "repeats": 3,
+              "timed_chunks": 2,
+          },
+          # One ResNet-50 forward is ~8 GFLOP: on a CPU, time chunks of 8
+          # samples (forward batch 32; automatic: 124, i.e. 496) and 2 rounds.
+          "resnet50": {
+              "images": 4,
+              "chunk_size": 8,
+              "train_batch": 8,
+              "repeats": 2,
+              "timed_chunks": 2,
+          },
+      }
+  )
   # "model:dtype" pairs also timed as one full dssn_counts call (first sigma).
   config.end_to_end = ("small_cnn:float32",)
   config.end_to_end_repeats = 2
   # Every model: full dssn_counts calls at this sigma (L = 8) measure the
   # host's share of a call.
   config.host_sigma = 0.01
-  config.train = ml_collections.ConfigDict({
-      "noise": "dssn", "sigma": 0.5, "q": 255, "stability": False,
-      "stability_gamma": 6.0, "learning_rate": 0.1, "momentum": 0.9,
-      "nesterov": True, "weight_decay": 1e-4})
+  config.train = ml_collections.ConfigDict(
+      {
+          "noise": "dssn",
+          "sigma": 0.5,
+          "q": 255,
+          "stability": False,
+          "stability_gamma": 6.0,
+          "learning_rate": 0.1,
+          "momentum": 0.9,
+          "nesterov": True,
+          "weight_decay": 1e-4,
+      }
+  )
   config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
   # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
   # measures what the other entry points get by default (which includes
@@ -69,10 +93,12 @@ def get_config(arg: str | None = None):
   config.xla_flags = ""
   # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
   # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):
-  config.sweep = ml_collections.ConfigDict({
-      "small_cnn": (64, 128, 256, 512, 1024, 2048),
-      "wrn_40_2": (32, 64, 128, 256, 512, 1024),
-  })
+  config.sweep = ml_collections.ConfigDict(
+      {
+          "small_cnn": (64, 128, 256, 512, 1024, 2048),
+          "wrn_40_2": (32, 64, 128, 256, 512, 1024),
+      }
+  )
   # XLA_FLAGS settings, each in fresh subprocesses, alternated; the first is
   # the baseline of the ratios.
   config.flag_trials = ("", CPU_FUSION_FLAGS)
@@ -82,7 +108,8 @@ def get_config(arg: str | None = None):
   # (benchmarks/torch_peer.py) at config.sigmas; {} skips it. Skipped with a
   # message when torch is not installed.
   config.torch_peer = ml_collections.ConfigDict(
-      {"images": 2, "rounds": 3, "noise_batch": 128})
+      {"images": 2, "rounds": 3, "noise_batch": 128}
+  )
   # Trace one certification call per model into workdir/profile and break
   # its time down by XLA operation.
   config.profile = True
@@ -94,9 +121,16 @@ def get_config(arg: str | None = None):
     config.repeats = 2
     config.peak_sizes = (256,)
     config.peak_size = 256
-    config.model_settings = ml_collections.ConfigDict({
-        "small_cnn": {"images": 2, "chunk_size": 8, "timed_chunks": 2,
-                      "train_batch": 8}})
+    config.model_settings = ml_collections.ConfigDict(
+        {
+            "small_cnn": {
+                "images": 2,
+                "chunk_size": 8,
+                "timed_chunks": 2,
+                "train_batch": 8,
+            }
+        }
+    )
     config.end_to_end = ("small_cnn:float32",)
     config.end_to_end_repeats = 1
     config.split_devices = ()
@@ -108,9 +142,11 @@ def get_config(arg: str | None = None):
     config.models = ("small_cnn", "wrn_40_2")
     config.train_models = ("small_cnn", "wrn_40_2")
     config.repeats = 3
-    config.sweep = ml_collections.ConfigDict({
-        "small_cnn": (128, 256, 512, 1024), "wrn_40_2": (64, 128, 256, 512)})
+    config.sweep = ml_collections.ConfigDict(
+        {"small_cnn": (128, 256, 512, 1024), "wrn_40_2": (64, 128, 256, 512)}
+    )
   elif arg:
     raise ValueError(
-        f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'.")
+        f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'."
+    )
   return config

@@ -35,5 +35,6 @@ def get_config(arg: str | None = None):
     config.model = "resnet110"
   elif arg:
     raise ValueError(
-        f"Unknown variant {arg!r} of cifar10; use 'smoke' or 'resnet110'.")
+        f"Unknown variant {arg!r} of cifar10; use 'smoke' or 'resnet110'."
+    )
   return config

@@ -88,6 +88,8 @@ def get_config(arg: str | None = None):
     config.denoiser.depth = 5
     config.denoiser.width = 16
   elif arg:
-    raise ValueError(f"Unknown variant {arg!r} of fashion_mnist; use "
-                     f"'quickstart', 'study', 'denoised' or 'smoke'.")
+    raise ValueError(
+        f"Unknown variant {arg!r} of fashion_mnist; use "
+        f"'quickstart', 'study', 'denoised' or 'smoke'."
+    )
   return config

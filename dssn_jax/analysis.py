@@ -50,19 +50,35 @@ METHOD_NAMES = {
 }
 DATASET_NAMES = {"cifar": "CIFAR-10", "imagenet": "ImageNet"}
 _DATASET_ALIASES = {
-    "cifar10": "cifar", "cifar-10": "cifar", "cifar_10": "cifar",
-    "imagenet2012": "imagenet", "imagenet-1k": "imagenet", "ilsvrc2012": "imagenet",
+    "cifar10": "cifar",
+    "cifar-10": "cifar",
+    "cifar_10": "cifar",
+    "imagenet2012": "imagenet",
+    "imagenet-1k": "imagenet",
+    "ilsvrc2012": "imagenet",
 }
 # Run-metadata fields that may legitimately differ between the files of one
 # run (one file per process of a multi-host run).
-PER_PROCESS_KEYS = frozenset({
-    "process_index", "process_count", "num_processes", "host", "hostname",
-    "pid", "shard_index", "num_shards", "start_time", "created", "created_at",
-})
+PER_PROCESS_KEYS = frozenset(
+    {
+        "process_index",
+        "process_count",
+        "num_processes",
+        "host",
+        "hostname",
+        "pid",
+        "shard_index",
+        "num_shards",
+        "start_time",
+        "created",
+        "created_at",
+    }
+)
 
 
 def normalize_dataset(name: Any) -> str:
-  """Canonical short dataset name: 'cifar10' -> 'cifar', 'imagenet2012' -> 'imagenet'."""
+  """Canonical short dataset name: 'cifar10' -> 'cifar', 'imagenet2012' ->
+  'imagenet'."""
   name = str(name).strip().lower()
   return _DATASET_ALIASES.get(name, name)
 
@@ -80,12 +96,15 @@ def format_sigma(sigma: float) -> str:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One certification run: one method at one sigma on one dataset."""
+
   name: str
   dataset: str  # Canonical short name: 'cifar', 'imagenet', ...
   method: str  # 'dssn' | 'ssn' | 'uniform'
   sigma: float
   stabilized: bool
-  results: Mapping[str, np.ndarray]  # Columns: at least idx, label, predict, radius, correct.
+  results: Mapping[
+      str, np.ndarray
+  ]  # Columns: at least idx, label, predict, radius, correct.
   seconds_per_image: float | None = None
   source: str = "ours"  # 'ours' or 'reference' (the authors' published runs).
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -96,36 +115,53 @@ class Run:
 
   def certified_accuracy(self, radii):
     return results_lib.certified_accuracy(
-        self.results["radius"], self.results["correct"], radii,
-        predict=self.results["predict"])
+        self.results["radius"],
+        self.results["correct"],
+        radii,
+        predict=self.results["predict"],
+    )
 
 
 _REFERENCE_NAME = re.compile(
     r"^(?P<dataset>cifar|imagenet)_(?P<method>split_derandomized|split|uniform)_"
-    r"(?P<sigma>\d+(?:\.\d+)?)(?P<stabilized>_stabilized)?$")
-_REFERENCE_METHODS = {"split_derandomized": "dssn", "split": "ssn", "uniform": "uniform"}
+    r"(?P<sigma>\d+(?:\.\d+)?)(?P<stabilized>_stabilized)?$"
+)
+_REFERENCE_METHODS = {
+    "split_derandomized": "dssn",
+    "split": "ssn",
+    "uniform": "uniform",
+}
 
 
 def parse_reference_run_name(name: str) -> dict[str, Any]:
-  """'cifar_split_derandomized_0.5_stabilized' -> dataset, method, sigma, stabilized."""
+  """'cifar_split_derandomized_0.5_stabilized' -> dataset, method, sigma,
+  stabilized."""
   m = _REFERENCE_NAME.match(name)
   if not m:
     raise ValueError(
         f"Unrecognised reference run name {name!r}; expected "
-        "{cifar,imagenet}_{split_derandomized,split,uniform}_{sigma}[_stabilized].")
-  return {"dataset": m["dataset"], "method": _REFERENCE_METHODS[m["method"]],
-          "sigma": float(m["sigma"]), "stabilized": bool(m["stabilized"])}
+        "{cifar,imagenet}_{split_derandomized,split,uniform}_{sigma}[_stabilized]."
+    )
+  return {
+      "dataset": m["dataset"],
+      "method": _REFERENCE_METHODS[m["method"]],
+      "sigma": float(m["sigma"]),
+      "stabilized": bool(m["stabilized"]),
+  }
 
 
 def _find_one(directory: Path, pattern: str) -> Path:
   found = sorted(directory.glob(pattern))
   if len(found) != 1:
-    raise ValueError(f"Expected exactly one {pattern} in {directory}, found {found}.")
+    raise ValueError(
+        f"Expected exactly one {pattern} in {directory}, found {found}."
+    )
   return found[0]
 
 
-def load_reference_runs(npz_path: str | os.PathLike,
-                        runs_json: str | os.PathLike | None = None) -> dict[str, Run]:
+def load_reference_runs(
+    npz_path: str | os.PathLike, runs_json: str | os.PathLike | None = None
+) -> dict[str, Run]:
   """The authors' published per-image certificates, as runs keyed by name.
 
   `npz_path`: the certificates archive, or the directory holding it. Seconds
@@ -136,7 +172,9 @@ def load_reference_runs(npz_path: str | os.PathLike,
   if npz_path.is_dir():
     npz_path = _find_one(npz_path, "*.npz")
   if runs_json is None:
-    candidate = npz_path.with_name(npz_path.name.replace("certificates.npz", "runs.json"))
+    candidate = npz_path.with_name(
+        npz_path.name.replace("certificates.npz", "runs.json")
+    )
     runs_json = candidate if candidate.exists() else None
     if runs_json is None:
       found = sorted(npz_path.parent.glob("*runs.json"))
@@ -150,32 +188,51 @@ def load_reference_runs(npz_path: str | os.PathLike,
   runs = {}
   with np.load(npz_path) as archive:
     arrays = {k: archive[k] for k in archive.files}
-  names = sorted({k[: -len("__radius_l1")] for k in arrays if k.endswith("__radius_l1")})
+  names = sorted(
+      {k[: -len("__radius_l1")] for k in arrays if k.endswith("__radius_l1")}
+  )
   for name in names:
     info = parse_reference_run_name(name)
     label_key = f"{info['dataset']}__labels"
     if label_key not in arrays or f"{name}__predicted" not in arrays:
-      raise ValueError(f"{npz_path}: run {name} lacks {label_key} or {name}__predicted.")
+      raise ValueError(
+          f"{npz_path}: run {name} lacks {label_key} or {name}__predicted."
+      )
     label = arrays[label_key].astype(np.int64)
     predict = arrays[f"{name}__predicted"].astype(np.int64)
     radius = arrays[f"{name}__radius_l1"].astype(np.float64)
     if not label.shape == predict.shape == radius.shape:
-      raise ValueError(f"{npz_path}: run {name} has arrays of different lengths.")
+      raise ValueError(
+          f"{npz_path}: run {name} has arrays of different lengths."
+      )
     seconds = timing.get(name, {}).get("seconds_per_image")
     images = timing.get(name, {}).get("images")
     if images is not None and images != label.size:
-      raise ValueError(f"{runs_json}: {name} has {images} images, the archive {label.size}.")
-    results = {"idx": np.arange(label.size, dtype=np.int64), "label": label,
-               "predict": predict, "radius": radius, "correct": predict == label}
-    runs[name] = Run(name=name, results=results, source="reference",
-                     seconds_per_image=None if seconds is None else float(seconds), **info)
+      raise ValueError(
+          f"{runs_json}: {name} has {images} images, the archive {label.size}."
+      )
+    results = {
+        "idx": np.arange(label.size, dtype=np.int64),
+        "label": label,
+        "predict": predict,
+        "radius": radius,
+        "correct": predict == label,
+    }
+    runs[name] = Run(
+        name=name,
+        results=results,
+        source="reference",
+        seconds_per_image=None if seconds is None else float(seconds),
+        **info,
+    )
   if not runs:
     raise ValueError(f"{npz_path}: no runs (no NAME__radius_l1 arrays).")
   return runs
 
 
 def expand_result_paths(specs: str | Sequence[str]) -> list[Path]:
-  """Results files from comma-separated files, directories (all *.tsv below) or globs."""
+  """Results files from comma-separated files, directories (all *.tsv below)
+  or globs."""
   if isinstance(specs, (str, os.PathLike)):
     specs = os.fspath(specs).split(",")
   paths = []
@@ -189,7 +246,10 @@ def expand_result_paths(specs: str | Sequence[str]) -> list[Path]:
     elif path.is_file():
       found = [path]
     elif glob_lib.has_magic(spec):
-      found = sorted(Path(p) for p in glob_lib.glob(os.path.expanduser(spec), recursive=True))
+      found = sorted(
+          Path(p)
+          for p in glob_lib.glob(os.path.expanduser(spec), recursive=True)
+      )
       found = [p for p in found if p.is_file()]
     else:
       raise FileNotFoundError(f"No results file or directory {spec!r}.")
@@ -199,8 +259,9 @@ def expand_result_paths(specs: str | Sequence[str]) -> list[Path]:
   return paths
 
 
-def load_result_runs(paths: str | os.PathLike | Sequence[str | os.PathLike],
-                     source: str = "ours") -> dict[str, Run]:
+def load_result_runs(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], source: str = "ours"
+) -> dict[str, Run]:
   """Our results files, grouped into runs by their metadata sidecars.
 
   Files are grouped by (dataset, method, sigma, stabilized) read from the
@@ -213,28 +274,48 @@ def load_result_runs(paths: str | os.PathLike | Sequence[str | os.PathLike],
     meta = results_lib.read_metadata(path)
     run_meta = meta.get("run") or {}
     if "sigma" not in run_meta:
-      raise ValueError(f"{results_lib.metadata_path(path)}: run metadata has no 'sigma'.")
-    key = (normalize_dataset(run_meta.get("dataset", "unknown")), meta["method"],
-           float(run_meta["sigma"]), bool(run_meta.get("stabilized", False)))
+      raise ValueError(
+          f"{results_lib.metadata_path(path)}: run metadata has no 'sigma'."
+      )
+    key = (
+        normalize_dataset(run_meta.get("dataset", "unknown")),
+        meta["method"],
+        float(run_meta["sigma"]),
+        bool(run_meta.get("stabilized", False)),
+    )
     for other_path, other in groups[key]:
-      problems = results_lib.diff_metadata(other, run_meta, ignore=PER_PROCESS_KEYS)
+      problems = results_lib.diff_metadata(
+          other, run_meta, ignore=PER_PROCESS_KEYS
+      )
       if problems:
         raise ValueError(
-            f"{other_path} and {path} have the same dataset, method and sigma but "
-            "different run metadata: " + "; ".join(problems) + ". Analyse them "
-            "separately.")
+            f"{other_path} and {path} have the same dataset, method and "
+            "sigma but different run metadata: " + "; ".join(problems) + ". "
+            "Analyse them separately."
+        )
     groups[key].append((path, run_meta))
   runs = {}
   for (dataset, method, sigma, stabilized), members in sorted(groups.items()):
     results = results_lib.read_results([p for p, _ in members])
     if results["idx"].size == 0:
-      logging.warning("Skipping run with no rows yet: %s", [str(p) for p, _ in members])
+      logging.warning(
+          "Skipping run with no rows yet: %s", [str(p) for p, _ in members]
+      )
       continue
-    name = f"{dataset}_{method}_{format_sigma(sigma)}" + ("_stabilized" if stabilized else "")
-    runs[name] = Run(name=name, dataset=dataset, method=method, sigma=sigma,
-                     stabilized=stabilized, results=results, source=source,
-                     seconds_per_image=float(results["time"].mean()),
-                     metadata=members[0][1])
+    name = f"{dataset}_{method}_{format_sigma(sigma)}" + (
+        "_stabilized" if stabilized else ""
+    )
+    runs[name] = Run(
+        name=name,
+        dataset=dataset,
+        method=method,
+        sigma=sigma,
+        stabilized=stabilized,
+        results=results,
+        source=source,
+        seconds_per_image=float(results["time"].mean()),
+        metadata=members[0][1],
+    )
   return runs
 
 
@@ -245,6 +326,7 @@ def load_result_runs(paths: str | os.PathLike | Sequence[str | os.PathLike],
 @dataclasses.dataclass(frozen=True)
 class BestOverSigma:
   """Best certified accuracy at one radius over the sigmas of one method."""
+
   radius: float
   accuracy: float
   sigma: float | None  # None when no run certifies anything at this radius.
@@ -255,19 +337,29 @@ class BestOverSigma:
 def _group_key(run: Run) -> tuple:
   methods = results_lib.METHODS
   order = methods.index(run.method) if run.method in methods else len(methods)
-  return (run.dataset, run.source != "reference", order, run.method, run.stabilized)
+  return (
+      run.dataset,
+      run.source != "reference",
+      order,
+      run.method,
+      run.stabilized,
+  )
 
 
 def group_runs(runs: Iterable[Run]) -> dict[tuple, list[Run]]:
-  """Runs grouped by (dataset, source, method, stabilized), each sorted by sigma."""
+  """Runs grouped by (dataset, source, method, stabilized), each sorted by
+  sigma."""
   groups = collections.defaultdict(list)
   for run in sorted(runs, key=lambda r: (_group_key(r), r.sigma)):
     groups[(run.dataset, run.source, run.method, run.stabilized)].append(run)
   return dict(groups)
 
 
-def best_over_sigma(runs: Sequence[Run], radii=DEFAULT_RADII) -> list[BestOverSigma]:
-  """For each radius, the run with the highest certified accuracy (the paper's Table 1).
+def best_over_sigma(
+    runs: Sequence[Run], radii=DEFAULT_RADII
+) -> list[BestOverSigma]:
+  """For each radius, the run with the highest certified accuracy (the paper's
+  Table 1).
 
   Ties go to the smallest sigma.
   """
@@ -282,8 +374,15 @@ def best_over_sigma(runs: Sequence[Run], radii=DEFAULT_RADII) -> list[BestOverSi
       out.append(BestOverSigma(float(radius), 0.0, None, None, None))
       continue
     run = runs[i]
-    out.append(BestOverSigma(float(radius), float(table[i, j]), run.sigma,
-                             run.certified_accuracy(0.0), run.name))
+    out.append(
+        BestOverSigma(
+            float(radius),
+            float(table[i, j]),
+            run.sigma,
+            run.certified_accuracy(0.0),
+            run.name,
+        )
+    )
   return out
 
 
@@ -305,14 +404,17 @@ def _group_label(dataset, source, method, stabilized, with_source=True) -> str:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+      "| " + " | ".join(header) + " |",
+      "|" + "|".join("---" for _ in header) + "|",
+  ]
   lines += ["| " + " | ".join(row) + " |" for row in rows]
   return "\n".join(lines) + "\n"
 
 
 def table1_markdown(runs: Iterable[Run], radii=DEFAULT_RADII) -> str:
-  """The paper's Table 1: per method, best certified accuracy over sigma at each radius.
+  """The paper's Table 1: per method, best certified accuracy over sigma at
+  each radius.
 
   Cell: `best% (clean% @ sigma=s)`, clean = certified accuracy at r = 0 of the
   run achieving the best.
@@ -326,45 +428,83 @@ def table1_markdown(runs: Iterable[Run], radii=DEFAULT_RADII) -> str:
       if best.sigma is None:
         cells.append(_pct(0.0))
       else:
-        cells.append(f"{_pct(best.accuracy)} ({_pct(best.clean_accuracy)} "
-                     f"@ σ={format_sigma(best.sigma)})")
+        cells.append(
+            f"{_pct(best.accuracy)} ({_pct(best.clean_accuracy)} "
+            f"@ σ={format_sigma(best.sigma)})"
+        )
     sigmas = sorted(r.sigma for r in members)
-    span = (f"σ = {format_sigma(sigmas[0])}" if len(sigmas) == 1 else
-            f"{len(sigmas)} σ in [{format_sigma(sigmas[0])}, {format_sigma(sigmas[-1])}]")
-    rows.append([_group_label(dataset, source, method, stabilized, len(sources) > 1)
-                 + f" ({span})"] + cells)
+    span = (
+        f"σ = {format_sigma(sigmas[0])}"
+        if len(sigmas) == 1
+        else (
+            f"{len(sigmas)} σ in [{format_sigma(sigmas[0])}, "
+            f"{format_sigma(sigmas[-1])}]"
+        )
+    )
+    rows.append(
+        [
+            _group_label(dataset, source, method, stabilized, len(sources) > 1)
+            + f" ({span})"
+        ]
+        + cells
+    )
   return _md_table(["Method"] + [f"r = {_r(r)}" for r in radii], rows)
 
 
-def certified_accuracy_markdown(runs: Iterable[Run], radii=DEFAULT_RADII) -> str:
-  """Certified accuracy at each radius for every run (r = 0 is the clean accuracy)."""
+def certified_accuracy_markdown(
+    runs: Iterable[Run], radii=DEFAULT_RADII
+) -> str:
+  """Certified accuracy at each radius for every run (r = 0 is the clean
+  accuracy)."""
   radii = tuple(radii) if 0.0 in tuple(radii) else (0.0,) + tuple(radii)
   rows = []
-  for (dataset, source, method, stabilized), members in group_runs(runs).items():
+  for (dataset, source, method, stabilized), members in group_runs(
+      runs
+  ).items():
     for run in members:
       acc = np.atleast_1d(run.certified_accuracy(radii))
-      rows.append([run.name, "published" if source == "reference" else "ours",
-                   METHOD_NAMES.get(method, method), "yes" if stabilized else "no",
-                   format_sigma(run.sigma), str(run.num_images)]
-                  + [f"{100 * a:.2f}" for a in acc])
-  return _md_table(["run", "source", "method", "stability", "σ", "images"]
-                   + [f"r = {_r(r)} (%)" for r in radii], rows)
+      rows.append(
+          [
+              run.name,
+              "published" if source == "reference" else "ours",
+              METHOD_NAMES.get(method, method),
+              "yes" if stabilized else "no",
+              format_sigma(run.sigma),
+              str(run.num_images),
+          ]
+          + [f"{100 * a:.2f}" for a in acc]
+      )
+  return _md_table(
+      ["run", "source", "method", "stability", "σ", "images"]
+      + [f"r = {_r(r)} (%)" for r in radii],
+      rows,
+  )
 
 
 def seconds_per_image_markdown(runs: Iterable[Run]) -> str:
-  """Mean certification seconds per image against sigma, one column per method."""
-  groups = {k: v for k, v in group_runs(runs).items()
-            if any(r.seconds_per_image is not None for r in v)}
+  """Mean certification seconds per image against sigma, one column per
+  method."""
+  groups = {
+      k: v
+      for k, v in group_runs(runs).items()
+      if any(r.seconds_per_image is not None for r in v)
+  }
   if not groups:
     return "No timing data.\n"
   sources = {key[1] for key in groups}
   sigmas = sorted({r.sigma for v in groups.values() for r in v})
-  header = ["σ"] + [_group_label(*k, with_source=len(sources) > 1) for k in groups]
+  header = ["σ"] + [
+      _group_label(*k, with_source=len(sources) > 1) for k in groups
+  ]
   rows = []
   for sigma in sigmas:
     row = [format_sigma(sigma)]
     for members in groups.values():
-      match = [r for r in members if r.sigma == sigma and r.seconds_per_image is not None]
+      match = [
+          r
+          for r in members
+          if r.sigma == sigma and r.seconds_per_image is not None
+      ]
       row.append(f"{match[0].seconds_per_image:.4g}" if match else "")
     rows.append(row)
   return _md_table(header, rows)
@@ -378,6 +518,7 @@ _METHOD_COLORS = {"dssn": "tab:red", "ssn": "tab:green", "uniform": "tab:blue"}
 
 def _figure(figsize=(7.0, 4.8)):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   fig = Figure(figsize=figsize, layout="constrained")
   return fig, fig.subplots()
 
@@ -392,23 +533,42 @@ def _radius_grid(runs: Sequence[Run], radii) -> np.ndarray:
 
 
 def _envelope(runs: Sequence[Run], grid: np.ndarray) -> np.ndarray:
-  return np.max([np.atleast_1d(r.certified_accuracy(grid)) for r in runs], axis=0)
+  return np.max(
+      [np.atleast_1d(r.certified_accuracy(grid)) for r in runs], axis=0
+  )
 
 
-def plot_certified_accuracy(runs: Sequence[Run], path: str | os.PathLike,
-                            title: str, radii=DEFAULT_RADII) -> Path:
-  """Certified accuracy vs radius: one curve per sigma and the best-over-sigma envelope."""
+def plot_certified_accuracy(
+    runs: Sequence[Run],
+    path: str | os.PathLike,
+    title: str,
+    radii=DEFAULT_RADII,
+) -> Path:
+  """Certified accuracy vs radius: one curve per sigma and the best-over-sigma
+  envelope."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   runs = sorted(runs, key=lambda r: r.sigma)
   grid = _radius_grid(runs, radii)
   fig, ax = _figure()
   cmap = matplotlib.colormaps["viridis"]
   for i, run in enumerate(runs):
     color = cmap(0.9 * i / max(len(runs) - 1, 1))  # Skip the palest yellow.
-    ax.plot(grid, 100 * run.certified_accuracy(grid), color=color, lw=1.2,
-            label=f"σ = {format_sigma(run.sigma)}")
-  ax.plot(grid, 100 * _envelope(runs, grid), color="black", lw=2.2, ls="--",
-          label="best over σ")
+    ax.plot(
+        grid,
+        100 * run.certified_accuracy(grid),
+        color=color,
+        lw=1.2,
+        label=f"σ = {format_sigma(run.sigma)}",
+    )
+  ax.plot(
+      grid,
+      100 * _envelope(runs, grid),
+      color="black",
+      lw=2.2,
+      ls="--",
+      label="best over σ",
+  )
   ax.set_xlabel(r"$\ell_1$ radius $r$")
   ax.set_ylabel("certified accuracy (%)")
   ax.set_title(title)
@@ -419,19 +579,28 @@ def plot_certified_accuracy(runs: Sequence[Run], path: str | os.PathLike,
   return _save(fig, path)
 
 
-def plot_envelopes(groups: Mapping[tuple, Sequence[Run]], path: str | os.PathLike,
-                   title: str, radii=DEFAULT_RADII) -> Path:
-  """Best-over-sigma certified accuracy of each method (DSSN vs baselines) on one plot."""
+def plot_envelopes(
+    groups: Mapping[tuple, Sequence[Run]],
+    path: str | os.PathLike,
+    title: str,
+    radii=DEFAULT_RADII,
+) -> Path:
+  """Best-over-sigma certified accuracy of each method (DSSN vs baselines) on
+  one plot."""
   all_runs = [r for v in groups.values() for r in v]
   grid = _radius_grid(all_runs, radii)
   sources = {key[1] for key in groups}
   fig, ax = _figure()
   for key, members in groups.items():
     _, source, method, _ = key
-    ax.plot(grid, 100 * _envelope(members, grid), lw=2,
-            color=_METHOD_COLORS.get(method),
-            ls="--" if source == "reference" and len(sources) > 1 else "-",
-            label=_group_label(*key, with_source=len(sources) > 1))
+    ax.plot(
+        grid,
+        100 * _envelope(members, grid),
+        lw=2,
+        color=_METHOD_COLORS.get(method),
+        ls="--" if source == "reference" and len(sources) > 1 else "-",
+        label=_group_label(*key, with_source=len(sources) > 1),
+    )
   ax.set_xlabel(r"$\ell_1$ radius $r$")
   ax.set_ylabel("certified accuracy, best over σ (%)")
   ax.set_title(title)
@@ -442,9 +611,11 @@ def plot_envelopes(groups: Mapping[tuple, Sequence[Run]], path: str | os.PathLik
   return _save(fig, path)
 
 
-def plot_seconds_per_image(groups: Mapping[tuple, Sequence[Run]],
-                           path: str | os.PathLike, title: str) -> Path:
-  """Certification seconds per image vs sigma, one line per method (log scale)."""
+def plot_seconds_per_image(
+    groups: Mapping[tuple, Sequence[Run]], path: str | os.PathLike, title: str
+) -> Path:
+  """Certification seconds per image vs sigma, one line per method (log
+  scale)."""
   sources = {key[1] for key in groups}
   fig, ax = _figure()
   for key, members in groups.items():
@@ -452,10 +623,15 @@ def plot_seconds_per_image(groups: Mapping[tuple, Sequence[Run]],
     timed = [r for r in members if r.seconds_per_image is not None]
     if not timed:
       continue
-    ax.plot([r.sigma for r in timed], [r.seconds_per_image for r in timed],
-            marker="o" if not stabilized else "s", ms=4,
-            color=_METHOD_COLORS.get(method), ls=":" if stabilized else "-",
-            label=_group_label(*key, with_source=len(sources) > 1))
+    ax.plot(
+        [r.sigma for r in timed],
+        [r.seconds_per_image for r in timed],
+        marker="o" if not stabilized else "s",
+        ms=4,
+        color=_METHOD_COLORS.get(method),
+        ls=":" if stabilized else "-",
+        label=_group_label(*key, with_source=len(sources) > 1),
+    )
   ax.set_yscale("log")
   ax.set_xlabel("σ")
   ax.set_ylabel("seconds per image (log scale)")
@@ -484,18 +660,32 @@ def at_sample_size(run: Run, n_new: int) -> Run | None:
   """Our randomized run with radii recomputed for n_new samples at the same
   empirical frequencies (`clopper_pearson.radius_at_n`); None for other runs."""
   meta = run.metadata
-  if (run.source != "ours" or run.method == "dssn" or "p_lower" not in
-      run.results or "n" not in meta or "alpha" not in meta):
+  if (
+      run.source != "ours"
+      or run.method == "dssn"
+      or "p_lower" not in run.results
+      or "n" not in meta
+      or "alpha" not in meta
+  ):
     return None
   radius = clopper_pearson.radius_at_n(
-      run.results["p_lower"], int(meta["n"]), n_new, float(meta["alpha"]),
-      math.sqrt(3) * run.sigma)  # lambda of docs/design.md, section 1.
+      run.results["p_lower"],
+      int(meta["n"]),
+      n_new,
+      float(meta["alpha"]),
+      math.sqrt(3) * run.sigma,
+  )  # lambda of docs/design.md, section 1.
   return dataclasses.replace(run, results={**run.results, "radius": radius})
 
 
-def analyze(results: str | Sequence[str] = (), reference: str | os.PathLike | None = None,
-            outdir: str | os.PathLike = ".", dataset: str | None = None,
-            radii=DEFAULT_RADII, what_if_n: int | None = None) -> str:
+def analyze(
+    results: str | Sequence[str] = (),
+    reference: str | os.PathLike | None = None,
+    outdir: str | os.PathLike = ".",
+    dataset: str | None = None,
+    radii=DEFAULT_RADII,
+    what_if_n: int | None = None,
+) -> str:
   """Writes tables.md and PNG plots into `outdir`; returns the markdown.
 
   `results`: our results files, directories (every *.tsv below) or globs,
@@ -517,13 +707,17 @@ def analyze(results: str | Sequence[str] = (), reference: str | os.PathLike | No
   if results:
     runs += load_result_runs(expand_result_paths(results)).values()
   if not results and not reference:
-    raise ValueError("Nothing to analyse: pass results files and/or the reference.")
+    raise ValueError(
+        "Nothing to analyse: pass results files and/or the reference."
+    )
   if dataset:
     wanted = normalize_dataset(dataset)
     available = sorted({r.dataset for r in runs})
     runs = [r for r in runs if r.dataset == wanted]
     if not runs:
-      raise ValueError(f"No runs for dataset {dataset!r}; available: {available}.")
+      raise ValueError(
+          f"No runs for dataset {dataset!r}; available: {available}."
+      )
   outdir = Path(outdir)
   outdir.mkdir(parents=True, exist_ok=True)
   sections = ["# Certified l1 robustness\n"]
@@ -535,37 +729,71 @@ def analyze(results: str | Sequence[str] = (), reference: str | os.PathLike | No
     for key, members in groups.items():
       _, source, method, stabilized = key
       label = _group_label(*key, with_source=True)
-      plots.append(plot_certified_accuracy(
-          members, outdir / (_slug("certified", ds, source, method,
-                                   "stabilized" if stabilized else "") + ".png"),
-          f"{ds_name}: {label}", radii))
+      plots.append(
+          plot_certified_accuracy(
+              members,
+              outdir
+              / (
+                  _slug(
+                      "certified",
+                      ds,
+                      source,
+                      method,
+                      "stabilized" if stabilized else "",
+                  )
+                  + ".png"
+              ),
+              f"{ds_name}: {label}",
+              radii,
+          )
+      )
     for stabilized in (False, True):
       subset = {k: v for k, v in groups.items() if k[3] == stabilized}
       if subset:
         suffix = " (stability training)" if stabilized else ""
-        plots.append(plot_envelopes(
-            subset, outdir / (_slug("envelopes", ds, "stabilized" if stabilized else "")
-                              + ".png"),
-            f"{ds_name}: DSSN vs randomized baselines, best over σ{suffix}", radii))
+        plots.append(
+            plot_envelopes(
+                subset,
+                outdir
+                / (
+                    _slug("envelopes", ds, "stabilized" if stabilized else "")
+                    + ".png"
+                ),
+                f"{ds_name}: DSSN vs randomized baselines, best over σ{suffix}",
+                radii,
+            )
+        )
     if any(r.seconds_per_image is not None for r in ds_runs):
-      plots.append(plot_seconds_per_image(
-          groups, outdir / (_slug("seconds_per_image", ds) + ".png"),
-          f"{ds_name}: certification time per image"))
+      plots.append(
+          plot_seconds_per_image(
+              groups,
+              outdir / (_slug("seconds_per_image", ds) + ".png"),
+              f"{ds_name}: certification time per image",
+          )
+      )
     sections += [
         f"## {ds_name}\n",
         "### Best certified accuracy over σ (Table 1 format)\n",
-        "Cell: best certified accuracy (certified accuracy at r = 0 of that run @ "
-        "its σ). An image is certified at r when predict == label and radius >= r; "
-        "abstentions never count (the paper's clean accuracy of randomized runs "
-        "counts the top class of abstentions too, so it is higher than r = 0 here).\n",
+        "Cell: best certified accuracy (certified accuracy at r = 0 of that "
+        "run @ its σ). An image is certified at r when predict == label and "
+        "radius >= r; abstentions never count (the paper's clean accuracy of "
+        "randomized runs counts the top class of abstentions too, so it is "
+        "higher than r = 0 here).\n",
         table1_markdown(ds_runs, radii),
         "### Certified accuracy per run (%)\n",
         certified_accuracy_markdown(ds_runs, radii),
         "### Seconds per image\n",
         seconds_per_image_markdown(ds_runs),
     ]
-    what_if = [r for r in (at_sample_size(run, what_if_n) for run in ds_runs)
-               if r is not None] if what_if_n else []
+    what_if = (
+        [
+            r
+            for r in (at_sample_size(run, what_if_n) for run in ds_runs)
+            if r is not None
+        ]
+        if what_if_n
+        else []
+    )
     if what_if:
       sections += [
           f"### Randomized runs at N = {what_if_n:,}, same frequencies "

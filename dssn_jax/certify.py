@@ -61,8 +61,9 @@ def _grid_tolerance(values: np.ndarray, dtype) -> np.ndarray:
   float64 slack covers the rounding of this check itself.
   """
   magnitude = np.abs(values).astype(dtype)
-  return (GRID_TOLERANCE_ULPS * np.spacing(magnitude).astype(np.float64) +
-          2 * np.spacing(np.abs(values)))
+  return GRID_TOLERANCE_ULPS * np.spacing(magnitude).astype(
+      np.float64
+  ) + 2 * np.spacing(np.abs(values))
 
 
 def check_input_dtype(dtype, q: int | None) -> None:
@@ -71,7 +72,8 @@ def check_input_dtype(dtype, q: int | None) -> None:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(
         f"x must be floating point in [0, 1], got dtype {dtype}; convert "
-        f"8-bit images with x = image / 255.")
+        f"8-bit images with x = image / 255."
+    )
   if q is not None and MIN_ULPS_PER_STEP * jnp.finfo(dtype).eps > 1 / q:
     raise ValueError(
         f"x has dtype {jnp.dtype(dtype).name}, too coarse for the 1/{q} grid "
@@ -79,7 +81,8 @@ def check_input_dtype(dtype, q: int | None) -> None:
         f"{MIN_ULPS_PER_STEP // 2} of a grid step, so on-grid and off-grid "
         f"values cannot be told apart). Pass float32 inputs, e.g. x = "
         f"image.astype(np.float32) / {q}; the classifier may still compute "
-        f"in a lower precision.")
+        f"in a lower precision."
+    )
 
 
 def check_inputs(x, input_shape, *, q: int | None = None) -> None:
@@ -98,7 +101,8 @@ def check_inputs(x, input_shape, *, q: int | None = None) -> None:
   if x.ndim != len(input_shape) + 1 or tuple(x.shape[1:]) != input_shape:
     raise ValueError(
         f"x must have shape (batch, *{input_shape}) to match the offsets, got "
-        f"{tuple(x.shape)}.")
+        f"{tuple(x.shape)}."
+    )
   if x.shape[0] == 0:
     raise ValueError("x is an empty batch.")
   check_input_dtype(x.dtype, q)
@@ -111,7 +115,8 @@ def check_inputs(x, input_shape, *, q: int | None = None) -> None:
   if low < 0 or high > 1:
     raise ValueError(
         f"x must lie in [0, 1], got values in [{low}, {high}]; scale 8-bit "
-        f"images with x = image / 255.")
+        f"images with x = image / 255."
+    )
   if q is not None:
     error = np.abs(values - np.round(values * q) / q)
     off = error > _grid_tolerance(values, x.dtype)
@@ -120,7 +125,8 @@ def check_inputs(x, input_shape, *, q: int | None = None) -> None:
           f"x is off the 1/{q} grid ({off.sum()} values, worst "
           f"{q * error.max():.3g} steps away). DSSN certificates only hold "
           f"for quantized inputs: quantize with x = round(x * {q}) / {q} "
-          f"first (or set SmoothingSpec.q to the inputs' quantization).")
+          f"first (or set SmoothingSpec.q to the inputs' quantization)."
+      )
 
 
 def check_offsets(v, spec: SmoothingSpec) -> None:
@@ -135,7 +141,8 @@ def check_offsets(v, spec: SmoothingSpec) -> None:
           f"offsets v must lie in {{0, ..., L-1}} with L = {spec.levels} for "
           f"sigma={spec.sigma}, got values in [{low}, {high}]: they were made "
           f"for another sigma or q. Use make_offsets(seed, shape, "
-          f"spec.levels).")
+          f"spec.levels)."
+      )
 
 
 def valid_rows(x, q: int | None = None) -> jax.Array:
@@ -155,8 +162,11 @@ def valid_rows(x, q: int | None = None) -> jax.Array:
     a = jnp.round(values * q)
     reference = a * np.asarray(1 / q, dtype)
     magnitude = jnp.maximum(values, reference)
-    ulp = (jnp.nextafter(magnitude, jnp.asarray(np.inf, dtype)) -
-           magnitude).astype(x.dtype).astype(dtype)
+    ulp = (
+        (jnp.nextafter(magnitude, jnp.asarray(np.inf, dtype)) - magnitude)
+        .astype(x.dtype)
+        .astype(dtype)
+    )
     ok &= jnp.abs(values - reference) <= (GRID_TOLERANCE_ULPS + 1) * ulp
   return jnp.all(ok.reshape(ok.shape[0], -1), axis=1)
 
@@ -172,11 +182,13 @@ def _check_logits(out, input_shape, batch: int) -> None:
         f"apply_fn must map a batch (n, *{tuple(input_shape)}) to logits "
         f"(n, num_classes), one row per input; for a batch of {batch} it "
         f"returned shape {getattr(out, 'shape', out)}. Check that it does "
-        f"not reduce or broadcast over the batch axis.")
+        f"not reduce or broadcast over the batch axis."
+    )
   if out.shape[1] < 2:
     raise ValueError(
         f"A classifier needs at least 2 classes, apply_fn returns "
-        f"{out.shape[1]} logit(s).")
+        f"{out.shape[1]} logit(s)."
+    )
 
 
 def _classifier_facts(apply_fn, params, input_shape) -> memory.ForwardFacts:
@@ -191,9 +203,16 @@ def _classifier_facts(apply_fn, params, input_shape) -> memory.ForwardFacts:
 # ----------------------------------------------------------------------------
 
 
-def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
-                      item_start, item_stride: int, num_valid: int,
-                      varying_axes: tuple[str, ...] = ()):
+def _accumulate_votes(
+    forward,
+    make_noisy,
+    num_items: int,
+    chunk_size: int,
+    item_start,
+    item_stride: int,
+    num_valid: int,
+    varying_axes: tuple[str, ...] = (),
+):
   """Counts argmax votes of forward over noisy copies of one batch.
 
   One `lax.scan` over ceil(num_items / chunk_size) chunks of equal size, so
@@ -257,12 +276,30 @@ def _accumulate_votes(forward, make_noisy, num_items: int, chunk_size: int,
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "make_noisy", "num_items", "chunk_size",
-                     "mesh", "grid_q", "offsets_levels"))
-def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
-                 num_items: int, chunk_size: int | None, mesh: Mesh | None,
-                 grid_q: int | None = None,
-                 offsets_levels: int | None = None):
+    static_argnames=(
+        "apply_fn",
+        "make_noisy",
+        "num_items",
+        "chunk_size",
+        "mesh",
+        "grid_q",
+        "offsets_levels",
+    ),
+)
+def _vote_counts(
+    params,
+    x,
+    row_ids,
+    aux,
+    *,
+    apply_fn,
+    make_noisy,
+    num_items: int,
+    chunk_size: int | None,
+    mesh: Mesh | None,
+    grid_q: int | None = None,
+    offsets_levels: int | None = None,
+):
   """Vote counts (B, C) over num_items noise items, on one device or a mesh.
 
   A row gets counts of -1 in every class (no certificate: `certify_from_counts`
@@ -284,28 +321,54 @@ def _vote_counts(params, x, row_ids, aux, *, apply_fn, make_noisy,
     grid_q: inputs must lie on the 1/grid_q grid (None: only in [0, 1]).
     offsets_levels: aux holds offsets that must lie in {0..levels-1}.
   """
-  counts = _vote_counts_and_failures(params, x, row_ids, aux,
-                                     apply_fn=apply_fn, make_noisy=make_noisy,
-                                     num_items=num_items,
-                                     chunk_size=chunk_size, mesh=mesh)
+  counts = _vote_counts_and_failures(
+      params,
+      x,
+      row_ids,
+      aux,
+      apply_fn=apply_fn,
+      make_noisy=make_noisy,
+      num_items=num_items,
+      chunk_size=chunk_size,
+      mesh=mesh,
+  )
   ok = valid_rows(x, grid_q) & (counts[:, -1] == 0)
   if offsets_levels is not None:
     ok &= valid_offsets(aux, offsets_levels)
   return jnp.where(ok[:, None], counts[:, :-1], -1)
 
 
-def _vote_counts_and_failures(params, x, row_ids, aux, *, apply_fn,
-                              make_noisy, num_items, chunk_size, mesh):
+def _vote_counts_and_failures(
+    params,
+    x,
+    row_ids,
+    aux,
+    *,
+    apply_fn,
+    make_noisy,
+    num_items,
+    chunk_size,
+    mesh,
+):
   """`_accumulate_votes` over the mesh: (B, C + 1) counts and failures."""
   forward = memory.bind(apply_fn, params)
   batch = x.shape[0]
 
-  def local_counts(x, row_ids, aux, item_start, stride, items, chunk,
-                   varying=()):
+  def local_counts(
+      x, row_ids, aux, item_start, stride, items, chunk, varying=()
+  ):
     noisy = lambda item: make_noisy(x, row_ids, aux, item)
     chunk = chunk or memory.default_chunk_size(x.shape[0], items)
-    return _accumulate_votes(forward, noisy, items, min(chunk, items),
-                             item_start, stride, num_items, varying)
+    return _accumulate_votes(
+        forward,
+        noisy,
+        items,
+        min(chunk, items),
+        item_start,
+        stride,
+        num_items,
+        varying,
+    )
 
   if mesh is None or mesh.size == 1:
     return local_counts(x, row_ids, aux, 0, 1, num_items, chunk_size)
@@ -320,11 +383,13 @@ def _vote_counts_and_failures(params, x, row_ids, aux, *, apply_fn,
     x_pad = jnp.pad(x, pad)
     ids_pad = jnp.pad(row_ids, (0, padded - batch))
     counts = jax.shard_map(
-        lambda x, ids, aux: local_counts(x, ids, aux, 0, 1, num_items,
-                                         chunk_size, axes),
+        lambda x, ids, aux: local_counts(
+            x, ids, aux, 0, 1, num_items, chunk_size, axes
+        ),
         mesh=mesh,
         in_specs=(P(axes), P(axes), P()),
-        out_specs=P(axes))(x_pad, ids_pad, aux)
+        out_specs=P(axes),
+    )(x_pad, ids_pad, aux)
     return counts[:batch]
 
   # Fewer inputs than devices: device d evaluates items d, d + n, d + 2n, ...
@@ -332,13 +397,14 @@ def _vote_counts_and_failures(params, x, row_ids, aux, *, apply_fn,
 
   def split_items(x, ids, aux):
     device = jax.lax.axis_index(axes)
-    counts = local_counts(x, ids, aux, device, devices, items_per_device,
-                          chunk_size, axes)
+    counts = local_counts(
+        x, ids, aux, device, devices, items_per_device, chunk_size, axes
+    )
     return jax.lax.psum(counts, axes)
 
   return jax.shard_map(
-      split_items, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())(
-          x, row_ids, aux)
+      split_items, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P()
+  )(x, row_ids, aux)
 
 
 def _place(mesh: Mesh | None, x):
@@ -355,7 +421,8 @@ def _replicate(mesh: Mesh | None, tree):
     return tree
   sharding = NamedSharding(mesh, P())
   return jax.tree.map(
-      lambda a: jax.device_put(a, sharding) if _is_concrete(a) else a, tree)
+      lambda a: jax.device_put(a, sharding) if _is_concrete(a) else a, tree
+  )
 
 
 def _mesh_size(mesh: Mesh | None) -> int:
@@ -384,10 +451,16 @@ def _dssn_sample(spec: SmoothingSpec):
   return make_noisy
 
 
-def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
-                spec: SmoothingSpec, *, params: Any = None,
-                chunk_size: int | None = None,
-                mesh: Mesh | None = None) -> jax.Array:
+def dssn_counts(
+    apply_fn: Callable[..., jax.Array],
+    x,
+    v,
+    spec: SmoothingSpec,
+    *,
+    params: Any = None,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+) -> jax.Array:
   """Exact DSSN vote counts: the base classifier on all L noisy copies.
 
   One jitted computation (compiled once per apply_fn, spec, shapes, chunk size
@@ -424,8 +497,9 @@ def dssn_counts(apply_fn: Callable[..., jax.Array], x, v,
       gives an invalid row counts of -1 too. Shapes and dtypes are checked
       at trace time in both cases.
   """
-  args, static = _dssn_program(apply_fn, x, v, spec, params, chunk_size,
-                               mesh, spec.levels)
+  args, static = _dssn_program(
+      apply_fn, x, v, spec, params, chunk_size, mesh, spec.levels
+  )
   return _vote_counts(*args, **static)
 
 
@@ -439,39 +513,67 @@ def _dssn_program(apply_fn, x, v, spec, params, chunk_size, mesh, num_items):
   _classifier_facts(apply_fn, params, v.shape)  # Checks the logits' shape.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = memory.auto_chunk_size(apply_fn, params, v.shape,
-                                        x.shape[0], spec.levels,
-                                        devices=_mesh_size(mesh))
+    chunk_size = memory.auto_chunk_size(
+        apply_fn,
+        params,
+        v.shape,
+        x.shape[0],
+        spec.levels,
+        devices=_mesh_size(mesh),
+    )
   row_ids = jnp.zeros(x.shape[0], jnp.int32)  # DSSN noise is per sample k.
-  args = (_replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
-          _replicate(mesh, v))
-  static = dict(apply_fn=apply_fn, make_noisy=_dssn_sample(spec),
-                num_items=num_items, chunk_size=chunk_size, mesh=mesh,
-                grid_q=spec.q, offsets_levels=spec.levels)
+  args = (
+      _replicate(mesh, params),
+      _place(mesh, x),
+      _place(mesh, row_ids),
+      _replicate(mesh, v),
+  )
+  static = dict(
+      apply_fn=apply_fn,
+      make_noisy=_dssn_sample(spec),
+      num_items=num_items,
+      chunk_size=chunk_size,
+      mesh=mesh,
+      grid_q=spec.q,
+      offsets_levels=spec.levels,
+  )
   return args, static
 
 
 def _check_chunk_size(chunk_size):
-  if chunk_size is not None and (isinstance(chunk_size, bool) or
-                                 int(chunk_size) != chunk_size or
-                                 chunk_size < 1):
-    raise ValueError(f"chunk_size must be a positive integer or None, got "
-                     f"{chunk_size!r}.")
+  if chunk_size is not None and (
+      isinstance(chunk_size, bool)
+      or int(chunk_size) != chunk_size
+      or chunk_size < 1
+  ):
+    raise ValueError(
+        f"chunk_size must be a positive integer or None, got "
+        f"{chunk_size!r}."
+    )
   return None if chunk_size is None else int(chunk_size)
 
 
 def failed_rows_message(rows) -> str:
   """The error for rows of counts of -1 computed from checked inputs."""
-  return (f"apply_fn returned logits that are not finite (NaN or inf) on "
-          f"noisy copies of the inputs at rows {list(rows)[:10]}: no vote "
-          f"and no certificate for them. A classifier must give finite "
-          f"logits on every input in [0, 1].")
+  return (
+      f"apply_fn returned logits that are not finite (NaN or inf) on "
+      f"noisy copies of the inputs at rows {list(rows)[:10]}: no vote "
+      f"and no certificate for them. A classifier must give finite "
+      f"logits on every input in [0, 1]."
+  )
 
 
-def lower_counts(apply_fn: Callable[..., jax.Array], x, v,
-                 spec: SmoothingSpec, *, params: Any = None,
-                 chunk_size: int | None = None, mesh: Mesh | None = None,
-                 num_items: int | None = None):
+def lower_counts(
+    apply_fn: Callable[..., jax.Array],
+    x,
+    v,
+    spec: SmoothingSpec,
+    *,
+    params: Any = None,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+    num_items: int | None = None,
+):
   """The jitted program of `dssn_counts`, lowered but neither compiled nor run.
 
   For tools that inspect or time the certifier (its HLO, XLA's cost and
@@ -488,10 +590,12 @@ def lower_counts(apply_fn: Callable[..., jax.Array], x, v,
   """
   num_items = spec.levels if num_items is None else num_items
   if not 1 <= num_items <= spec.levels:
-    raise ValueError(f"num_items must be in 1..{spec.levels}, got "
-                     f"{num_items}.")
-  args, static = _dssn_program(apply_fn, x, v, spec, params, chunk_size,
-                               mesh, num_items)
+    raise ValueError(
+        f"num_items must be in 1..{spec.levels}, got " f"{num_items}."
+    )
+  args, static = _dssn_program(
+      apply_fn, x, v, spec, params, chunk_size, mesh, num_items
+  )
   return _vote_counts.lower(*args, **static), args
 
 
@@ -520,13 +624,15 @@ def certify_from_counts(counts, spec: SmoothingSpec):
   if counts.ndim != 2 or counts.shape[1] < 2:
     raise ValueError(
         f"counts must have shape (batch, num_classes) with at least 2 "
-        f"classes, got {tuple(counts.shape)}.")
+        f"classes, got {tuple(counts.shape)}."
+    )
   if not xp.issubdtype(counts.dtype, xp.integer):
     raise ValueError(f"counts must be integers, got dtype {counts.dtype}.")
   if _is_concrete(counts):
     _check_counts(np.asarray(counts), spec)
-  order = xp.argsort(-counts.astype(xp.int64 if xp is np else xp.int32),
-                     axis=1, stable=True)
+  order = xp.argsort(
+      -counts.astype(xp.int64 if xp is np else xp.int32), axis=1, stable=True
+  )
   top, runner_up = order[:, 0], order[:, 1]
   count_top = xp.take_along_axis(counts, order[:, :1], axis=1)[:, 0]
   count_runner_up = xp.take_along_axis(counts, order[:, 1:2], axis=1)[:, 0]
@@ -534,8 +640,9 @@ def certify_from_counts(counts, spec: SmoothingSpec):
   steps = (gap // 2).astype(xp.int32)
   pred = top.astype(xp.int32)
   if not _is_concrete(counts):
-    valid = (jnp.all(counts >= 0, axis=1) &
-             (jnp.sum(counts, axis=1) == spec.levels))
+    valid = jnp.all(counts >= 0, axis=1) & (
+        jnp.sum(counts, axis=1) == spec.levels
+    )
     pred = jnp.where(valid, pred, -1)
     steps = jnp.where(valid, steps, 0)
   radius = steps / spec.q if xp is np else steps.astype(jnp.float32) / spec.q
@@ -550,7 +657,8 @@ def _check_counts(counts: np.ndarray, spec: SmoothingSpec) -> None:
         f"counts must be non-negative, rows {negative[:10].tolist()} are not. "
         f"dssn_counts gives a row of -1 (no certificate) where the classifier "
         f"returned non-finite logits, or, under jit or vmap, where the input "
-        f"or the offsets were invalid.")
+        f"or the offsets were invalid."
+    )
   sums = counts.sum(axis=1, dtype=np.int64)
   wrong = np.flatnonzero(sums != spec.levels)
   if wrong.size:
@@ -558,7 +666,8 @@ def _check_counts(counts: np.ndarray, spec: SmoothingSpec) -> None:
         f"every row of counts must sum to L = {spec.levels} (the number of "
         f"DSSN samples for sigma={spec.sigma}, q={spec.q}); rows "
         f"{wrong[:10].tolist()} sum to {sums[wrong[:10]].tolist()}. Pass the "
-        f"spec the counts were computed with.")
+        f"spec the counts were computed with."
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -572,16 +681,28 @@ def _random_sample(kind: str, spec: SmoothingSpec):
 
   def make_noisy(x, row_ids, key, item):
     item_key = jax.random.fold_in(key, item)
-    return jax.vmap(lambda xi, i: smoothing.random_noise(
-        kind, jax.random.fold_in(item_key, i), xi[None], spec)[0])(x, row_ids)
+    return jax.vmap(
+        lambda xi, i: smoothing.random_noise(
+            kind, jax.random.fold_in(item_key, i), xi[None], spec
+        )[0]
+    )(x, row_ids)
 
   return make_noisy
 
 
-def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
-                  noise: str, num_samples: int, params: Any = None,
-                  row_ids=None, chunk_size: int | None = None,
-                  mesh: Mesh | None = None) -> jax.Array:
+def sample_counts(
+    apply_fn,
+    x,
+    spec: SmoothingSpec,
+    key: jax.Array,
+    *,
+    noise: str,
+    num_samples: int,
+    params: Any = None,
+    row_ids=None,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+) -> jax.Array:
   """Votes of the base classifier under num_samples fresh noise draws.
 
   Noise for sample j of input i derives from `fold_in(fold_in(key, j),
@@ -603,8 +724,10 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
     non-finite logits do in both modes.
   """
   if noise not in RANDOMIZED_NOISE_KINDS:
-    raise ValueError(f"Unknown randomized noise {noise!r}; expected one of "
-                     f"{RANDOMIZED_NOISE_KINDS}.")
+    raise ValueError(
+        f"Unknown randomized noise {noise!r}; expected one of "
+        f"{RANDOMIZED_NOISE_KINDS}."
+    )
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
   check_inputs(x, x.shape[1:])
@@ -612,20 +735,32 @@ def sample_counts(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
   _classifier_facts(apply_fn, params, x.shape[1:])  # Checks the logits.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = memory.auto_chunk_size(apply_fn, params, x.shape[1:],
-                                        x.shape[0], num_samples,
-                                        devices=_mesh_size(mesh))
+    chunk_size = memory.auto_chunk_size(
+        apply_fn,
+        params,
+        x.shape[1:],
+        x.shape[0],
+        num_samples,
+        devices=_mesh_size(mesh),
+    )
   if row_ids is None:
     row_ids = jnp.arange(x.shape[0], dtype=jnp.int32)
   row_ids = jnp.asarray(row_ids, jnp.int32)
   if row_ids.shape != x.shape[:1]:
-    raise ValueError(f"row_ids must have shape ({x.shape[0]},), got "
-                     f"{row_ids.shape}.")
+    raise ValueError(
+        f"row_ids must have shape ({x.shape[0]},), got " f"{row_ids.shape}."
+    )
   counts = _vote_counts(
-      _replicate(mesh, params), _place(mesh, x), _place(mesh, row_ids),
+      _replicate(mesh, params),
+      _place(mesh, x),
+      _place(mesh, row_ids),
       _replicate(mesh, key),
-      apply_fn=apply_fn, make_noisy=_random_sample(noise, spec),
-      num_items=num_samples, chunk_size=chunk_size, mesh=mesh)
+      apply_fn=apply_fn,
+      make_noisy=_random_sample(noise, spec),
+      num_items=num_samples,
+      chunk_size=chunk_size,
+      mesh=mesh,
+  )
   return counts
 
 
@@ -646,11 +781,21 @@ class RandomizedCertificate:
   count_top: np.ndarray
 
 
-def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
-                       noise: str, n0: int = 64, n: int = 100_000,
-                       alpha: float = 0.001, params: Any = None,
-                       row_ids=None, chunk_size: int | None = None,
-                       mesh: Mesh | None = None) -> RandomizedCertificate:
+def certify_randomized(
+    apply_fn,
+    x,
+    spec: SmoothingSpec,
+    key: jax.Array,
+    *,
+    noise: str,
+    n0: int = 64,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    params: Any = None,
+    row_ids=None,
+    chunk_size: int | None = None,
+    mesh: Mesh | None = None,
+) -> RandomizedCertificate:
   """Randomized l1 certificate (Cohen et al. 2019 with Yang et al.'s radius).
 
   n0 samples select the class A, n fresh samples count it; the radius is
@@ -682,14 +827,22 @@ def certify_randomized(apply_fn, x, spec: SmoothingSpec, key: jax.Array, *,
         "certify_randomized cannot run under jax.jit or jax.vmap: its "
         "Clopper-Pearson bound is computed on the host with scipy. Call it "
         "outside the trace, or jit sample_counts (selection and estimation "
-        "counts) and apply clopper_pearson_lower to them on the host.")
+        "counts) and apply clopper_pearson_lower to them on the host."
+    )
   select_key, estimate_key = jax.random.split(key)
-  common = dict(noise=noise, params=params, row_ids=row_ids,
-                chunk_size=chunk_size, mesh=mesh)
-  selection = sample_counts(apply_fn, x, spec, select_key, num_samples=n0,
-                            **common)
-  estimation = sample_counts(apply_fn, x, spec, estimate_key, num_samples=n,
-                             **common)
+  common = dict(
+      noise=noise,
+      params=params,
+      row_ids=row_ids,
+      chunk_size=chunk_size,
+      mesh=mesh,
+  )
+  selection = sample_counts(
+      apply_fn, x, spec, select_key, num_samples=n0, **common
+  )
+  estimation = sample_counts(
+      apply_fn, x, spec, estimate_key, num_samples=n, **common
+  )
   selection, estimation = np.asarray(selection), np.asarray(estimation)
   failed = np.flatnonzero((selection[:, 0] < 0) | (estimation[:, 0] < 0))
   if failed.size:

@@ -32,8 +32,9 @@ SMOOTHING_FIELDS = ("noise", "sigma", "q", "offsets_seed", "offsets_layout")
 MODEL_FIELDS = ("model", "dataset")
 
 
-def smoothing_metadata(config, *, input_shape, num_classes: int, mean, std,
-                       offsets=None) -> dict[str, Any]:
+def smoothing_metadata(
+    config, *, input_shape, num_classes: int, mean, std, offsets=None
+) -> dict[str, Any]:
   """The JSON record stored with each checkpoint of a run of `config`.
 
   Args:
@@ -48,8 +49,9 @@ def smoothing_metadata(config, *, input_shape, num_classes: int, mean, std,
   """
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   if offsets is None:
-    offsets = smoothing.make_offsets(config.offsets_seed, input_shape,
-                                     spec.levels, config.offsets_layout)
+    offsets = smoothing.make_offsets(
+        config.offsets_seed, input_shape, spec.levels, config.offsets_layout
+    )
   return {
       "noise": config.noise,
       "sigma": float(config.sigma),
@@ -71,15 +73,25 @@ def smoothing_metadata(config, *, input_shape, num_classes: int, mean, std,
   }
 
 
-def check_matches(stored: Mapping[str, Any], wanted: Mapping[str, Any],
-                  fields, *, what: str, fix: str) -> None:
+def check_matches(
+    stored: Mapping[str, Any],
+    wanted: Mapping[str, Any],
+    fields,
+    *,
+    what: str,
+    fix: str,
+) -> None:
   """Raises ValueError naming every field where stored and wanted differ."""
-  diffs = [f"{name}: checkpoint has {stored.get(name)!r}, config has "
-           f"{wanted.get(name)!r}" for name in fields
-           if _differs(stored.get(name), wanted.get(name))]
+  diffs = [
+      f"{name}: checkpoint has {stored.get(name)!r}, config has "
+      f"{wanted.get(name)!r}"
+      for name in fields
+      if _differs(stored.get(name), wanted.get(name))
+  ]
   if diffs:
-    raise ValueError(f"{what} disagrees with the config ("
-                     + "; ".join(diffs) + f"). {fix}")
+    raise ValueError(
+        f"{what} disagrees with the config (" + "; ".join(diffs) + f"). {fix}"
+    )
 
 
 def _differs(a, b) -> bool:
@@ -93,9 +105,12 @@ def _differs(a, b) -> bool:
 
 def offsets_from_metadata(metadata: Mapping[str, Any]) -> jax.Array:
   """Regenerates a checkpoint's offsets and checks their fingerprint."""
-  offsets = smoothing.make_offsets(metadata["offsets_seed"],
-                                   metadata["input_shape"], metadata["levels"],
-                                   metadata["offsets_layout"])
+  offsets = smoothing.make_offsets(
+      metadata["offsets_seed"],
+      metadata["input_shape"],
+      metadata["levels"],
+      metadata["offsets_layout"],
+  )
   fingerprint = smoothing.offsets_fingerprint(offsets)
   if fingerprint != metadata["offsets_sha256"]:
     raise ValueError(
@@ -106,7 +121,8 @@ def offsets_from_metadata(metadata: Mapping[str, Any]) -> jax.Array:
         f"this is JAX {jax.__version__}, and random streams can change "
         f"between versions). Certify with the JAX version it was trained "
         f"with, or retrain; certificates with other offsets would be valid "
-        f"but the classifier would lose accuracy.")
+        f"but the classifier would lose accuracy."
+    )
   return offsets
 
 
@@ -119,30 +135,40 @@ class Checkpointer:
       raise FileNotFoundError(
           f"No checkpoint in {workdir!r} (looked for {self.directory}). "
           f"Train first: python -m experiments.train --config=... "
-          f"--workdir={workdir}")
+          f"--workdir={workdir}"
+      )
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def save(self, step: int, state, metadata: Mapping[str, Any]) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        smoothing=ocp.args.JsonSave(dict(metadata))))
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            smoothing=ocp.args.JsonSave(dict(metadata)),
+        ),
+    )
     self._manager.wait_until_finished()
 
   def metadata(self, step: int | None = None) -> dict[str, Any]:
     step = self._step(step)
     try:
-      return dict(self._manager.restore(step, args=ocp.args.Composite(
-          smoothing=ocp.args.JsonRestore())).smoothing)
+      return dict(
+          self._manager.restore(
+              step, args=ocp.args.Composite(smoothing=ocp.args.JsonRestore())
+          ).smoothing
+      )
     except Exception as e:  # Orbax raises several types for damaged files.
       raise ValueError(
           f"Checkpoint step {step} in {self.directory} is unreadable or "
           f"corrupt ({type(e).__name__}: {e}); delete that step directory "
-          f"to fall back to an earlier one, or retrain.") from e
+          f"to fall back to an earlier one, or retrain."
+      ) from e
 
   def restore(self, target=None, step: int | None = None):
     """Restores `state` into the structure and shardings of target
@@ -153,12 +179,14 @@ class Checkpointer:
     args = ocp.args.StandardRestore(target)
     try:
       return self._manager.restore(
-          step, args=ocp.args.Composite(state=args)).state
+          step, args=ocp.args.Composite(state=args)
+      ).state
     except Exception as e:  # Orbax raises several types for damaged files.
       raise ValueError(
           f"Checkpoint step {step} in {self.directory} could not be "
           f"restored ({type(e).__name__}: {e}). Delete that step directory "
-          f"to fall back to an earlier one, or retrain.") from e
+          f"to fall back to an earlier one, or retrain."
+      ) from e
 
   def _local_target(self, step: int):
     """The saved state's shapes and dtypes on this process's first device.
@@ -175,16 +203,18 @@ class Checkpointer:
       raise ValueError(
           f"Checkpoint step {step} in {self.directory} is unreadable or "
           f"corrupt ({type(e).__name__}: {e}); delete that step directory "
-          f"to fall back to an earlier one, or retrain.") from e
+          f"to fall back to an earlier one, or retrain."
+      ) from e
     return jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        tree)
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+    )
 
   def _step(self, step):
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(
-          f"No checkpoint steps in {self.directory}: train first.")
+          f"No checkpoint steps in {self.directory}: train first."
+      )
     return step
 
   def close(self):
@@ -211,13 +241,17 @@ def build_model(metadata: Mapping[str, Any], compute_dtype: str | None = None):
   """The Flax model a checkpoint's metadata describes."""
   dtype = compute_dtype or metadata.get("compute_dtype", "float32")
   return models.create_model(
-      metadata["model"], num_classes=metadata["num_classes"],
-      mean=tuple(metadata["mean"]), std=tuple(metadata["std"]),
-      dtype=jnp.dtype(dtype))
+      metadata["model"],
+      num_classes=metadata["num_classes"],
+      mean=tuple(metadata["mean"]),
+      std=tuple(metadata["std"]),
+      dtype=jnp.dtype(dtype),
+  )
 
 
-def load_classifier(workdir: str, *, step: int | None = None,
-                    compute_dtype: str | None = None) -> Classifier:
+def load_classifier(
+    workdir: str, *, step: int | None = None, compute_dtype: str | None = None
+) -> Classifier:
   """Restores the latest (or given) checkpoint of workdir for certification.
 
   Args:
@@ -237,13 +271,14 @@ def load_classifier(workdir: str, *, step: int | None = None,
   if state.get("batch_stats") is not None:
     variables["batch_stats"] = state["batch_stats"]
   model = build_model(metadata, compute_dtype)
-  apply_fn = lambda variables, batch: model.apply(variables, batch,
-                                                  train=False)
+  apply_fn = lambda variables, batch: model.apply(variables, batch, train=False)
   spec = smoothing.SmoothingSpec(metadata["sigma"], metadata["q"])
   if spec.levels != metadata["levels"]:
     raise ValueError(
         f"The checkpoint stores L={metadata['levels']} levels but sigma="
         f"{spec.sigma}, q={spec.q} give L={spec.levels}: its metadata is "
-        f"inconsistent or from another version of dssn-jax; retrain.")
-  return Classifier(apply_fn, variables, spec, offsets_from_metadata(metadata),
-                    metadata, step)
+        f"inconsistent or from another version of dssn-jax; retrain."
+    )
+  return Classifier(
+      apply_fn, variables, spec, offsets_from_metadata(metadata), metadata, step
+  )

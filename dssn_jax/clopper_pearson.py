@@ -23,8 +23,9 @@ def clopper_pearson_lower(successes, trials: int, alpha: float) -> np.ndarray:
   NumPy/SciPy, so analysis code can use it without JAX.
   """
   successes = np.asarray(successes)
-  bound = stats.beta.ppf(alpha / 2, np.maximum(successes, 1),
-                         trials - successes + 1)
+  bound = stats.beta.ppf(
+      alpha / 2, np.maximum(successes, 1), trials - successes + 1
+  )
   return np.where(successes == 0, 0.0, bound)
 
 
@@ -49,19 +50,22 @@ def counts_from_p_lower(p_lower, n: int, alpha: float) -> np.ndarray:
   table = clopper_pearson_lower(np.arange(n + 1), n, alpha)
   above = np.clip(np.searchsorted(table, p_lower), 1, n)
   below = above - 1
-  nearest = np.where(p_lower - table[below] <= table[above] - p_lower,
-                     below, above)
+  nearest = np.where(
+      p_lower - table[below] <= table[above] - p_lower, below, above
+  )
   error = np.abs(table[nearest] - p_lower)
   if error.size and error.max() > 1e-9:
     raise ValueError(
         f"p_lower values are no two-sided Clopper-Pearson bounds for n={n}, "
         f"alpha={alpha} (off by {error.max():.3g}); pass the run's own n and "
-        f"alpha.")
+        f"alpha."
+    )
   return nearest.astype(np.int64)
 
 
-def radius_at_n(p_lower, n: int, n_new: int, alpha: float,
-                lam: float) -> np.ndarray:
+def radius_at_n(
+    p_lower, n: int, n_new: int, alpha: float, lam: float
+) -> np.ndarray:
   """Radii 2 lam (p_lower' - 1/2) at n_new samples and the same frequency.
 
   Args:

@@ -54,12 +54,24 @@ def check_integer_fields(config, fields: Iterable[str] | None = None) -> None:
     fields: restrict the check to these dotted names (default: all known).
   """
   wanted = None if fields is None else set(fields)
-  rules = ([(name, "-1 (all or automatic) or a positive integer",
-             lambda v: v == -1 or v >= 1) for name in SENTINEL_FIELDS] +
-           [(name, "a positive integer", lambda v: v >= 1)
-            for name in POSITIVE_FIELDS] +
-           [(name, "an integer >= 0", lambda v: v >= 0)
-            for name in NON_NEGATIVE_FIELDS])
+  rules = (
+      [
+          (
+              name,
+              "-1 (all or automatic) or a positive integer",
+              lambda v: v == -1 or v >= 1,
+          )
+          for name in SENTINEL_FIELDS
+      ]
+      + [
+          (name, "a positive integer", lambda v: v >= 1)
+          for name in POSITIVE_FIELDS
+      ]
+      + [
+          (name, "an integer >= 0", lambda v: v >= 0)
+          for name in NON_NEGATIVE_FIELDS
+      ]
+  )
   for name, allowed, ok in rules:
     if wanted is not None and name not in wanted:
       continue
@@ -69,4 +81,5 @@ def check_integer_fields(config, fields: Iterable[str] | None = None) -> None:
     if not _is_int(value) or not ok(value):
       raise ValueError(
           f"config.{name} must be {allowed}, got {value!r}; set it with "
-          f"--config.{name}=...")
+          f"--config.{name}=..."
+      )

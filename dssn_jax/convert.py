@@ -57,8 +57,10 @@ _TORCH_HEAD = {"resnet110_zero_pad": "linear"}
 DATASETS = ("cifar10", "imagenet2012")
 TORCH_BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d's default.
 MODEL_PREFIXES = ("model.module.", "model.")
-NORM_KEYS = {"mu": ("norm.module.mu", "norm.mu"),
-             "log_sig": ("norm.module.log_sig", "norm.log_sig")}
+NORM_KEYS = {
+    "mu": ("norm.module.mu", "norm.mu"),
+    "log_sig": ("norm.module.log_sig", "norm.log_sig"),
+}
 _MAX_LISTED = 12  # Offending keys listed per kind in an error message.
 
 
@@ -96,15 +98,19 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("Reading PyTorch checkpoints needs torch: "
-                      "pip install 'dssn-jax[torch]'.") from e
+    raise ImportError(
+        "Reading PyTorch checkpoints needs torch: "
+        "pip install 'dssn-jax[torch]'."
+    ) from e
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No checkpoint file {path!r}.")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several types for foreign pickles.
-    raise ValueError(f"{path!r} is not a PyTorch checkpoint that loads with "
-                     f"weights_only=True ({type(e).__name__}: {e}).") from e
+    raise ValueError(
+        f"{path!r} is not a PyTorch checkpoint that loads with "
+        f"weights_only=True ({type(e).__name__}: {e})."
+    ) from e
   state_dict = unwrap_state_dict(obj)
   arrays, bad = {}, []
   for key, value in state_dict.items():
@@ -116,8 +122,9 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
       value = value.float()
     arrays[key] = value.numpy()
   if bad:
-    raise ValueError(f"{path!r}: entries that are not tensors: "
-                     f"{_listing(bad)}.")
+    raise ValueError(
+        f"{path!r}: entries that are not tensors: " f"{_listing(bad)}."
+    )
   return arrays
 
 
@@ -125,8 +132,10 @@ def unwrap_state_dict(obj: Any) -> Mapping[str, Any]:
   """The state_dict in a checkpoint: `obj` itself or its `state_dict` /
   `model_state_dict` entry."""
   if not isinstance(obj, Mapping):
-    raise ValueError(f"Expected a state_dict (a dict of tensors), got "
-                     f"{type(obj).__name__}.")
+    raise ValueError(
+        f"Expected a state_dict (a dict of tensors), got "
+        f"{type(obj).__name__}."
+    )
   for name in ("state_dict", "model_state_dict"):
     if isinstance(obj.get(name), Mapping):
       return obj[name]
@@ -148,9 +157,10 @@ def flax_path(key: str, ndim: int) -> tuple[str, ...]:
   if numeric:
     cut = numeric[0] + 1
     modules = ["_".join(modules[:cut])] + (
-        ["_".join(modules[cut:])] if modules[cut:] else [])
+        ["_".join(modules[cut:])] if modules[cut:] else []
+    )
   if leaf in ("running_mean", "running_var"):
-    return ("batch_stats", *modules, leaf[len("running_"):])
+    return ("batch_stats", *modules, leaf[len("running_") :])
   if leaf == "weight":
     leaf = "kernel" if ndim > 1 else "scale"
   return ("params", *modules, leaf)
@@ -160,8 +170,12 @@ def torch_key(path: tuple[str, ...]) -> str:
   """Inverse of `flax_path`: ("params", "layer2_0", "conv1", "kernel") ->
   "layer2.0.conv1.weight" (module names of our models hold no "_")."""
   collection, *modules, leaf = path
-  leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
-          "var": "running_var"}.get(leaf, leaf)
+  leaf = {
+      "kernel": "weight",
+      "scale": "weight",
+      "mean": "running_mean",
+      "var": "running_var",
+  }.get(leaf, leaf)
   del collection
   return ".".join([m.replace("_", ".") for m in modules] + [leaf])
 
@@ -184,8 +198,9 @@ def _to_flax(array: np.ndarray) -> np.ndarray:
 def expected_state_dict(arch: str, num_classes: int) -> dict[str, tuple]:
   """Network key -> torch shape of the architecture's PyTorch state_dict
   (without `num_batches_tracked`), derived from the Flax model."""
-  model = models.create_model(arch, num_classes=num_classes, mean=(0.,),
-                              std=(1.,))
+  model = models.create_model(
+      arch, num_classes=num_classes, mean=(0.0,), std=(1.0,)
+  )
   # Parameter shapes do not depend on the spatial size; 64x64 traces faster.
   x = jnp.zeros((1, 64, 64, 3))
   shapes = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -193,7 +208,7 @@ def expected_state_dict(arch: str, num_classes: int) -> dict[str, tuple]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
     key = torch_key(tuple(p.key for p in path))
     if key.startswith("fc.") and arch in _TORCH_HEAD:
-      key = _TORCH_HEAD[arch] + key[len("fc"):]
+      key = _TORCH_HEAD[arch] + key[len("fc") :]
     expected[key] = _to_torch_shape(tuple(leaf.shape))
   return expected
 
@@ -214,8 +229,9 @@ def _listing(keys) -> str:
 def _split(state_dict: Mapping[str, Any]):
   """(network arrays by net key, prefixed name by net key, norm, unknown)."""
   net, names, norm, unknown = {}, {}, {}, []
-  norm_names = {name: field for field, names_ in NORM_KEYS.items()
-                for name in names_}
+  norm_names = {
+      name: field for field, names_ in NORM_KEYS.items() for name in names_
+  }
   for key, value in state_dict.items():
     if key in norm_names:
       norm[norm_names[key]] = (key, np.asarray(value))
@@ -224,8 +240,8 @@ def _split(state_dict: Mapping[str, Any]):
     if prefix is None:
       unknown.append(key)
     else:
-      net[key[len(prefix):]] = np.asarray(value)
-      names[key[len(prefix):]] = key
+      net[key[len(prefix) :]] = np.asarray(value)
+      names[key[len(prefix) :]] = key
   return net, names, norm, unknown
 
 
@@ -239,12 +255,15 @@ def _architecture_hint(arch: str, net_keys: set[str]) -> str:
   if best == arch or scores[best] <= scores[arch]:
     return ""
   match = "exactly" if scores[best] == 1 else f"{scores[best]:.0%} of"
-  return (f" The keys match {match} those of {best}, not {arch}: wrong "
-          f"architecture? Try --arch={best}.")
+  return (
+      f" The keys match {match} those of {best}, not {arch}: wrong "
+      f"architecture? Try --arch={best}."
+  )
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
-                       dataset: str | None = None) -> ConvertedModel:
+def convert_state_dict(
+    state_dict: Mapping[str, Any], arch: str, *, dataset: str | None = None
+) -> ConvertedModel:
   """Converts and validates an authors'-format state_dict.
 
   Args:
@@ -263,62 +282,84 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
       and the likely architecture if `arch` looks wrong.
   """
   if arch not in ARCHITECTURES:
-    raise ValueError(f"Unknown architecture {arch!r}; the authors' "
-                     f"checkpoints convert to one of {ARCHITECTURES}.")
+    raise ValueError(
+        f"Unknown architecture {arch!r}; the authors' "
+        f"checkpoints convert to one of {ARCHITECTURES}."
+    )
   dataset = dataset or datasets.MODEL_DATASETS[arch]
   if dataset not in DATASETS:
-    raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
-                     f"{tuple(DATASETS)}.")
+    raise ValueError(
+        f"Unknown dataset {dataset!r}; expected one of " f"{tuple(DATASETS)}."
+    )
   info = datasets.dataset_info(dataset)
   input_shape, dataset_classes = info.input_shape, info.num_classes
   state_dict = unwrap_state_dict(state_dict)
   net, names, norm, unknown = _split(state_dict)
   head = _TORCH_HEAD.get(arch, "fc")
   fc = net.get(f"{head}.weight")
-  num_classes = (fc.shape[0] if fc is not None and fc.ndim == 2
-                 else dataset_classes)
+  num_classes = (
+      fc.shape[0] if fc is not None and fc.ndim == 2 else dataset_classes
+  )
   expected = expected_state_dict(arch, num_classes)
 
   problems = []
   # A BatchNorm's step counter is dropped; it is reported only when the
   # checkpoint has no such BatchNorm (else its statistics are reported).
-  counters = {k for k in net if k.endswith(".num_batches_tracked") and
-              k[:-len("num_batches_tracked")] + "running_mean" in net}
-  unknown += [names[k] for k in net
-              if k not in expected and k not in counters]
+  counters = {
+      k
+      for k in net
+      if k.endswith(".num_batches_tracked")
+      and k[: -len("num_batches_tracked")] + "running_mean" in net
+  }
+  unknown += [names[k] for k in net if k not in expected and k not in counters]
   missing = [MODEL_PREFIXES[0] + k for k in expected if k not in net]
-  missing += [names_[0] for field, names_ in NORM_KEYS.items()
-              if field not in norm]
-  shapes = [f"{names[k]} {tuple(net[k].shape)} (expected {expected[k]})"
-            for k in expected
-            if k in net and tuple(net[k].shape) != expected[k]]
+  missing += [
+      names_[0] for field, names_ in NORM_KEYS.items() if field not in norm
+  ]
+  shapes = [
+      f"{names[k]} {tuple(net[k].shape)} (expected {expected[k]})"
+      for k in expected
+      if k in net and tuple(net[k].shape) != expected[k]
+  ]
   values = [(names[k], a) for k, a in net.items() if k in expected]
   values += list(norm.values())
-  non_finite = [key for key, a in values
-                if not np.issubdtype(a.dtype, np.number)
-                or not np.all(np.isfinite(a))]
+  non_finite = [
+      key
+      for key, a in values
+      if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a))
+  ]
   channels = input_shape[-1]
   for key, a in norm.values():
     if a.size not in (1, channels):
       shapes.append(f"{key} {tuple(a.shape)} (expected {channels} values)")
-  for label, keys in (("unknown keys", unknown), ("missing keys", missing),
-                      ("shape mismatches", shapes),
-                      ("non-numeric or non-finite values", non_finite)):
+  for label, keys in (
+      ("unknown keys", unknown),
+      ("missing keys", missing),
+      ("shape mismatches", shapes),
+      ("non-numeric or non-finite values", non_finite),
+  ):
     if keys:
       problems.append(f"{label}: {_listing(keys)}")
   if not problems and num_classes != dataset_classes:
-    problems.append(f"{head}.weight has {num_classes} classes but {dataset} "
-                    f"has {dataset_classes} (pass the right --dataset)")
+    problems.append(
+        f"{head}.weight has {num_classes} classes but {dataset} "
+        f"has {dataset_classes} (pass the right --dataset)"
+    )
   if problems:
-    hint = _architecture_hint(arch, set(net) - counters) if (
-        unknown or missing) else ""
-    raise ValueError(f"The checkpoint does not match the {arch} "
-                     f"architecture.{hint} " + "; ".join(problems) + ".")
+    hint = (
+        _architecture_hint(arch, set(net) - counters)
+        if (unknown or missing)
+        else ""
+    )
+    raise ValueError(
+        f"The checkpoint does not match the {arch} "
+        f"architecture.{hint} " + "; ".join(problems) + "."
+    )
 
   variables = {"params": {}, "batch_stats": {}}
   for key in expected:
     array = np.asarray(net[key], np.float32)
-    flax_key = "fc" + key[len(head):] if key.startswith(head + ".") else key
+    flax_key = "fc" + key[len(head) :] if key.startswith(head + ".") else key
     *parents, leaf = flax_path(flax_key, array.ndim)
     node = variables
     for name in parents:
@@ -327,32 +368,50 @@ def convert_state_dict(state_dict: Mapping[str, Any], arch: str, *,
   mean = np.asarray(norm["mu"][1], np.float32).reshape(-1)
   # The correctly rounded float32 exp(log_sig); torch's float32 exp is within
   # one ulp of it (identical for the CIFAR-10 and ImageNet statistics).
-  std = np.exp(np.asarray(norm["log_sig"][1], np.float64)).astype(
-      np.float32).reshape(-1)
+  std = (
+      np.exp(np.asarray(norm["log_sig"][1], np.float64))
+      .astype(np.float32)
+      .reshape(-1)
+  )
   if np.any(std <= 0):
     raise ValueError(f"{norm['log_sig'][0]} gives a zero std.")
-  return ConvertedModel(arch, variables, tuple(float(m) for m in mean),
-                        tuple(float(s) for s in std), int(num_classes))
+  return ConvertedModel(
+      arch,
+      variables,
+      tuple(float(m) for m in mean),
+      tuple(float(s) for s in std),
+      int(num_classes),
+  )
 
 
-def check_target(workdir: str, *, sigma: float, dataset: str,
-                 q: int = 255) -> None:
+def check_target(
+    workdir: str, *, sigma: float, dataset: str, q: int = 255
+) -> None:
   """Raises ValueError unless sigma and dataset are valid and workdir holds
   no checkpoints (conversion never overwrites or mixes checkpoints)."""
   if dataset not in DATASETS:
-    raise ValueError(f"Unknown dataset {dataset!r}; expected one of "
-                     f"{tuple(DATASETS)}.")
+    raise ValueError(
+        f"Unknown dataset {dataset!r}; expected one of " f"{tuple(DATASETS)}."
+    )
   smoothing.SmoothingSpec(sigma, q)  # Raises for a non-positive sigma or L < 1.
   directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
   if os.path.isdir(directory) and os.listdir(directory):
-    raise ValueError(f"{directory} already holds checkpoints; convert into a "
-                     f"new --workdir.")
+    raise ValueError(
+        f"{directory} already holds checkpoints; convert into a "
+        f"new --workdir."
+    )
 
 
-def write_checkpoint(converted: ConvertedModel, workdir: str, *,
-                     sigma: float, offsets_seed: int = 0,
-                     dataset: str | None = None, stability: bool = False,
-                     q: int = 255) -> dict[str, Any]:
+def write_checkpoint(
+    converted: ConvertedModel,
+    workdir: str,
+    *,
+    sigma: float,
+    offsets_seed: int = 0,
+    dataset: str | None = None,
+    stability: bool = False,
+    q: int = 255,
+) -> dict[str, Any]:
   """Writes a converted model as step 0 of `workdir/checkpoints`.
 
   The smoothing metadata says DSSN at `sigma` with the authors' offsets
@@ -375,37 +434,64 @@ def write_checkpoint(converted: ConvertedModel, workdir: str, *,
   """
   dataset = dataset or datasets.MODEL_DATASETS[converted.arch]
   check_target(workdir, sigma=sigma, dataset=dataset, q=q)
-  config = ml_collections.ConfigDict({
-      "noise": "dssn", "sigma": float(sigma), "q": q,
-      "offsets_seed": int(offsets_seed), "offsets_layout": "torch",
-      "stability": bool(stability), "stability_gamma": 6.0 if stability else
-      0.0, "model": converted.arch, "dataset": dataset,
-      "compute_dtype": "float32"})
+  config = ml_collections.ConfigDict(
+      {
+          "noise": "dssn",
+          "sigma": float(sigma),
+          "q": q,
+          "offsets_seed": int(offsets_seed),
+          "offsets_layout": "torch",
+          "stability": bool(stability),
+          "stability_gamma": 6.0 if stability else 0.0,
+          "model": converted.arch,
+          "dataset": dataset,
+          "compute_dtype": "float32",
+      }
+  )
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=datasets.dataset_info(dataset).input_shape,
-      num_classes=converted.num_classes, mean=converted.mean,
-      std=converted.std)
+      config,
+      input_shape=datasets.dataset_info(dataset).input_shape,
+      num_classes=converted.num_classes,
+      mean=converted.mean,
+      std=converted.std,
+  )
   checkpointer = checkpoints.Checkpointer(workdir)
   checkpointer.save(0, converted.variables, metadata)
   checkpointer.close()
   return metadata
 
 
-def convert_checkpoint(path: str, arch: str, workdir: str, *, sigma: float,
-                       offsets_seed: int = 0, dataset: str | None = None,
-                       stability: bool = False) -> dict[str, Any]:
+def convert_checkpoint(
+    path: str,
+    arch: str,
+    workdir: str,
+    *,
+    sigma: float,
+    offsets_seed: int = 0,
+    dataset: str | None = None,
+    stability: bool = False,
+) -> dict[str, Any]:
   """Reads, validates and writes: the whole of experiments/convert_torch.py.
 
   Returns:
     The metadata written into `workdir`.
   """
   if arch not in ARCHITECTURES:
-    raise ValueError(f"Unknown architecture {arch!r}; the authors' "
-                     f"checkpoints convert to one of {ARCHITECTURES}.")
-  check_target(workdir, sigma=sigma,
-               dataset=dataset or datasets.MODEL_DATASETS[arch])
-  converted = convert_state_dict(load_torch_checkpoint(path), arch,
-                                 dataset=dataset)
-  return write_checkpoint(converted, workdir, sigma=sigma,
-                          offsets_seed=offsets_seed, dataset=dataset,
-                          stability=stability)
+    raise ValueError(
+        f"Unknown architecture {arch!r}; the authors' "
+        f"checkpoints convert to one of {ARCHITECTURES}."
+    )
+  check_target(
+      workdir, sigma=sigma, dataset=dataset or datasets.MODEL_DATASETS[arch]
+  )
+  converted = convert_state_dict(
+      load_torch_checkpoint(path), arch, dataset=dataset
+  )
+  return write_checkpoint(
+      converted,
+      workdir,
+      sigma=sigma,
+      offsets_seed=offsets_seed,
+      dataset=dataset,
+      stability=stability,
+  )

@@ -32,8 +32,13 @@ from dssn_jax import smoothing
 
 OBJECTIVES = ("mse", "stability")
 # Fields of a denoiser checkpoint's metadata beyond the smoothing metadata.
-DENOISER_FIELDS = ("denoiser", "depth", "width", "objective",
-                   "classifier_sha256")
+DENOISER_FIELDS = (
+    "denoiser",
+    "depth",
+    "width",
+    "objective",
+    "classifier_sha256",
+)
 
 
 def variables_fingerprint(variables) -> str:
@@ -44,8 +49,9 @@ def variables_fingerprint(variables) -> str:
   """
   digest = hashlib.sha256()
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
-  for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(
-      item[0])):
+  for path, leaf in sorted(
+      leaves, key=lambda item: jax.tree_util.keystr(item[0])
+  ):
     array = np.ascontiguousarray(np.asarray(leaf))
     digest.update(jax.tree_util.keystr(path).encode())
     digest.update(f"{array.dtype.str}{array.shape}".encode())
@@ -53,14 +59,18 @@ def variables_fingerprint(variables) -> str:
   return digest.hexdigest()
 
 
-def build_denoiser(metadata: Mapping[str, Any],
-                   compute_dtype: str | None = None):
+def build_denoiser(
+    metadata: Mapping[str, Any], compute_dtype: str | None = None
+):
   """The Flax denoiser a denoiser checkpoint's metadata describes."""
   dtype = compute_dtype or metadata.get("compute_dtype", "float32")
   return models.create_denoiser(
-      metadata["denoiser"], channels=metadata["input_shape"][-1],
-      depth=metadata["depth"], width=metadata["width"],
-      dtype=jnp.dtype(dtype))
+      metadata["denoiser"],
+      channels=metadata["input_shape"][-1],
+      depth=metadata["depth"],
+      width=metadata["width"],
+      dtype=jnp.dtype(dtype),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +90,9 @@ class Denoiser:
   sha256: str
 
 
-def load_denoiser(workdir: str, *, step: int | None = None,
-                  compute_dtype: str | None = None) -> Denoiser:
+def load_denoiser(
+    workdir: str, *, step: int | None = None, compute_dtype: str | None = None
+) -> Denoiser:
   """Restores the latest (or given) checkpoint of a denoiser workdir.
 
   Args:
@@ -104,21 +115,31 @@ def load_denoiser(workdir: str, *, step: int | None = None,
     raise ValueError(
         f"The checkpoint in {workdir!r} is not a denoiser's (it holds a "
         f"{metadata.get('model')!r} classifier). Pass a workdir of "
-        f"`python -m experiments.train_denoiser` as the denoiser.")
+        f"`python -m experiments.train_denoiser` as the denoiser."
+    )
   state = checkpointer.restore(step=step)
   checkpointer.close()
-  variables = {"params": state["params"],
-               "batch_stats": state.get("batch_stats") or {}}
+  variables = {
+      "params": state["params"],
+      "batch_stats": state.get("batch_stats") or {},
+  }
   model = build_denoiser(metadata, compute_dtype)
   apply_fn = lambda variables, x: model.apply(variables, x, train=False)
   spec = smoothing.SmoothingSpec(metadata["sigma"], metadata["q"])
-  return Denoiser(apply_fn, variables, spec,
-                  checkpoints.offsets_from_metadata(metadata), metadata, step,
-                  variables_fingerprint(variables))
+  return Denoiser(
+      apply_fn,
+      variables,
+      spec,
+      checkpoints.offsets_from_metadata(metadata),
+      metadata,
+      step,
+      variables_fingerprint(variables),
+  )
 
 
-def compose(classifier: checkpoints.Classifier,
-            denoiser: Denoiser) -> checkpoints.Classifier:
+def compose(
+    classifier: checkpoints.Classifier, denoiser: Denoiser
+) -> checkpoints.Classifier:
   """`f o D` as one base classifier, with the denoiser's smoothing.
 
   Args:
@@ -138,28 +159,44 @@ def compose(classifier: checkpoints.Classifier,
   """
   clf_meta, den_meta = classifier.metadata, denoiser.metadata
   checkpoints.check_matches(
-      den_meta, clf_meta, ("dataset", "input_shape"),
+      den_meta,
+      clf_meta,
+      ("dataset", "input_shape"),
       what="The denoiser's data (checkpoint) and the classifier's (config)",
-      fix="Use a denoiser trained on the classifier's dataset.")
+      fix="Use a denoiser trained on the classifier's dataset.",
+  )
   if clf_meta.get("noise", "none") != "none":
     # A classifier trained under noise has a smoothing of its own; in front
     # of it, a denoiser must have been trained under the same one.
     checkpoints.check_matches(
-        den_meta, clf_meta, checkpoints.SMOOTHING_FIELDS,
+        den_meta,
+        clf_meta,
+        checkpoints.SMOOTHING_FIELDS,
         what="The denoiser's smoothing (checkpoint) and the classifier's "
-             "(config)",
+        "(config)",
         fix="Use a denoiser trained under the classifier's noise, sigma and "
-            "offsets, or a classifier trained without noise.")
+        "offsets, or a classifier trained without noise.",
+    )
   clf_sha256 = variables_fingerprint(classifier.variables)
   trained_for = den_meta.get("classifier_sha256") or None
   if trained_for is not None and trained_for != clf_sha256:
     logging.warning(
         "The denoiser was trained (stability objective) against classifier "
         "%s, not this one (%s); the certificate holds for this pair, but the "
-        "denoiser was not tuned for it.", trained_for[:12], clf_sha256[:12])
+        "denoiser was not tuned for it.",
+        trained_for[:12],
+        clf_sha256[:12],
+    )
   metadata = dict(clf_meta)
-  for field in ("noise", "sigma", "q", "levels", "offsets_seed",
-                "offsets_layout", "offsets_sha256"):
+  for field in (
+      "noise",
+      "sigma",
+      "q",
+      "levels",
+      "offsets_seed",
+      "offsets_layout",
+      "offsets_sha256",
+  ):
     metadata[field] = den_meta[field]
   metadata["denoised"] = {
       "classifier_step": classifier.step,
@@ -174,13 +211,19 @@ def compose(classifier: checkpoints.Classifier,
       "denoiser_sha256": denoiser.sha256,
       # None: an mse denoiser, trained for no classifier in particular.
       "denoiser_trained_for_this_classifier": (
-          None if trained_for is None else trained_for == clf_sha256),
+          None if trained_for is None else trained_for == clf_sha256
+      ),
   }
   f, d = classifier.apply_fn, denoiser.apply_fn
   apply_fn = lambda p, x: f(p["clf"], d(p["den"], x))
   return checkpoints.Classifier(
-      apply_fn, {"clf": classifier.variables, "den": denoiser.variables},
-      denoiser.spec, denoiser.offsets, metadata, classifier.step)
+      apply_fn,
+      {"clf": classifier.variables, "den": denoiser.variables},
+      denoiser.spec,
+      denoiser.offsets,
+      metadata,
+      classifier.step,
+  )
 
 
 def _flops(fn, *args) -> float:
@@ -200,10 +243,12 @@ def forward_flops(groups, dataset: str = "fashion_mnist") -> dict[str, float]:
   """
   info = datasets.dataset_info(dataset)
   x = jnp.zeros((1,) + tuple(info.input_shape))
-  clf = models.create_model("small_cnn", num_classes=info.num_classes,
-                            mean=info.mean, std=info.std)
-  clf_flops = _flops(lambda v, x: clf.apply(v, x),
-                     clf.init(jax.random.key(0), x), x)
+  clf = models.create_model(
+      "small_cnn", num_classes=info.num_classes, mean=info.mean, std=info.std
+  )
+  clf_flops = _flops(
+      lambda v, x: clf.apply(v, x), clf.init(jax.random.key(0), x), x
+  )
   flops = {}
   for label, runs in groups.items():
     if not runs:
@@ -212,11 +257,15 @@ def forward_flops(groups, dataset: str = "fashion_mnist") -> dict[str, float]:
     if denoised is None:
       flops[label] = clf_flops
       continue
-    den = models.create_denoiser(denoised["denoiser"], channels=x.shape[-1],
-                                 depth=denoised["denoiser_depth"],
-                                 width=denoised["denoiser_width"])
-    flops[label] = clf_flops + _flops(lambda v, x: den.apply(v, x),
-                                      den.init(jax.random.key(0), x), x)
+    den = models.create_denoiser(
+        denoised["denoiser"],
+        channels=x.shape[-1],
+        depth=denoised["denoiser_depth"],
+        width=denoised["denoiser_width"],
+    )
+    flops[label] = clf_flops + _flops(
+        lambda v, x: den.apply(v, x), den.init(jax.random.key(0), x), x
+    )
   return flops
 
 

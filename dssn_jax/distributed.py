@@ -41,11 +41,15 @@ def _exit_with(message: str) -> None:
   os._exit(1)  # pylint: disable=protected-access
 
 
-def initialize(*, coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None, auto: bool = False,
-               timeout_s: int = DEFAULT_TIMEOUT_S,
-               on_timeout: Callable[[str], None] = _exit_with) -> bool:
+def initialize(
+    *,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+    timeout_s: int = DEFAULT_TIMEOUT_S,
+    on_timeout: Callable[[str], None] = _exit_with,
+) -> bool:
   """Joins the distributed runtime when asked; returns whether it did.
 
   Args:
@@ -72,46 +76,68 @@ def initialize(*, coordinator_address: str | None = None,
         "A multi-process run needs --coordinator_address, --num_processes "
         "and --process_id on every process (got "
         f"{coordinator_address!r}, {num_processes!r}, {process_id!r}); or "
-        "pass --distributed_auto on a Cloud TPU pod, SLURM or Open MPI job.")
+        "pass --distributed_auto on a Cloud TPU pod, SLURM or Open MPI job."
+    )
   if num_processes is not None and num_processes < 1:
     raise ValueError(f"--num_processes={num_processes} must be at least 1.")
-  if (process_id is not None and num_processes is not None and
-      not 0 <= process_id < num_processes):
+  if (
+      process_id is not None
+      and num_processes is not None
+      and not 0 <= process_id < num_processes
+  ):
     raise ValueError(
         f"--process_id={process_id} is out of range for --num_processes="
         f"{num_processes}; give the processes the ids 0 .. "
-        f"{num_processes - 1}.")
+        f"{num_processes - 1}."
+    )
   if timeout_s < 1:
     raise ValueError(f"--distributed_timeout={timeout_s} must be >= 1 s.")
   # Only read by the CPU client; GPUs and TPUs use their own collectives.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  where = (f"the coordinator at {coordinator_address}"
-           if coordinator_address else "the cluster JAX detected")
-  fix = ("Start all processes with the same --coordinator_address and "
-         "--num_processes and distinct --process_id values 0 .. N-1 (process "
-         "0 hosts the coordinator), or raise --distributed_timeout.")
-  watchdog = threading.Timer(timeout_s, on_timeout, args=(
-      f"Not all processes joined the distributed runtime via {where} "
-      f"within {timeout_s} s. {fix}",))
+  where = (
+      f"the coordinator at {coordinator_address}"
+      if coordinator_address
+      else "the cluster JAX detected"
+  )
+  fix = (
+      "Start all processes with the same --coordinator_address and "
+      "--num_processes and distinct --process_id values 0 .. N-1 (process "
+      "0 hosts the coordinator), or raise --distributed_timeout."
+  )
+  watchdog = threading.Timer(
+      timeout_s,
+      on_timeout,
+      args=(
+          f"Not all processes joined the distributed runtime via {where} "
+          f"within {timeout_s} s. {fix}",
+      ),
+  )
   watchdog.daemon = True
   watchdog.start()
   try:
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes,
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=int(timeout_s) + _JAX_DEADLINE_MARGIN_S,
-        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+    )
     jax.devices()  # Exchanges the topology now, under the watchdog.
   except Exception as e:  # XLA reports start-up failures as several types.
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise ValueError(
         f"Joining the distributed runtime via {where} failed "
-        f"({type(e).__name__}: {first_line[:300]}). {fix}") from None
+        f"({type(e).__name__}: {first_line[:300]}). {fix}"
+    ) from None
   finally:
     watchdog.cancel()
-  logging.info("Process %d of %d: %d local, %d global devices.",
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+      "Process %d of %d: %d local, %d global devices.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   return True
 
 

@@ -41,7 +41,11 @@ def wanted_environment(environ=None) -> dict[str, str] | None:
   (opted out, not glibc >= 2.35, or the tunable is already set)."""
   environ = os.environ if environ is None else environ
   if environ.get(OPT_OUT_VARIABLE, "1").strip().lower() in (
-      "0", "false", "no", "off"):
+      "0",
+      "false",
+      "no",
+      "off",
+  ):
     return None
   if not sys.platform.startswith("linux"):
     return None

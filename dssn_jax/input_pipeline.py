@@ -11,12 +11,14 @@ this module, so ``import dssn_jax`` stays free of TensorFlow.
 
 Public API::
 
-    info = dataset_info("cifar10")            # DatasetInfo(num_classes, input_shape, mean, std, ...)
+    # DatasetInfo(num_classes, input_shape, mean, std, ...)
+    info = dataset_info("cifar10")
     it = train_dataset("cifar10", batch_size=64, seed=0, start_step=0)
-    batch = next(it)                          # {"image": uint8 (B,H,W,C), "label": int32 (B,)}
+    batch = next(it)  # {"image": uint8 (B,H,W,C), "label": int32 (B,)}
     ev = eval_dataset("cifar10", start=0, skip=20, batch_size=100)
-    len(ev), ev.num_examples                  # batches on this process, subset size (all processes)
-    batch = next(ev)                          # + "index": int64 (B,), "mask": bool (B,)
+    # batches on this process, subset size (all processes)
+    len(ev), ev.num_examples
+    batch = next(ev)  # + "index": int64 (B,), "mask": bool (B,)
     num_examples_in_subset("cifar10", skip=20)
 
 Batch sizes are GLOBAL (over all JAX processes); each process yields
@@ -51,10 +53,11 @@ order, then pads the last batch with ``mask=False`` rows (index -1, zero image,
 label 0), so that every example counts exactly once. The index is:
 
 * cifar10: the original position in the CIFAR-10 binary batches (the order of
-  torchvision's ``CIFAR10``, which the reference PyTorch code iterates), parsed from
-  the TFDS ``id`` feature, which is ``"test_00042"`` / ``"train_01234"``
-  (``"{split}_{index:05d}"``). TFDS stores examples in a shuffled order, so the
-  selected subset is read and sorted by id (cheap at CIFAR sizes).
+  torchvision's ``CIFAR10``, which the reference PyTorch code iterates),
+  parsed from the TFDS ``id`` feature, which is ``"test_00042"`` /
+  ``"train_01234"`` (``"{split}_{index:05d}"``). TFDS stores examples in a
+  shuffled order, so the selected subset is read and sorted by id (cheap at
+  CIFAR sizes).
 * fashion_mnist, imagenet2012: the position in the TFDS split. TFDS shuffles
   examples (by hashed key) when it writes a dataset, so this is *not* the order
   of the original idx / ILSVRC files; it is stable for a given TFDS version
@@ -101,13 +104,16 @@ _AUTOTUNE = tf.data.AUTOTUNE
 # Dataset metadata.
 
 
-
 # Datasets whose original index is parsed from a string feature.
 _INDEX_FROM_ID = {"cifar10": "id"}
 
 # Shuffle buffers hold *encoded* images (decoding happens after the shuffle):
 # the whole split for the small datasets, ~1 GB of JPEGs for ImageNet.
-_SHUFFLE_BUFFER = {"fashion_mnist": 60_000, "cifar10": 50_000, "imagenet2012": 10_000}
+_SHUFFLE_BUFFER = {
+    "fashion_mnist": 60_000,
+    "cifar10": 50_000,
+    "imagenet2012": 10_000,
+}
 # Small enough (<= 150 MB) to keep decoded in memory across epochs.
 _CACHE_DECODED = ("fashion_mnist", "cifar10")
 
@@ -128,7 +134,8 @@ def hide_tf_from_accelerators() -> None:
       if tf.config.get_visible_devices(kind):
         logging.warning(
             "TensorFlow already initialized its %s devices; could not hide "
-            "them. Call dssn_jax.input_pipeline.hide_tf_from_accelerators() earlier.",
+            "them. Call dssn_jax.input_pipeline.hide_tf_from_accelerators() "
+            "earlier.",
             kind,
         )
 
@@ -137,22 +144,31 @@ def hide_tf_from_accelerators() -> None:
 # Shared helpers.
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def _process(
+    process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
 
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
+    process_index = (
+        jax.process_index() if process_index is None else process_index
+    )
+    process_count = (
+        jax.process_count() if process_count is None else process_count
+    )
   if not 0 <= process_index < process_count:
     raise ValueError(
-        f"process_index={process_index} not in [0, process_count={process_count})"
+        f"process_index={process_index} not in "
+        f"[0, process_count={process_count})"
     )
   return process_index, process_count
 
 
 def _local_batch_size(batch_size: int, process_count: int) -> int:
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    raise ValueError(
+        f"batch_size must be a positive integer, got {batch_size!r}"
+    )
   if batch_size % process_count:
     raise ValueError(
         f"batch_size={batch_size} (global) is not divisible by the "
@@ -171,7 +187,8 @@ def check_data_dir(data_dir) -> None:
     raise FileNotFoundError(
         f"data_dir {os.fspath(data_dir)!r} does not exist. Fix the path, "
         f"leave data_dir unset for TFDS's default, or create the directory "
-        f"(mkdir -p {os.fspath(data_dir)}) to prepare the dataset there.")
+        f"(mkdir -p {os.fspath(data_dir)}) to prepare the dataset there."
+    )
 
 
 def _get_builder(name: str, data_dir) -> tfds.core.DatasetBuilder:
@@ -203,17 +220,22 @@ def _prepare_imagenet(builder) -> None:
         f"be built: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
         f"(from image-net.org) into {manual_dir} and rerun, or point "
         f"--config.data_dir at a TFDS data dir where imagenet2012 is "
-        f"prepared.") from e
+        f"prepared."
+    ) from e
 
 
 def _num_examples(builder, split) -> int:
   """Examples in a (sub)split; falls back to the cardinality (mocked TFDS)."""
   try:
     n = builder.info.splits[split].num_examples
-  except KeyError:  # Split metadata unknown (e.g. under tfds.testing.mock_data).
+  except (
+      KeyError
+  ):  # Split metadata unknown (e.g. under tfds.testing.mock_data).
     n = 0
   if n <= 0:
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = builder.as_dataset(
+        split=split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     n = int(ds.cardinality())
     if n < 0:
       raise RuntimeError(f"cannot count the examples of {builder.name}/{split}")
@@ -233,7 +255,9 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
 
 def _resize(image: tf.Tensor, size) -> tf.Tensor:
   # Bilinear with antialiasing, like torchvision's PIL resize, then rounded.
-  return _to_uint8(tf.image.resize(image, size, method="bilinear", antialias=True))
+  return _to_uint8(
+      tf.image.resize(image, size, method="bilinear", antialias=True)
+  )
 
 
 def _decode(builder, encoded: tf.Tensor) -> tf.Tensor:
@@ -246,7 +270,9 @@ def _decode(builder, encoded: tf.Tensor) -> tf.Tensor:
 
 def _cifar_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Random 32x32 crop of the 4-pixel zero-padded image, random h-flip."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  crop_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2)
+  )
   padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
   image = tf.image.stateless_random_crop(padded, (32, 32, 3), seed=crop_seed)
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
@@ -254,7 +280,9 @@ def _cifar_augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 def _imagenet_train(encoded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Random-resized crop to 224 (area 8-100%, aspect 3/4-4/3) and h-flip."""
-  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  box_seed, flip_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2)
+  )
   shape = tf.image.extract_jpeg_shape(encoded)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape,
@@ -274,7 +302,9 @@ def _imagenet_train(encoded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
 
 
-def _epoch_seeds(seed: int, process_index: int, epoch: int) -> tuple[int, int, int]:
+def _epoch_seeds(
+    seed: int, process_index: int, epoch: int
+) -> tuple[int, int, int]:
   files, shuffle, augment = np.random.SeedSequence(
       [seed, process_index, epoch]
   ).generate_state(3, dtype=np.uint32)
@@ -356,7 +386,9 @@ def train_dataset(
     )
   buffer = min(shuffle_buffer or _SHUFFLE_BUFFER[name], num_local)
   first_epoch, first_step = divmod(int(start_step), steps_per_epoch)
-  read_kwargs = dict(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  read_kwargs = dict(
+      split=split, decoders={"image": tfds.decode.SkipDecoding()}
+  )
 
   def augment(position, image, label, augment_seed):
     seed = tf.stack([tf.constant(augment_seed, tf.int64), position])
@@ -373,7 +405,9 @@ def train_dataset(
     cached = (
         builder.as_dataset(
             **read_kwargs,
-            read_config=tfds.ReadConfig(try_autocache=False, options=_options()),
+            read_config=tfds.ReadConfig(
+                try_autocache=False, options=_options()
+            ),
         )
         .map(
             lambda ex: (_decode(builder, ex["image"]), ex["label"]),
@@ -405,7 +439,9 @@ def train_dataset(
       )
 
   def epoch_dataset(epoch: int, skip_batches: int) -> tf.data.Dataset:
-    file_seed, shuffle_seed, augment_seed = _epoch_seeds(seed, process_index, epoch)
+    file_seed, shuffle_seed, augment_seed = _epoch_seeds(
+        seed, process_index, epoch
+    )
     ds = examples(file_seed)
     ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps_per_epoch * local_batch).enumerate()
@@ -438,7 +474,9 @@ class EvalBatches(Iterator):
   process's original indices, in order).
   """
 
-  def __init__(self, ds: tf.data.Dataset, *, num_examples, indices, num_batches):
+  def __init__(
+      self, ds: tf.data.Dataset, *, num_examples, indices, num_batches
+  ):
     self._iterator = ds.as_numpy_iterator()
     self.num_examples = num_examples
     self.indices = indices
@@ -499,8 +537,11 @@ def num_examples_in_subset(
   return len(_subset(name, split, start, skip, max_examples, data_dir)[2])
 
 
-def _examples_by_position(builder, split: str, indices: range) -> tf.data.Dataset:
-  """Examples at TFDS-split positions `indices` (a range), as index-tagged dicts."""
+def _examples_by_position(
+    builder, split: str, indices: range
+) -> tf.data.Dataset:
+  """Examples at TFDS-split positions `indices` (a range), as index-tagged
+  dicts."""
   first, stop, skip = indices[0], indices[-1] + 1, indices.step
   ds = builder.as_dataset(
       split=f"{split}[{first}:{stop}]",
@@ -521,17 +562,23 @@ def _examples_by_position(builder, split: str, indices: range) -> tf.data.Datase
 
 
 def _parse_index(name: str, example_id: bytes) -> int:
-  text = example_id.decode() if isinstance(example_id, bytes) else str(example_id)
+  text = (
+      example_id.decode() if isinstance(example_id, bytes) else str(example_id)
+  )
   match = re.fullmatch(r"[A-Za-z]+_(\d+)", text)
   if not match:
     raise ValueError(
-        f"unexpected {name} id {text!r}; expected '<split>_<index>' like 'test_00042'"
+        f"unexpected {name} id {text!r}; expected '<split>_<index>' like "
+        "'test_00042'"
     )
   return int(match.group(1))
 
 
-def _examples_by_id(builder, name: str, split: str, indices: range) -> tf.data.Dataset:
-  """Examples with original index in `indices`, sorted by index (small datasets)."""
+def _examples_by_id(
+    builder, name: str, split: str, indices: range
+) -> tf.data.Dataset:
+  """Examples with original index in `indices`, sorted by index (small
+  datasets)."""
   id_key = _INDEX_FROM_ID[name]
   ds = builder.as_dataset(
       split=split,
@@ -543,7 +590,9 @@ def _examples_by_id(builder, name: str, split: str, indices: range) -> tf.data.D
     index = _parse_index(name, ex[id_key])
     if index in indices:
       if index in found:
-        raise ValueError(f"duplicate {name} id {ex[id_key]!r} in split {split!r}")
+        raise ValueError(
+            f"duplicate {name} id {ex[id_key]!r} in split {split!r}"
+        )
       found[index] = (ex["image"], ex["label"])
   missing = [i for i in indices if i not in found]
   if missing:
@@ -609,9 +658,13 @@ def eval_dataset(
   info = dataset_info(name)
   process_index, process_count = _process(process_index, process_count)
   local_batch = _local_batch_size(batch_size, process_count)
-  builder, split, indices = _subset(name, split, start, skip, max_examples, data_dir)
+  builder, split, indices = _subset(
+      name, split, start, skip, max_examples, data_dir
+  )
   per_process = -(-len(indices) // process_count)
-  local = indices[process_index * per_process : (process_index + 1) * per_process]
+  local = indices[
+      process_index * per_process : (process_index + 1) * per_process
+  ]
   num_batches = -(-per_process // local_batch)
 
   def preprocess(ex):
@@ -632,7 +685,9 @@ def eval_dataset(
       "index": tf.constant(-1, tf.int64),
       "mask": tf.constant(False),
   }
-  ds = tf.data.Dataset.from_tensors(padding).repeat(num_batches * local_batch - len(local))
+  ds = tf.data.Dataset.from_tensors(padding).repeat(
+      num_batches * local_batch - len(local)
+  )
   if local:
     if name in _INDEX_FROM_ID:
       examples = _examples_by_id(builder, name, split, local)
@@ -646,4 +701,3 @@ def eval_dataset(
       indices=local,
       num_batches=num_batches,
   )
-

@@ -40,10 +40,13 @@ class StudyRun:
 def study_grid(study) -> list[StudyRun]:
   """The runs of a config's `study` fields: every noise at every sigma, then
   stability training for `stability_noises` at `stability_sigma`."""
-  runs = [StudyRun(noise, sigma) for noise in study.noises
-          for sigma in study.sigmas]
-  runs += [StudyRun(noise, study.stability_sigma, stability=True)
-           for noise in study.stability_noises]
+  runs = [
+      StudyRun(noise, sigma) for noise in study.noises for sigma in study.sigmas
+  ]
+  runs += [
+      StudyRun(noise, study.stability_sigma, stability=True)
+      for noise in study.stability_noises
+  ]
   return runs
 
 
@@ -59,8 +62,9 @@ def configure(config, run: StudyRun):
   return config
 
 
-def train_certify_analyze(config, workdir: str,
-                          report: Callable[[str], None] = logging.info) -> str:
+def train_certify_analyze(
+    config, workdir: str, report: Callable[[str], None] = logging.info
+) -> str:
   """Trains (or resumes), certifies and analyzes one classifier.
 
   Args:
@@ -77,13 +81,20 @@ def train_certify_analyze(config, workdir: str,
   if not distributed.is_primary():
     return ""
   report(certify_workdir.format_summary(summary))
-  return analysis.analyze(results=summary["results_files"],
-                          outdir=os.path.join(workdir, "analysis"),
-                          radii=tuple(config.certify.radii))
+  return analysis.analyze(
+      results=summary["results_files"],
+      outdir=os.path.join(workdir, "analysis"),
+      radii=tuple(config.certify.radii),
+  )
 
 
-def run_study(config, runs: Sequence[StudyRun], workdir: str, outdir: str,
-              report: Callable[[str], None] = logging.info) -> str:
+def run_study(
+    config,
+    runs: Sequence[StudyRun],
+    workdir: str,
+    outdir: str,
+    report: Callable[[str], None] = logging.info,
+) -> str:
   """Trains and certifies every run, then analyzes them together.
 
   The per-image results of every run (the results file, its metadata and
@@ -112,22 +123,29 @@ def run_study(config, runs: Sequence[StudyRun], workdir: str, outdir: str,
     summary = certify_workdir.certify_workdir(run_config, run_dir)
     if distributed.is_primary():
       report(certify_workdir.format_summary(summary))
-      copies.extend(_copy_results(path, os.path.join(outdir, "results",
-                                                      run.name))
-                    for path in summary["results_files"])
+      copies.extend(
+          _copy_results(path, os.path.join(outdir, "results", run.name))
+          for path in summary["results_files"]
+      )
   if not distributed.is_primary():
     return ""
-  return analysis.analyze(results=copies, outdir=outdir,
-                          radii=tuple(config.certify.radii),
-                          what_if_n=config.study.get("what_if_n") or None)
+  return analysis.analyze(
+      results=copies,
+      outdir=outdir,
+      radii=tuple(config.certify.radii),
+      what_if_n=config.study.get("what_if_n") or None,
+  )
 
 
 def _copy_results(path: str, destination: str) -> str:
   """Copies a results file and its sidecars (metadata, summary) into
   destination; returns the copied results file."""
   os.makedirs(destination, exist_ok=True)
-  for source in (path, results.metadata_path(path),
-                 path[:-len(".tsv")] + ".summary.json"):
+  for source in (
+      path,
+      results.metadata_path(path),
+      path[: -len(".tsv")] + ".summary.json",
+  ):
     if os.path.exists(source):
       shutil.copy2(source, destination)
   return os.path.join(destination, os.path.basename(path))

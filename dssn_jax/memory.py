@@ -130,8 +130,9 @@ def default_chunk_size(
   return math.ceil(num_items / num_chunks)
 
 
-def default_forward_batch(device=None,
-                          bytes_per_input: float | None = None) -> int:
+def default_forward_batch(
+    device=None, bytes_per_input: float | None = None
+) -> int:
   """Most noisy inputs per forward pass on `device` (default: the first
   local device): DEFAULT_FORWARD_BATCH on accelerators; on CPUs sized so
   that bytes_per_input (activations of one input) fit CPU_ACTIVATION_BYTES.
@@ -139,8 +140,12 @@ def default_forward_batch(device=None,
   device = jax.local_devices()[0] if device is None else device
   if device.platform != "cpu" or not bytes_per_input:
     return DEFAULT_FORWARD_BATCH
-  return int(min(DEFAULT_FORWARD_BATCH, max(
-      CPU_MIN_FORWARD_BATCH, CPU_ACTIVATION_BYTES // bytes_per_input)))
+  return int(
+      min(
+          DEFAULT_FORWARD_BATCH,
+          max(CPU_MIN_FORWARD_BATCH, CPU_ACTIVATION_BYTES // bytes_per_input),
+      )
+  )
 
 
 def _host_available_bytes() -> int | None:
@@ -283,8 +288,7 @@ def auto_chunk_size(
       input_shape,
       memory_budget,
       default_forward_batch(
-          bytes_per_input=facts.intermediate_bytes
-          + math.prod(input_shape) * 4
+          bytes_per_input=facts.intermediate_bytes + math.prod(input_shape) * 4
       ),
   )
   return min(default_chunk_size(rows, items, forward_batch), items)

@@ -1,4 +1,5 @@
-"""Per-image certification results files: crash-safe writing, reading, certified accuracy.
+"""Per-image certification results files: crash-safe writing, reading,
+certified accuracy.
 
 Pure NumPy: nothing here imports JAX, TensorFlow or matplotlib, so reading
 results stays light. Tables and plots are in dssn_jax/analysis.py.
@@ -74,7 +75,16 @@ METHOD_COLUMNS = {
     "uniform": ("p_lower",),
 }
 INT_COLUMNS = frozenset(
-    {"idx", "label", "predict", "correct", "count_top", "count_runner_up", "steps"})
+    {
+        "idx",
+        "label",
+        "predict",
+        "correct",
+        "count_top",
+        "count_runner_up",
+        "steps",
+    }
+)
 FLOAT_COLUMNS = frozenset({"radius", "time", "p_lower"})
 # The methods, in the order of the tables: `methods.METHODS`, spelled out
 # through METHOD_COLUMNS because this file also loads on its own, without the
@@ -97,7 +107,8 @@ def _method_of_columns(columns: Sequence[str]) -> str:
       return method
   raise ValueError(
       f"Unrecognised results header {list(columns)}; expected one of "
-      f"{[list(columns_for(m)) for m in ('dssn', 'uniform')]}.")
+      f"{[list(columns_for(m)) for m in ('dssn', 'uniform')]}."
+  )
 
 
 def metadata_path(path: str | os.PathLike) -> Path:
@@ -117,21 +128,25 @@ def _as_int(column: str, value: Any) -> int:
   except TypeError:
     raise ValueError(
         f"Column {column!r} needs an integer, got {value!r} "
-        f"({type(value).__name__}).") from None
+        f"({type(value).__name__})."
+    ) from None
 
 
 def _as_float(column: str, value: Any) -> float:
   try:
     value = float(value)
   except (TypeError, ValueError):
-    raise ValueError(f"Column {column!r} needs a number, got {value!r}.") from None
+    raise ValueError(
+        f"Column {column!r} needs a number, got {value!r}."
+    ) from None
   if not math.isfinite(value):
     raise ValueError(f"Column {column!r} needs a finite number, got {value!r}.")
   return value
 
 
 def _check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
-  """Validates one row; returns its values as Python ints/floats in column order."""
+  """Validates one row; returns its values as Python ints/floats in column
+  order."""
   values = {}
   for column in columns:
     conv = _as_int if column in INT_COLUMNS else _as_float
@@ -142,12 +157,15 @@ def _check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
   if values["label"] < 0:
     raise ValueError(f"{where}: label must be >= 0.")
   if values["predict"] < ABSTAIN:
-    raise ValueError(f"{where}: predict must be a class index or {ABSTAIN} (abstain).")
+    raise ValueError(
+        f"{where}: predict must be a class index or {ABSTAIN} (abstain)."
+    )
   if values["correct"] != int(values["predict"] == values["label"]):
     raise ValueError(
-        f"{where}: correct={values['correct']} but predict={values['predict']}, "
-        f"label={values['label']} (correct must be predict == label; an abstention "
-        "is never correct).")
+        f"{where}: correct={values['correct']} but "
+        f"predict={values['predict']}, label={values['label']} (correct must "
+        "be predict == label; an abstention is never correct)."
+    )
   if values["time"] < 0:
     raise ValueError(f"{where}: time must be >= 0 seconds.")
   if "steps" in values:
@@ -161,7 +179,10 @@ def _check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
 
 
 def _format_row(values: tuple) -> str:
-  return "\t".join(repr(v) if isinstance(v, float) else str(v) for v in values) + "\n"
+  return (
+      "\t".join(repr(v) if isinstance(v, float) else str(v) for v in values)
+      + "\n"
+  )
 
 
 def _parse_line(line: bytes, columns: Sequence[str]) -> tuple | None:
@@ -194,7 +215,9 @@ class _Scan:
   torn: bytes  # What follows valid_end: a torn tail, b"" if none.
 
 
-def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Scan:
+def _scan(
+    data: bytes, path: Path, columns: Sequence[str] | None = None
+) -> _Scan:
   """Parses a results file; a torn tail is reported, never silently dropped.
 
   Only the end of a file can be torn (rows are appended), and only as an
@@ -210,7 +233,8 @@ def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Sca
   elif tuple(header) != tuple(columns):
     raise ValueError(
         f"{path}: header {header} does not match the expected columns "
-        f"{list(columns)}.")
+        f"{list(columns)}."
+    )
   columns = tuple(header)
   rows, lines, pos, valid_end = [], [], newline + 1, newline + 1
   line_no = 1
@@ -226,7 +250,8 @@ def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Sca
           f"({data[pos:end][:80]!r}); a killed run only leaves an incomplete "
           "last line, so this is corruption or another program's writing. "
           "Inspect the file: fix or delete that line, or delete the file to "
-          "start over.")
+          "start over."
+      )
     rows.append(values)
     lines.append(line_no)
     valid_end = end + 1
@@ -237,7 +262,8 @@ def _scan(data: bytes, path: Path, columns: Sequence[str] | None = None) -> _Sca
   if dups:
     raise ValueError(
         f"{path}: duplicate idx {sorted(dups)[:10]} in the file; it was not "
-        "written by ResultsWriter alone. Inspect or delete the file.")
+        "written by ResultsWriter alone. Inspect or delete the file."
+    )
   return _Scan(columns, rows, lines, valid_end, data[valid_end:])
 
 
@@ -256,7 +282,8 @@ def _json_default(obj: Any) -> Any:
     return sorted(obj)
   raise TypeError(
       f"Run metadata value {obj!r} of type {type(obj).__name__} is not JSON "
-      "serialisable; pass numbers, strings, lists and dicts.")
+      "serialisable; pass numbers, strings, lists and dicts."
+  )
 
 
 def _canonical(obj: Any) -> Any:
@@ -278,7 +305,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+  fd, tmp = tempfile.mkstemp(
+      prefix=path.name + ".", suffix=".tmp", dir=path.parent
+  )
   try:
     with os.fdopen(fd, "w") as f:
       json.dump(obj, f, indent=2, sort_keys=True)
@@ -300,15 +329,17 @@ def _unlink_quietly(path: str | os.PathLike) -> None:
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
-  """The sidecar of results file `path`: {'format_version', 'method', 'columns', 'run'}."""
+  """The sidecar of results file `path`: {'format_version', 'method',
+  'columns', 'run'}."""
   meta_path = metadata_path(path)
   try:
     with open(meta_path) as f:
       meta = json.load(f)
   except FileNotFoundError:
     raise FileNotFoundError(
-        f"{path} has no metadata sidecar {meta_path.name}; it was not written by "
-        "dssn_jax.results.ResultsWriter.") from None
+        f"{path} has no metadata sidecar {meta_path.name}; it was not written "
+        "by dssn_jax.results.ResultsWriter."
+    ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{meta_path}: not valid JSON ({e}).") from None
   if not isinstance(meta, dict) or not {"method", "run"} <= meta.keys():
@@ -319,38 +350,48 @@ def read_metadata(path: str | os.PathLike) -> dict:
 _MISSING = "<missing>"
 
 
-def diff_metadata(old: Mapping[str, Any], new: Mapping[str, Any],
-                  ignore: Iterable[str] = ()) -> list[str]:
-  """'key: file has X, this run has Y' for every key (not in `ignore`) that differs."""
+def diff_metadata(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
+  """'key: file has X, this run has Y' for every key (not in `ignore`) that
+  differs."""
   ignore = set(ignore)
   keys = sorted((set(old) | set(new)) - ignore)
   return [
-      f"{k}: file has {old.get(k, _MISSING)!r}, this run has {new.get(k, _MISSING)!r}"
-      for k in keys if old.get(k, _MISSING) != new.get(k, _MISSING)
+      f"{k}: file has {old.get(k, _MISSING)!r}, "
+      f"this run has {new.get(k, _MISSING)!r}"
+      for k in keys
+      if old.get(k, _MISSING) != new.get(k, _MISSING)
   ]
 
 
-def check_metadata(path: str | os.PathLike, method: str,
-                   run_metadata: Mapping[str, Any]) -> None:
+def check_metadata(
+    path: str | os.PathLike, method: str, run_metadata: Mapping[str, Any]
+) -> None:
   """Raises ValueError unless results file `path` belongs to this run (same
   method and run metadata), naming every field that differs."""
   path = Path(path)
   meta_path = metadata_path(path)
-  fix = (f"Use another workdir or results file name for this run, or delete "
-         f"{path} and {meta_path.name} to start over.")
+  fix = (
+      f"Use another workdir or results file name for this run, or delete "
+      f"{path} and {meta_path.name} to start over."
+  )
   try:
     stored = read_metadata(path)
   except FileNotFoundError:
     raise ValueError(
         f"Results file {path} exists but its metadata {meta_path.name} does "
-        f"not, so it cannot be checked to belong to this run. {fix}") from None
+        f"not, so it cannot be checked to belong to this run. {fix}"
+    ) from None
   problems = diff_metadata({"method": stored.get("method")}, {"method": method})
-  problems += diff_metadata(stored.get("run") or {},
-                            _canonical(dict(run_metadata)))
+  problems += diff_metadata(
+      stored.get("run") or {}, _canonical(dict(run_metadata))
+  )
   if problems:
     raise ValueError(
         f"Results file {path} belongs to a different run; refusing to mix "
-        "runs. Mismatching fields: " + "; ".join(problems) + f". {fix}")
+        "runs. Mismatching fields: " + "; ".join(problems) + f". {fix}"
+    )
 
 
 def update_metadata(path: str | os.PathLike, **fields: Any) -> None:
@@ -380,8 +421,12 @@ class ResultsWriter:
   Every `write_rows` call is durable (flush + fsync) when it returns.
   """
 
-  def __init__(self, path: str | os.PathLike, method: str,
-               run_metadata: Mapping[str, Any]):
+  def __init__(
+      self,
+      path: str | os.PathLike,
+      method: str,
+      run_metadata: Mapping[str, Any],
+  ):
     self.path = Path(path)
     self.method = method
     self.columns = columns_for(method)
@@ -421,8 +466,12 @@ class ResultsWriter:
     return self._line_of.get(idx)
 
   def _meta(self) -> dict:
-    return {"format_version": FORMAT_VERSION, "method": self.method,
-            "columns": list(self.columns), "run": self.run_metadata}
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": self.method,
+        "columns": list(self.columns),
+        "run": self.run_metadata,
+    }
 
   def _check_existing_metadata(self) -> None:
     check_metadata(self.path, self.method, self.run_metadata)
@@ -438,7 +487,9 @@ class ResultsWriter:
       # Sidecar first: a data file never exists without its metadata. A stale
       # sidecar without a data file describes no rows and is replaced.
       _atomic_write_json(metadata_path(self.path), self._meta())
-      fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+      fd = os.open(
+          self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644
+      )
       _fsync_dir(self.path.parent)
     try:
       self._lock(fd)
@@ -458,9 +509,12 @@ class ResultsWriter:
     except OSError as e:
       if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
         raise ValueError(
-            f"{self.path} is being written by another process; give each process "
-            "its own results file.") from None
-      logging.warning("Cannot lock %s (%s); continuing without a lock.", self.path, e)
+            f"{self.path} is being written by another process; give each "
+            "process its own results file."
+        ) from None
+      logging.warning(
+          "Cannot lock %s (%s); continuing without a lock.", self.path, e
+      )
 
   def _recover(self, fd: int) -> None:
     size = os.fstat(fd).st_size
@@ -477,13 +531,18 @@ class ResultsWriter:
     scan = _scan(data, self.path, self.columns)
     if scan.torn:
       logging.warning(
-          "%s: removing a torn last row left by an interrupted run (%d bytes: %r).",
-          self.path, len(scan.torn), scan.torn[:200])
+          "%s: removing a torn last row left by an interrupted run "
+          "(%d bytes: %r).",
+          self.path,
+          len(scan.torn),
+          scan.torn[:200],
+      )
       os.ftruncate(fd, scan.valid_end)
       os.fsync(fd)
     self._done, self._done_view = {values[0] for values in scan.rows}, None
-    self._line_of = {values[0]: line
-                     for values, line in zip(scan.rows, scan.lines)}
+    self._line_of = {
+        values[0]: line for values, line in zip(scan.rows, scan.lines)
+    }
     self._next_line = (scan.lines[-1] if scan.lines else 1) + 1
 
   def close(self) -> None:
@@ -497,7 +556,7 @@ class ResultsWriter:
   def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-      view = view[os.write(fd, view):]
+      view = view[os.write(fd, view) :]
 
   def _batch_rows(self, rows) -> list[Mapping[str, Any]]:
     expected = set(self.columns)
@@ -508,7 +567,8 @@ class ResultsWriter:
         missing, extra = sorted(expected - keys), sorted(keys - expected)
         raise ValueError(
             f"{what} for method {self.method!r} must have exactly the columns "
-            f"{list(self.columns)}; missing {missing}, unexpected {extra}.")
+            f"{list(self.columns)}; missing {missing}, unexpected {extra}."
+        )
 
     if isinstance(rows, np.ndarray) and rows.dtype.names:
       rows = {name: rows[name] for name in rows.dtype.names}
@@ -516,15 +576,22 @@ class ResultsWriter:
       check_keys(rows.keys(), "A batch")
       arrays = {k: np.asarray(v) for k, v in rows.items()}
       lengths = {k: a.shape for k, a in arrays.items()}
-      if any(a.ndim != 1 for a in arrays.values()) or len(set(lengths.values())) != 1:
-        raise ValueError(f"Batch columns must be 1-D arrays of one length, got shapes {lengths}.")
+      if (
+          any(a.ndim != 1 for a in arrays.values())
+          or len(set(lengths.values())) != 1
+      ):
+        raise ValueError(
+            "Batch columns must be 1-D arrays of one length, got shapes "
+            f"{lengths}."
+        )
       lists = {k: a.tolist() for k, a in arrays.items()}
       n = len(lists["idx"])
       return [{k: lists[k][i] for k in self.columns} for i in range(n)]
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
       raise TypeError(
-          "write_rows takes a dict of equal-length columns, a structured array, "
-          f"or a list of row dicts; got {type(rows).__name__}.")
+          "write_rows takes a dict of equal-length columns, a structured "
+          f"array, or a list of row dicts; got {type(rows).__name__}."
+      )
     rows = list(rows)
     for row in rows:
       if not isinstance(row, Mapping):
@@ -541,10 +608,14 @@ class ResultsWriter:
     batch or an idx already in the file is a ValueError.
     """
     if self._fd is None:
-      raise RuntimeError(f"{self.path} is not open; use `with ResultsWriter(...)`.")
+      raise RuntimeError(
+          f"{self.path} is not open; use `with ResultsWriter(...)`."
+      )
     if self._broken:
       raise RuntimeError(
-          f"An earlier write to {self.path} failed; reopen the writer to repair the file.")
+          f"An earlier write to {self.path} failed; reopen the writer to "
+          "repair the file."
+      )
     values = [_check_row(row, self.columns) for row in self._batch_rows(rows)]
     idx = [v[0] for v in values]
     counts = collections.Counter(idx)
@@ -554,7 +625,9 @@ class ResultsWriter:
     already = sorted(set(idx) & self._done)
     if already:
       raise ValueError(
-          f"idx {already[:10]} already in {self.path}; skip writer.done_indices.")
+          f"idx {already[:10]} already in {self.path}; skip "
+          "writer.done_indices."
+      )
     if not values:
       return 0
     data = "".join(_format_row(v) for v in values).encode("ascii")
@@ -585,12 +658,19 @@ def subset_contains(run_metadata: Mapping[str, Any], idx: int) -> bool:
   max_examples = run_metadata.get("max_examples", -1)
   if idx < start or (idx - start) % skip:
     return False
-  return max_examples is None or max_examples < 0 or (
-      (idx - start) // skip < max_examples)
+  return (
+      max_examples is None
+      or max_examples < 0
+      or ((idx - start) // skip < max_examples)
+  )
 
 
-def check_subset(path, indices: Sequence[int], lines: Sequence[int],
-                 run_metadata: Mapping[str, Any]) -> None:
+def check_subset(
+    path,
+    indices: Sequence[int],
+    lines: Sequence[int],
+    run_metadata: Mapping[str, Any],
+) -> None:
   """Raises ValueError naming the first row whose idx is outside the run's
   subset (such a row was not written by this run)."""
   for idx, line in zip(indices, lines):
@@ -600,7 +680,8 @@ def check_subset(path, indices: Sequence[int], lines: Sequence[int],
           f"this run certifies (start={run_metadata.get('start', 0)}, "
           f"skip={run_metadata.get('skip', 1)}, max_examples="
           f"{run_metadata.get('max_examples', -1)}); it was not written by "
-          "this run. Delete that line, or the file to start over.")
+          "this run. Delete that line, or the file to start over."
+      )
 
 
 def as_paths(path_or_paths) -> list[Path]:
@@ -610,8 +691,9 @@ def as_paths(path_or_paths) -> list[Path]:
   return [Path(p) for p in path_or_paths]
 
 
-def read_results(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]
-                 ) -> dict[str, np.ndarray]:
+def read_results(
+    path_or_paths: str | os.PathLike | Sequence[str | os.PathLike],
+) -> dict[str, np.ndarray]:
   """Reads one or several results files into columns of NumPy arrays.
 
   Several files (one per process of a multi-host run) are merged; rows are
@@ -628,23 +710,32 @@ def read_results(path_or_paths: str | os.PathLike | Sequence[str | os.PathLike]
     with open(path, "rb") as f:
       scan = _scan(f.read(), path, columns)
     if scan.torn:
-      logging.warning("%s: ignoring a torn last row (%d bytes).", path, len(scan.torn))
+      logging.warning(
+          "%s: ignoring a torn last row (%d bytes).", path, len(scan.torn)
+      )
     if metadata_path(path).exists():
-      check_subset(path, [v[0] for v in scan.rows], scan.lines,
-                   read_metadata(path).get("run") or {})
+      check_subset(
+          path,
+          [v[0] for v in scan.rows],
+          scan.lines,
+          read_metadata(path).get("run") or {},
+      )
     columns = scan.columns
     for values in scan.rows:
       if values[0] in owner:
         raise ValueError(
-            f"idx {values[0]} is in both {owner[values[0]]} and {path}; these files "
-            "do not come from disjoint shards of one run.")
+            f"idx {values[0]} is in both {owner[values[0]]} and {path}; these "
+            "files do not come from disjoint shards of one run."
+        )
       owner[values[0]] = path
     parts.extend(scan.rows)
   parts.sort(key=lambda v: v[0])
   out = {}
   for j, column in enumerate(columns):
     dtype = np.int64 if column in INT_COLUMNS else np.float64
-    out[column] = np.array([v[j] for v in parts], dtype=dtype).reshape(len(parts))
+    out[column] = np.array([v[j] for v in parts], dtype=dtype).reshape(
+        len(parts)
+    )
   out["correct"] = out["correct"].astype(bool)
   return out
 
@@ -665,14 +756,17 @@ def certified_accuracy(radius, correct, radii, predict=None):
   if radius.ndim != 1 or radius.shape != correct.shape:
     raise ValueError(
         f"radius and correct must be 1-D of one length, got {radius.shape} and "
-        f"{correct.shape}.")
+        f"{correct.shape}."
+    )
   if predict is not None:
     predict = np.asarray(predict)
     if predict.shape != radius.shape:
       raise ValueError("predict must have the shape of radius.")
     correct = correct & (predict != ABSTAIN)
   if radius.size == 0:
-    raise ValueError("No results: certified accuracy of zero images is undefined.")
+    raise ValueError(
+        "No results: certified accuracy of zero images is undefined."
+    )
   r = np.asarray(radii, dtype=np.float64)
   if np.isnan(r).any() or (r < 0).any():
     raise ValueError(f"radii must be >= 0, got {radii!r}.")

@@ -3,7 +3,8 @@
 The notation follows docs/design.md, section 1 (Levine & Feizi, ICML 2021).
 Inputs live in [0, 1] on the grid {0, 1/q, ..., 1}; `sigma` is the user-facing
 noise level and `lam = sigma * sqrt(3)` the half-width of the equivalent
-uniform noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise samples.
+uniform noise. Deterministic smoothing uses `L = floor(2 * lam * q)` noise
+samples.
 
 The DSSN kernel is computed in integer arithmetic: for a grid input `x = a/q`
 and split value `s = (m + 1/2)/q` every quantity of the formula is an integer
@@ -43,19 +44,22 @@ class SmoothingSpec:
     if isinstance(self.q, bool) or not float(self.q).is_integer() or self.q < 1:
       raise ValueError(
           f"q must be a positive integer (inputs lie on the grid k/q), got "
-          f"q={self.q!r}; use q=255 for 8-bit images.")
+          f"q={self.q!r}; use q=255 for 8-bit images."
+      )
     object.__setattr__(self, "q", int(self.q))
     sigma = float(self.sigma)
     if not math.isfinite(sigma) or sigma <= 0:
       raise ValueError(
-          f"sigma must be a finite positive number, got sigma={self.sigma!r}.")
+          f"sigma must be a finite positive number, got sigma={self.sigma!r}."
+      )
     object.__setattr__(self, "sigma", sigma)
     if self.levels < 1:
       min_sigma = 1 / (2 * math.sqrt(3) * self.q)
       raise ValueError(
           f"sigma={sigma} is too small for q={self.q}: it gives "
           f"L = floor(2 * sigma * sqrt(3) * q) = {self.levels} noise levels, "
-          f"and DSSN needs at least one. Use sigma >= {min_sigma:.6g}.")
+          f"and DSSN needs at least one. Use sigma >= {min_sigma:.6g}."
+      )
 
   @property
   def lam(self) -> float:
@@ -73,8 +77,9 @@ class SmoothingSpec:
     return math.floor(product * (1 + 1e-9))
 
 
-def make_offsets(seed: int, shape: Sequence[int], levels: int,
-                 layout: str = "jax") -> jax.Array:
+def make_offsets(
+    seed: int, shape: Sequence[int], levels: int, layout: str = "jax"
+) -> jax.Array:
   """Draws the fixed offset vector `v` of a smoothed classifier.
 
   Args:
@@ -94,7 +99,8 @@ def make_offsets(seed: int, shape: Sequence[int], levels: int,
     raise ValueError(f"levels must be >= 1, got {levels}.")
   if layout == "jax":
     return jax.random.randint(
-        jax.random.key(seed), shape, 0, levels, dtype=jnp.int32)
+        jax.random.key(seed), shape, 0, levels, dtype=jnp.int32
+    )
   if layout == "torch":
     flat = np.random.RandomState(seed).randint(levels, size=math.prod(shape))
     if len(shape) == 3:
@@ -104,7 +110,8 @@ def make_offsets(seed: int, shape: Sequence[int], levels: int,
       offsets = flat.reshape(shape)
     return jnp.asarray(offsets, dtype=jnp.int32)
   raise ValueError(
-      f"Unknown offsets layout {layout!r}; expected one of {OFFSET_LAYOUTS}.")
+      f"Unknown offsets layout {layout!r}; expected one of {OFFSET_LAYOUTS}."
+  )
 
 
 def offsets_fingerprint(v) -> str:
@@ -129,7 +136,8 @@ def split_index(v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
 
 
 def split_values(v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
-  """Split values `s(k) = ((v + k) mod L + 0.5) / q` of DSSN sample k (float)."""
+  """Split values `s(k) = ((v + k) mod L + 0.5) / q` of DSSN sample k
+  (float)."""
   return (2 * split_index(v, k, spec) + 1).astype(jnp.float32) / (2 * spec.q)
 
 
@@ -142,8 +150,8 @@ def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
   """Deterministic split noise: sample k of the L derandomized samples.
 
   Computes `xt` of docs/design.md, section 1, the centre of the sub-interval
-  of [0, 1] (cut at s + n * L/q) that holds x, with `s = ((v + k) mod L + 1/2)/q`.
-  The one formula covers every lambda.
+  of [0, 1] (cut at s + n * L/q) that holds x, with
+  `s = ((v + k) mod L + 1/2)/q`. The one formula covers every lambda.
 
   Args:
     x: inputs on the grid {0, 1/q, ..., 1}, any shape broadcastable with v.
@@ -182,8 +190,9 @@ def to_float(xt4: jax.Array, q: int) -> jax.Array:
   return xt4.astype(jnp.float32) * np.float32(1 / (4 * q))
 
 
-def random_dssn_noise(key: jax.Array, x: jax.Array, v: jax.Array,
-                      spec: SmoothingSpec) -> jax.Array:
+def random_dssn_noise(
+    key: jax.Array, x: jax.Array, v: jax.Array, spec: SmoothingSpec
+) -> jax.Array:
   """DSSN training noise: one uniform k in {0..L-1} per example.
 
   Args:
@@ -219,14 +228,20 @@ def ssn_noise(key: jax.Array, x: jax.Array, spec: SmoothingSpec) -> jax.Array:
   return (jnp.minimum(t, 1.0) + jnp.maximum(t - width, 0.0)) / 2
 
 
-def uniform_noise(key: jax.Array, x: jax.Array,
-                  spec: SmoothingSpec) -> jax.Array:
+def uniform_noise(
+    key: jax.Array, x: jax.Array, spec: SmoothingSpec
+) -> jax.Array:
   """Uniform additive noise `x + U(-lam, lam)` (Yang et al., 2020)."""
   return x + jax.random.uniform(key, x.shape, x.dtype, -spec.lam, spec.lam)
 
 
-def random_noise(kind: str, key: jax.Array, x: jax.Array, spec: SmoothingSpec,
-                 v: jax.Array | None = None) -> jax.Array:
+def random_noise(
+    kind: str,
+    key: jax.Array,
+    x: jax.Array,
+    spec: SmoothingSpec,
+    v: jax.Array | None = None,
+) -> jax.Array:
   """Draws fresh training or sampling noise of the given kind per example.
 
   Args:
@@ -250,5 +265,5 @@ def random_noise(kind: str, key: jax.Array, x: jax.Array, spec: SmoothingSpec,
   if kind == "none":
     return x
   raise ValueError(
-      f"Unknown noise kind {kind!r}; expected one of {NOISE_KINDS}.")
-
+      f"Unknown noise kind {kind!r}; expected one of {NOISE_KINDS}."
+  )

@@ -46,8 +46,11 @@ from dssn_jax import smoothing
 
 METRICS_FILE = "metrics.jsonl"
 # Fields a resumed run must share with its checkpoint.
-RESUME_FIELDS = (checkpoints.SMOOTHING_FIELDS + checkpoints.MODEL_FIELDS +
-                 ("stability", "stability_gamma"))
+RESUME_FIELDS = (
+    checkpoints.SMOOTHING_FIELDS
+    + checkpoints.MODEL_FIELDS
+    + ("stability", "stability_gamma")
+)
 
 
 class TrainState(train_state.TrainState):
@@ -66,7 +69,8 @@ def stability_loss(logits_1, logits_2, labels, gamma: float):
     (loss, (cross_entropy, kl)) scalars.
   """
   cross_entropy = optax.softmax_cross_entropy_with_integer_labels(
-      logits_1, labels).mean()
+      logits_1, labels
+  ).mean()
   log_p1 = jax.nn.log_softmax(logits_1)
   log_p2 = jax.nn.log_softmax(logits_2)
   kl = jnp.sum(jnp.exp(log_p1) * (log_p1 - log_p2), axis=-1).mean()
@@ -75,34 +79,50 @@ def stability_loss(logits_1, logits_2, labels, gamma: float):
 
 def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   """SGD with (Nesterov) momentum, coupled weight decay, cosine schedule."""
-  schedule = optax.cosine_decay_schedule(config.learning_rate,
-                                         max(1, total_steps))
+  schedule = optax.cosine_decay_schedule(
+      config.learning_rate, max(1, total_steps)
+  )
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov))
+      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+  )
 
 
 def _check_config(config) -> None:
   input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
   config_checks.check_integer_fields(
-      config, [f for f in config_checks.SENTINEL_FIELDS +
-               config_checks.POSITIVE_FIELDS if not f.startswith("certify.")])
+      config,
+      [
+          f
+          for f in config_checks.SENTINEL_FIELDS + config_checks.POSITIVE_FIELDS
+          if not f.startswith("certify.")
+      ],
+  )
   if config.model not in models.MODEL_NAMES:
-    raise ValueError(f"Unknown model {config.model!r}; expected one of "
-                     f"{models.MODEL_NAMES}.")
+    raise ValueError(
+        f"Unknown model {config.model!r}; expected one of "
+        f"{models.MODEL_NAMES}."
+    )
   if config.noise not in smoothing.NOISE_KINDS:
-    raise ValueError(f"Unknown noise kind {config.noise!r}; expected one of "
-                     f"{smoothing.NOISE_KINDS}.")
+    raise ValueError(
+        f"Unknown noise kind {config.noise!r}; expected one of "
+        f"{smoothing.NOISE_KINDS}."
+    )
   if config.q != 255:
-    raise ValueError(f"q={config.q}, but the input pipelines yield 8-bit "
-                     f"images (q=255); set --config.q=255.")
+    raise ValueError(
+        f"q={config.q}, but the input pipelines yield 8-bit "
+        f"images (q=255); set --config.q=255."
+    )
   if config.get("data_shards", -1) == 0 or config.get("data_shards", -1) < -1:
-    raise ValueError(f"data_shards={config.data_shards}; use a positive "
-                     f"number or -1 (one shard per process).")
+    raise ValueError(
+        f"data_shards={config.data_shards}; use a positive "
+        f"number or -1 (one shard per process)."
+    )
   if config.batch_size % jax.device_count():
     raise ValueError(
         f"batch_size={config.batch_size} must be a multiple of the "
-        f"{jax.device_count()} devices.")
+        f"{jax.device_count()} devices."
+    )
 
 
 def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
@@ -120,7 +140,8 @@ def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
           f"The run in {workdir!r} reads its training data in "
           f"{stored['data_shards']} shards, but the config asks for "
           f"{shards}. Resume with --config.data_shards="
-          f"{stored['data_shards']} (or -1), or use a new --workdir.")
+          f"{stored['data_shards']} (or -1), or use a new --workdir."
+      )
     shards = int(stored["data_shards"])
   shards = shards or jax.process_count()
   if shards % jax.process_count():
@@ -128,11 +149,13 @@ def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
         f"The run in {workdir!r} reads its training data in {shards} shards, "
         f"which {jax.process_count()} processes cannot split evenly. Run it "
         f"with a number of processes that divides {shards}, or start a new "
-        f"--workdir.")
+        f"--workdir."
+    )
   if config.batch_size % shards:
     raise ValueError(
         f"batch_size={config.batch_size} must be a multiple of the {shards} "
-        f"training-data shards (data_shards, default one per process).")
+        f"training-data shards (data_shards, default one per process)."
+    )
   return shards
 
 
@@ -143,12 +166,19 @@ def _train_batches(config, shards: int, start_step: int):
   first = jax.process_index() * per_process
   streams = [
       input_pipeline.train_dataset(
-          config.dataset, batch_size=config.batch_size, seed=config.seed,
-          data_dir=config.data_dir, start_step=start_step,
-          shuffle_buffer=(config.shuffle_buffer if config.shuffle_buffer > 0
-                          else None),
-          process_index=first + i, process_count=shards)
-      for i in range(per_process)]
+          config.dataset,
+          batch_size=config.batch_size,
+          seed=config.seed,
+          data_dir=config.data_dir,
+          start_step=start_step,
+          shuffle_buffer=(
+              config.shuffle_buffer if config.shuffle_buffer > 0 else None
+          ),
+          process_index=first + i,
+          process_count=shards,
+      )
+      for i in range(per_process)
+  ]
   if per_process == 1:
     yield from streams[0]
     return
@@ -171,27 +201,37 @@ def make_train_step(model, config, spec, offsets):
     if config.stability:
       key_1, key_2 = jax.random.split(key)
       # One forward over both draws: BatchNorm sees the pair as one batch.
-      noisy = jnp.concatenate([_noisy(config, spec, offsets, key_1, x),
-                               _noisy(config, spec, offsets, key_2, x)])
+      noisy = jnp.concatenate(
+          [
+              _noisy(config, spec, offsets, key_1, x),
+              _noisy(config, spec, offsets, key_2, x),
+          ]
+      )
     else:
       noisy = _noisy(config, spec, offsets, key, x)
 
     def loss_fn(params):
       logits, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, noisy,
-          train=True, mutable=["batch_stats"])
+          {"params": params, "batch_stats": state.batch_stats},
+          noisy,
+          train=True,
+          mutable=["batch_stats"],
+      )
       if config.stability:
         logits_1, logits_2 = jnp.split(logits, 2)
-        loss, _ = stability_loss(logits_1, logits_2, labels,
-                                 config.stability_gamma)
+        loss, _ = stability_loss(
+            logits_1, logits_2, labels, config.stability_gamma
+        )
       else:
         logits_1 = logits
         loss = optax.softmax_cross_entropy_with_integer_labels(
-            logits, labels).mean()
+            logits, labels
+        ).mean()
       return loss, (logits_1, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        loss_fn, has_aux=True
+    )(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return state, {"loss": loss, "accuracy": accuracy}
@@ -209,10 +249,14 @@ def make_eval_step(model, config, spec, offsets):
     noisy = _noisy(config, spec, offsets, key, x)
     both = model.apply(variables, jnp.concatenate([x, noisy]), train=False)
     clean, noisy_logits = jnp.split(both, 2)
-    hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == batch["label"])
-                                 & mask)
-    return {"clean_correct": hit(clean), "noisy_correct": hit(noisy_logits),
-            "count": jnp.sum(mask)}
+    hit = lambda logits: jnp.sum(
+        (jnp.argmax(logits, -1) == batch["label"]) & mask
+    )
+    return {
+        "clean_correct": hit(clean),
+        "noisy_correct": hit(noisy_logits),
+        "count": jnp.sum(mask),
+    }
 
   return eval_step
 
@@ -220,7 +264,8 @@ def make_eval_step(model, config, spec, offsets):
 def global_batch(sharding, batch):
   """A process-local numpy batch as one global array split over devices."""
   return jax.tree.map(
-      lambda a: jax.make_array_from_process_local_data(sharding, a), batch)
+      lambda a: jax.make_array_from_process_local_data(sharding, a), batch
+  )
 
 
 # Evaluation splits up to this size (uint8 images) are decoded once per
@@ -236,21 +281,25 @@ def _eval_batches(config, cache: dict | None):
   if cache is not None and "batches" in cache:
     return cache["batches"]
   batches = input_pipeline.eval_dataset(
-      config.dataset, batch_size=config.eval_batch_size,
+      config.dataset,
+      batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
-      data_dir=config.data_dir)
+      data_dir=config.data_dir,
+  )
   info = input_pipeline.dataset_info(config.dataset)
   size = batches.num_examples * int(np.prod(info.input_shape))
-  kept = ({k: batch[k] for k in ("image", "label", "mask")}
-          for batch in batches)
+  kept = (
+      {k: batch[k] for k in ("image", "label", "mask")} for batch in batches
+  )
   if cache is None or size > EVAL_CACHE_BYTES:
     return kept
   cache["batches"] = list(kept)
   return cache["batches"]
 
 
-def evaluate(eval_step, state, config, sharding, key,
-             cache: dict | None = None) -> dict[str, float]:
+def evaluate(
+    eval_step, state, config, sharding, key, cache: dict | None = None
+) -> dict[str, float]:
   """Clean and noisy accuracy on (a prefix of) the evaluation split.
 
   Counts are summed on the device and read once, so the batches are
@@ -259,17 +308,21 @@ def evaluate(eval_step, state, config, sharding, key,
   """
   totals = None
   for i, batch in enumerate(_eval_batches(config, cache)):
-    counts = eval_step(state, global_batch(sharding, batch),
-                       jax.random.fold_in(key, i))
-    totals = counts if totals is None else jax.tree.map(jnp.add, totals,
-                                                        counts)
-  totals = ({k: int(v) for k, v in jax.device_get(totals).items()}
-            if totals is not None else
-            {"clean_correct": 0, "noisy_correct": 0, "count": 0})
+    counts = eval_step(
+        state, global_batch(sharding, batch), jax.random.fold_in(key, i)
+    )
+    totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
+  totals = (
+      {k: int(v) for k, v in jax.device_get(totals).items()}
+      if totals is not None
+      else {"clean_correct": 0, "noisy_correct": 0, "count": 0}
+  )
   count = max(totals["count"], 1)
-  return {"eval_clean_accuracy": totals["clean_correct"] / count,
-          "eval_noisy_accuracy": totals["noisy_correct"] / count,
-          "eval_examples": totals["count"]}
+  return {
+      "eval_clean_accuracy": totals["clean_correct"] / count,
+      "eval_noisy_accuracy": totals["noisy_correct"] / count,
+      "eval_examples": totals["count"],
+  }
 
 
 def write_metrics(workdir, writer, step, metrics):
@@ -302,16 +355,22 @@ def make_workdir(workdir: str) -> None:
   """Creates workdir; a path that is a file or not writable is a ValueError
   (an OSError deep inside Orbax would only name the symptom)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir {workdir!r} is a file, not a directory; "
-                     f"pass a directory (it is created if missing).")
+    raise ValueError(
+        f"--workdir {workdir!r} is a file, not a directory; "
+        f"pass a directory (it is created if missing)."
+    )
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise ValueError(f"Cannot create --workdir {workdir!r} ({e.strerror}); "
-                     f"pass a directory you can write to.") from e
+    raise ValueError(
+        f"Cannot create --workdir {workdir!r} ({e.strerror}); "
+        f"pass a directory you can write to."
+    ) from e
   if not os.access(workdir, os.W_OK):
-    raise ValueError(f"--workdir {workdir!r} is not writable; pass a "
-                     f"directory you can write to.")
+    raise ValueError(
+        f"--workdir {workdir!r} is not writable; pass a "
+        f"directory you can write to."
+    )
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:
@@ -330,30 +389,51 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   make_workdir(workdir)
   info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
-                                   spec.levels, config.offsets_layout)
-  model = models.create_model(config.model, num_classes=info.num_classes,
-                              mean=info.mean, std=info.std,
-                              dtype=jnp.dtype(config.compute_dtype))
+  offsets = smoothing.make_offsets(
+      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
+  )
+  model = models.create_model(
+      config.model,
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+      dtype=jnp.dtype(config.compute_dtype),
+  )
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=info.input_shape, num_classes=info.num_classes,
-      mean=info.mean, std=info.std, offsets=offsets)
+      config,
+      input_shape=info.input_shape,
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+      offsets=offsets,
+  )
 
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  stored = (checkpointer.metadata() if checkpointer.latest_step() is not None
-            else None)
+  stored = (
+      checkpointer.metadata()
+      if checkpointer.latest_step() is not None
+      else None
+  )
   if stored is not None:
     checkpoints.check_matches(
-        stored, metadata, RESUME_FIELDS,
+        stored,
+        metadata,
+        RESUME_FIELDS,
         what=f"The checkpoint in {workdir!r}",
-        fix="Resume with the checkpoint's values, or use a new --workdir.")
+        fix="Resume with the checkpoint's values, or use a new --workdir.",
+    )
   shards = _data_shards(config, stored, workdir)
   metadata["data_shards"] = shards
-  steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
-                     input_pipeline.train_steps_per_epoch(config.dataset,
-                                                batch_size=config.batch_size,
-                                                data_dir=config.data_dir,
-                                                process_count=shards))
+  steps_per_epoch = (
+      config.steps_per_epoch
+      if config.steps_per_epoch > 0
+      else input_pipeline.train_steps_per_epoch(
+          config.dataset,
+          batch_size=config.batch_size,
+          data_dir=config.data_dir,
+          process_count=shards,
+      )
+  )
   total_steps = config.num_epochs * steps_per_epoch
 
   mesh = certify.make_mesh()
@@ -361,13 +441,17 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   batch_sharding = NamedSharding(mesh, P("data"))
 
   def init_state():
-    variables = model.init(jax.random.key(config.seed),
-                           jnp.zeros((1,) + tuple(info.input_shape)),
-                           train=False)
+    variables = model.init(
+        jax.random.key(config.seed),
+        jnp.zeros((1,) + tuple(info.input_shape)),
+        train=False,
+    )
     return TrainState.create(
-        apply_fn=model.apply, params=variables["params"],
+        apply_fn=model.apply,
+        params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        tx=create_optimizer(config, total_steps))
+        tx=create_optimizer(config, total_steps),
+    )
 
   state = jax.jit(init_state, out_shardings=replicated)()
   if stored is not None:
@@ -382,23 +466,34 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   # Made on the global mesh: device_put cannot reach other processes' devices.
   train_key, eval_key = jax.jit(
       lambda: tuple(jax.random.split(jax.random.key(config.seed), 2)),
-      out_shardings=replicated)()
-  train_step = jax.jit(make_train_step(model, config, spec, offsets),
-                       in_shardings=(replicated, batch_sharding, replicated),
-                       out_shardings=(replicated, replicated),
-                       donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, config, spec, offsets),
-                      in_shardings=(replicated, batch_sharding, replicated))
+      out_shardings=replicated,
+  )()
+  train_step = jax.jit(
+      make_train_step(model, config, spec, offsets),
+      in_shardings=(replicated, batch_sharding, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
+  eval_step = jax.jit(
+      make_eval_step(model, config, spec, offsets),
+      in_shardings=(replicated, batch_sharding, replicated),
+  )
 
   # Imported here, after the input pipeline: clu imports TensorFlow, which
   # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+      workdir, just_logging=jax.process_index() > 0
+  )
   batches = _train_batches(config, shards, start_step)
-  progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
-                       desc=f"train {config.model} {config.noise}",
-                       disable=jax.process_index() > 0)
+  progress = tqdm.tqdm(
+      total=total_steps,
+      initial=start_step,
+      unit="step",
+      desc=f"train {config.model} {config.noise}",
+      disable=jax.process_index() > 0,
+  )
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   previous = None  # The last step's metrics, still being computed.
   eval_cache = {}
@@ -422,19 +517,30 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       jax.block_until_ready(metrics)
       progress.update(1)
       previous = None
-      summary = {f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
-                 for k in train_metrics[0]}
+      summary = {
+          f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
+          for k in train_metrics[0]
+      }
       elapsed = time.perf_counter() - window_start
       summary["train_images_per_second"] = window_images / max(elapsed, 1e-9)
-      progress.set_postfix(loss=f"{summary['train_loss']:.3f}",
-                           img_s=f"{summary['train_images_per_second']:.0f}")
+      progress.set_postfix(
+          loss=f"{summary['train_loss']:.3f}",
+          img_s=f"{summary['train_images_per_second']:.0f}",
+      )
       if done % steps_per_epoch:
         write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
-      summary.update(evaluate(eval_step, state, config, batch_sharding,
-                              jax.random.fold_in(eval_key, done),
-                              eval_cache))
+      summary.update(
+          evaluate(
+              eval_step,
+              state,
+              config,
+              batch_sharding,
+              jax.random.fold_in(eval_key, done),
+              eval_cache,
+          )
+      )
       summary["epoch"] = done // steps_per_epoch
       write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
@@ -442,7 +548,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
             f"epoch {summary['epoch']}: train loss "
             f"{summary['train_loss']:.4f}, eval clean accuracy "
             f"{summary['eval_clean_accuracy']:.4f}, under noise "
-            f"{summary['eval_noisy_accuracy']:.4f}")
+            f"{summary['eval_noisy_accuracy']:.4f}"
+        )
       checkpointer.save(done, state, metadata)
       window_start = time.perf_counter()  # Do not count evaluation time.
   if previous is not None:

@@ -43,35 +43,44 @@ from dssn_jax import models
 from dssn_jax import smoothing
 from dssn_jax import train
 
-
 # A denoiser learns to undo noise: every noise kind but "none".
 TRAINING_NOISES = tuple(k for k in methods.NOISE_KINDS if k != "none")
 # Fields a resumed run must share with its checkpoint.
-RESUME_FIELDS = (checkpoints.SMOOTHING_FIELDS + ("dataset",) +
-                 denoising.DENOISER_FIELDS)
+RESUME_FIELDS = (
+    checkpoints.SMOOTHING_FIELDS + ("dataset",) + denoising.DENOISER_FIELDS
+)
 
 
 def _check_config(config) -> None:
   input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
   cfg = config.denoiser
   if config.noise not in TRAINING_NOISES:
-    raise ValueError(f"A denoiser is trained under noise; got noise="
-                     f"{config.noise!r}, expected one of {TRAINING_NOISES} "
-                     f"(--config.noise=dssn).")
+    raise ValueError(
+        f"A denoiser is trained under noise; got noise="
+        f"{config.noise!r}, expected one of {TRAINING_NOISES} "
+        f"(--config.noise=dssn)."
+    )
   if cfg.objective not in denoising.OBJECTIVES:
-    raise ValueError(f"Unknown denoiser objective {cfg.objective!r}; "
-                     f"expected one of {denoising.OBJECTIVES}.")
+    raise ValueError(
+        f"Unknown denoiser objective {cfg.objective!r}; "
+        f"expected one of {denoising.OBJECTIVES}."
+    )
   if cfg.objective == "stability" and not cfg.classifier_workdir:
-    raise ValueError("The stability objective trains through a frozen "
-                     "classifier: pass --config.denoiser.classifier_workdir="
-                     "<its training workdir>.")
+    raise ValueError(
+        "The stability objective trains through a frozen "
+        "classifier: pass --config.denoiser.classifier_workdir="
+        "<its training workdir>."
+    )
   if config.q != 255:
-    raise ValueError(f"q={config.q}, but the input pipelines yield 8-bit "
-                     f"images (q=255); set --config.q=255.")
+    raise ValueError(
+        f"q={config.q}, but the input pipelines yield 8-bit "
+        f"images (q=255); set --config.q=255."
+    )
   if config.batch_size % jax.device_count():
     raise ValueError(
         f"batch_size={config.batch_size} must be a multiple of the "
-        f"{jax.device_count()} devices.")
+        f"{jax.device_count()} devices."
+    )
 
 
 def _frozen_classifier(config, info):
@@ -81,11 +90,12 @@ def _frozen_classifier(config, info):
     return None
   classifier = checkpoints.load_classifier(cfg.classifier_workdir)
   checkpoints.check_matches(
-      classifier.metadata, {"dataset": config.dataset,
-                            "input_shape": list(info.input_shape)},
+      classifier.metadata,
+      {"dataset": config.dataset, "input_shape": list(info.input_shape)},
       ("dataset", "input_shape"),
       what=f"The classifier in {cfg.classifier_workdir!r}",
-      fix="Train the denoiser on the classifier's dataset.")
+      fix="Train the denoiser on the classifier's dataset.",
+  )
   return classifier
 
 
@@ -93,15 +103,31 @@ def denoiser_metadata(config, info, offsets, classifier) -> dict[str, Any]:
   """The checkpoint's JSON record: smoothing metadata plus the denoiser's."""
   cfg = config.denoiser
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=info.input_shape, num_classes=info.num_classes,
-      mean=info.mean, std=info.std, offsets=offsets)
+      config,
+      input_shape=info.input_shape,
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+      offsets=offsets,
+  )
   metadata.update(
-      kind="denoiser", model=cfg.model, denoiser=cfg.model,
-      depth=int(cfg.depth), width=int(cfg.width), objective=cfg.objective,
-      classifier_sha256=(denoising.variables_fingerprint(classifier.variables)
-                         if classifier is not None else ""),
-      classifier_workdir=(os.path.abspath(cfg.classifier_workdir)
-                          if classifier is not None else ""))
+      kind="denoiser",
+      model=cfg.model,
+      denoiser=cfg.model,
+      depth=int(cfg.depth),
+      width=int(cfg.width),
+      objective=cfg.objective,
+      classifier_sha256=(
+          denoising.variables_fingerprint(classifier.variables)
+          if classifier is not None
+          else ""
+      ),
+      classifier_workdir=(
+          os.path.abspath(cfg.classifier_workdir)
+          if classifier is not None
+          else ""
+      ),
+  )
   return metadata
 
 
@@ -118,19 +144,24 @@ def make_train_step(model, config, spec, offsets, classifier_apply):
 
     def loss_fn(params):
       out, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, noisy,
-          train=True, mutable=["batch_stats"])
+          {"params": params, "batch_stats": state.batch_stats},
+          noisy,
+          train=True,
+          mutable=["batch_stats"],
+      )
       mse = jnp.mean((out - x) ** 2)
       if stability:
         logits = classifier_apply(clf_variables, out)
         loss = optax.softmax_cross_entropy_with_integer_labels(
-            logits, target).mean()
+            logits, target
+        ).mean()
       else:
         loss = mse
       return loss, (mse, updates["batch_stats"])
 
     (loss, (mse, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        loss_fn, has_aux=True
+    )(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return state, {"loss": loss, "mse": mse}
 
@@ -146,15 +177,21 @@ def make_eval_step(model, config, spec, offsets, classifier_apply):
     x = batch["image"].astype(jnp.float32) / config.q
     mask = batch["mask"]
     noisy = smoothing.random_noise(config.noise, key, x, spec, offsets)
-    out = model.apply({"params": state.params,
-                       "batch_stats": state.batch_stats}, noisy, train=False)
+    out = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        noisy,
+        train=False,
+    )
     per_image = lambda y: jnp.mean((y - x) ** 2, axis=(1, 2, 3))
-    sums = {"noisy_se": jnp.sum(per_image(noisy) * mask),
-            "denoised_se": jnp.sum(per_image(out) * mask),
-            "count": jnp.sum(mask)}
+    sums = {
+        "noisy_se": jnp.sum(per_image(noisy) * mask),
+        "denoised_se": jnp.sum(per_image(out) * mask),
+        "count": jnp.sum(mask),
+    }
     if classifier_apply is not None:
       hit = jnp.argmax(classifier_apply(clf_variables, out), -1) == (
-          batch["label"])
+          batch["label"]
+      )
       sums["classifier_correct"] = jnp.sum(hit & mask)
     return sums
 
@@ -166,20 +203,28 @@ def evaluate(eval_step, state, config, sharding, key, clf_variables):
   images) on (a prefix of) the evaluation split."""
   max_examples = config.eval_max_examples
   batches = input_pipeline.eval_dataset(
-      config.dataset, batch_size=config.eval_batch_size,
+      config.dataset,
+      batch_size=config.eval_batch_size,
       max_examples=None if max_examples < 0 else max_examples,
-      data_dir=config.data_dir)
+      data_dir=config.data_dir,
+  )
   totals = {}
   for i, batch in enumerate(batches):
     batch = {k: batch[k] for k in ("image", "label", "mask")}
-    sums = eval_step(state, train.global_batch(sharding, batch),
-                     jax.random.fold_in(key, i), clf_variables)
+    sums = eval_step(
+        state,
+        train.global_batch(sharding, batch),
+        jax.random.fold_in(key, i),
+        clf_variables,
+    )
     for name, value in sums.items():
       totals[name] = totals.get(name, 0.0) + float(value)
   count = max(totals.get("count", 0.0), 1.0)
-  metrics = {"eval_noisy_mse": totals["noisy_se"] / count,
-             "eval_denoised_mse": totals["denoised_se"] / count,
-             "eval_examples": int(totals["count"])}
+  metrics = {
+      "eval_noisy_mse": totals["noisy_se"] / count,
+      "eval_denoised_mse": totals["denoised_se"] / count,
+      "eval_examples": int(totals["count"]),
+  }
   if "classifier_correct" in totals:
     metrics["eval_classifier_accuracy"] = totals["classifier_correct"] / count
   return metrics
@@ -203,19 +248,27 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   cfg = config.denoiser
   info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(config.offsets_seed, info.input_shape,
-                                   spec.levels, config.offsets_layout)
-  model = models.create_denoiser(cfg.model, channels=info.input_shape[-1],
-                                 depth=cfg.depth, width=cfg.width,
-                                 dtype=jnp.dtype(config.compute_dtype))
+  offsets = smoothing.make_offsets(
+      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
+  )
+  model = models.create_denoiser(
+      cfg.model,
+      channels=info.input_shape[-1],
+      depth=cfg.depth,
+      width=cfg.width,
+      dtype=jnp.dtype(config.compute_dtype),
+  )
   classifier = _frozen_classifier(config, info)
   classifier_apply = classifier.apply_fn if classifier is not None else None
   metadata = denoiser_metadata(config, info, offsets, classifier)
 
-  steps_per_epoch = (config.steps_per_epoch if config.steps_per_epoch > 0 else
-                     input_pipeline.train_steps_per_epoch(config.dataset,
-                                                batch_size=config.batch_size,
-                                                data_dir=config.data_dir))
+  steps_per_epoch = (
+      config.steps_per_epoch
+      if config.steps_per_epoch > 0
+      else input_pipeline.train_steps_per_epoch(
+          config.dataset, batch_size=config.batch_size, data_dir=config.data_dir
+      )
+  )
   total_steps = config.num_epochs * steps_per_epoch
 
   mesh = certify.make_mesh()
@@ -223,24 +276,31 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   batch_sharding = NamedSharding(mesh, P("data"))
 
   def init_state():
-    variables = model.init(jax.random.key(config.seed),
-                           jnp.zeros((1,) + tuple(info.input_shape)),
-                           train=False)
-    schedule = optax.cosine_decay_schedule(cfg.learning_rate,
-                                           max(1, total_steps))
+    variables = model.init(
+        jax.random.key(config.seed),
+        jnp.zeros((1,) + tuple(info.input_shape)),
+        train=False,
+    )
+    schedule = optax.cosine_decay_schedule(
+        cfg.learning_rate, max(1, total_steps)
+    )
     return train.TrainState.create(
-        apply_fn=model.apply, params=variables["params"],
+        apply_fn=model.apply,
+        params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        tx=optax.adam(schedule))
+        tx=optax.adam(schedule),
+    )
 
   state = jax.jit(init_state, out_shardings=replicated)()
-  checkpointer = checkpoints.Checkpointer(workdir,
-                                          keep=config.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     checkpoints.check_matches(
-        checkpointer.metadata(), metadata, RESUME_FIELDS,
+        checkpointer.metadata(),
+        metadata,
+        RESUME_FIELDS,
         what=f"The checkpoint in {workdir!r}",
-        fix="Resume with the checkpoint's values, or use a new --workdir.")
+        fix="Resume with the checkpoint's values, or use a new --workdir.",
+    )
     state = checkpointer.restore(state)
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
@@ -250,33 +310,45 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
       f.write(config.to_json_best_effort(indent=2))
 
   clf_variables = jax.device_put(
-      classifier.variables if classifier is not None else {}, replicated)
+      classifier.variables if classifier is not None else {}, replicated
+  )
   keys = jax.random.split(jax.random.key(config.seed), 2)
   train_key, eval_key = jax.device_put(tuple(keys), replicated)
   train_step = jax.jit(
       make_train_step(model, config, spec, offsets, classifier_apply),
       in_shardings=(replicated, batch_sharding, replicated, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
   eval_step = jax.jit(
       make_eval_step(model, config, spec, offsets, classifier_apply),
-      in_shardings=(replicated, batch_sharding, replicated, replicated))
+      in_shardings=(replicated, batch_sharding, replicated, replicated),
+  )
 
   # Imported here, after the input pipeline: clu imports TensorFlow, which
   # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+      workdir, just_logging=jax.process_index() > 0
+  )
   batches = input_pipeline.train_dataset(
-      config.dataset, batch_size=config.batch_size,
-                               seed=config.seed, data_dir=config.data_dir,
-                               start_step=start_step,
-                               shuffle_buffer=(config.shuffle_buffer
-                                               if config.shuffle_buffer > 0
-                                               else None))
+      config.dataset,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      data_dir=config.data_dir,
+      start_step=start_step,
+      shuffle_buffer=(
+          config.shuffle_buffer if config.shuffle_buffer > 0 else None
+      ),
+  )
   progress = tqdm.tqdm(
-      total=total_steps, initial=start_step, unit="step",
+      total=total_steps,
+      initial=start_step,
+      unit="step",
       desc=f"train {cfg.model} {config.noise} {cfg.objective}",
-      disable=jax.process_index() > 0)
+      disable=jax.process_index() > 0,
+  )
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   for step in range(start_step, total_steps):
     batch = train.global_batch(batch_sharding, next(batches))
@@ -290,25 +362,37 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
       window_images += config.batch_size
     train_metrics.append(metrics)
     if done % config.log_every_steps == 0 or done % steps_per_epoch == 0:
-      summary = {f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
-                 for k in train_metrics[0]}
+      summary = {
+          f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
+          for k in train_metrics[0]
+      }
       elapsed = time.perf_counter() - window_start
       summary["train_images_per_second"] = window_images / max(elapsed, 1e-9)
-      progress.set_postfix(loss=f"{summary['train_loss']:.4f}",
-                           img_s=f"{summary['train_images_per_second']:.0f}")
+      progress.set_postfix(
+          loss=f"{summary['train_loss']:.4f}",
+          img_s=f"{summary['train_images_per_second']:.0f}",
+      )
       if done % steps_per_epoch:
         train.write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
-      summary.update(evaluate(eval_step, state, config, batch_sharding,
-                              jax.random.fold_in(eval_key, done),
-                              clf_variables))
+      summary.update(
+          evaluate(
+              eval_step,
+              state,
+              config,
+              batch_sharding,
+              jax.random.fold_in(eval_key, done),
+              clf_variables,
+          )
+      )
       summary["epoch"] = done // steps_per_epoch
       train.write_metrics(workdir, writer, done, summary)
       tqdm.tqdm.write(
           f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
           f"eval MSE {summary['eval_denoised_mse']:.5f} (noisy input "
-          f"{summary['eval_noisy_mse']:.5f})")
+          f"{summary['eval_noisy_mse']:.5f})"
+      )
       checkpointer.save(done, state, metadata)
       window_start = time.perf_counter()  # Do not count evaluation time.
   progress.close()

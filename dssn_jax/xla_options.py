@@ -64,8 +64,10 @@ def jaxlib_knows(flag: str, libraries: list[str] | None = None) -> bool:
   name = _flag_name(flag).lstrip("-").encode()
   for path in _jaxlib_libraries() if libraries is None else libraries:
     try:
-      with open(path, "rb") as f, mmap.mmap(f.fileno(), 0,
-                                            access=mmap.ACCESS_READ) as m:
+      with (
+          open(path, "rb") as f,
+          mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m,
+      ):
         if m.find(name) >= 0:
           return True
     except (OSError, ValueError):  # Unreadable or empty file.
@@ -76,6 +78,7 @@ def jaxlib_knows(flag: str, libraries: list[str] | None = None) -> bool:
 def _backend_started() -> bool:
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+
     return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):
     return True  # Unknown: do not touch what may already be in force.
@@ -97,12 +100,16 @@ def apply_defaults(flags=DEFAULT_FLAGS) -> tuple[str, ...]:
   if opted_out():
     return ()
   if _backend_started():
-    missing = [f for f in flags if _flag_name(f) not in os.environ.get(
-        "XLA_FLAGS", "")]
+    missing = [
+        f for f in flags if _flag_name(f) not in os.environ.get("XLA_FLAGS", "")
+    ]
     if missing:
-      logging.info("dssn-jax's default XLA options %s are not in force: JAX "
-                   "had started its backend before dssn_jax was imported "
-                   "(import dssn_jax first to get them).", missing)
+      logging.info(
+          "dssn-jax's default XLA options %s are not in force: JAX "
+          "had started its backend before dssn_jax was imported "
+          "(import dssn_jax first to get them).",
+          missing,
+      )
     return ()
   current = shlex.split(os.environ.get("XLA_FLAGS", ""))
   present = {_flag_name(f) for f in current}
@@ -112,8 +119,10 @@ def apply_defaults(flags=DEFAULT_FLAGS) -> tuple[str, ...]:
       continue  # The user's own value wins.
     if not jaxlib_knows(flag):
       skipped.append(flag)
-      logging.info("XLA option %s skipped: the installed jaxlib does not "
-                   "know it.", flag)
+      logging.info(
+          "XLA option %s skipped: the installed jaxlib does not " "know it.",
+          flag,
+      )
       continue
     added.append(flag)
   if added:
@@ -127,8 +136,9 @@ def flags_in_force() -> str:
   """XLA_FLAGS as the backend reads it, less the device-count and dump
   flags (they do not change what is computed)."""
   flags = shlex.split(os.environ.get("XLA_FLAGS", ""))
-  return " ".join(f for f in flags
-                  if not _flag_name(f).startswith(NOT_COMPUTATION))
+  return " ".join(
+      f for f in flags if not _flag_name(f).startswith(NOT_COMPUTATION)
+  )
 
 
 def computation_record(compute_dtype: str) -> dict[str, str]:
@@ -143,9 +153,14 @@ def computation_record(compute_dtype: str) -> dict[str, str]:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jaxlib  # pylint: disable=g-import-not-at-top
-  return {"backend": jax.default_backend(), "jax": jax.__version__,
-          "jaxlib": jaxlib.__version__, "compute_dtype": str(compute_dtype),
-          "xla_flags": flags_in_force()}
+
+  return {
+      "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "compute_dtype": str(compute_dtype),
+      "xla_flags": flags_in_force(),
+  }
 
 
 def applied() -> tuple[str, ...]:

@@ -15,20 +15,28 @@ from absl import logging
 # Multi-host runs (README, "Multi-host"): every entry point that computes
 # joins the distributed runtime in `start`, before any JAX computation.
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None,
+    "coordinator_address",
+    None,
     "Multi-process: host:port of process 0's coordinator (with "
-    "--num_processes and --process_id on every process).")
+    "--num_processes and --process_id on every process).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer(
-    "num_processes", None, "Multi-process: number of processes.")
+    "num_processes", None, "Multi-process: number of processes."
+)
 _PROCESS_ID = flags.DEFINE_integer(
-    "process_id", None, "Multi-process: this process's id, 0 .. N-1.")
+    "process_id", None, "Multi-process: this process's id, 0 .. N-1."
+)
 _AUTO = flags.DEFINE_bool(
-    "distributed_auto", False,
+    "distributed_auto",
+    False,
     "Multi-process: let JAX detect the cluster (Cloud TPU pod, SLURM, Open "
-    "MPI) with a plain jax.distributed.initialize().")
+    "MPI) with a plain jax.distributed.initialize().",
+)
 _TIMEOUT = flags.DEFINE_integer(
-    "distributed_timeout", 120,
-    "Multi-process: seconds to wait for every process to join.")
+    "distributed_timeout",
+    120,
+    "Multi-process: seconds to wait for every process to join.",
+)
 
 
 def start(argv) -> None:
@@ -40,11 +48,16 @@ def start(argv) -> None:
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from dssn_jax import distributed  # pylint: disable=g-import-not-at-top
+
   with user_errors():
     distributed.initialize(
         coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
-        auto=_AUTO.value, timeout_s=_TIMEOUT.value, on_timeout=_exit_now)
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        auto=_AUTO.value,
+        timeout_s=_TIMEOUT.value,
+        on_timeout=_exit_now,
+    )
 
 
 def _exit_now(message: str) -> None:
@@ -66,6 +79,8 @@ def user_errors():
     sys.exit(f"error: {e}")
   except OSError as e:  # E.g. a read-only or full disk under --workdir.
     where = f" {e.filename!r}" if e.filename else ""
-    sys.exit(f"error: cannot write or read{where}: {e.strerror or e}. Check "
-             f"that the path exists and that you may write there (a "
-             f"read-only or full file system?).")
+    sys.exit(
+        f"error: cannot write or read{where}: {e.strerror or e}. Check "
+        f"that the path exists and that you may write there (a "
+        f"read-only or full file system?)."
+    )

@@ -18,20 +18,33 @@ from absl import flags
 from dssn_jax import analysis
 
 _RESULTS = flags.DEFINE_list(
-    "results", [], "Results files, directories or globs (comma-separated).")
+    "results", [], "Results files, directories or globs (comma-separated)."
+)
 _REFERENCE = flags.DEFINE_string(
-    "reference", None,
-    "Published certificates of Levine & Feizi (2021): the .npz or its directory.")
+    "reference",
+    None,
+    "Published certificates of Levine & Feizi (2021): the .npz or its "
+    "directory.",
+)
 _DATASET = flags.DEFINE_string(
-    "dataset", None, "Keep only this dataset (cifar, imagenet, ...); default: all.")
+    "dataset",
+    None,
+    "Keep only this dataset (cifar, imagenet, ...); default: all.",
+)
 _RADII = flags.DEFINE_list(
-    "radii", [str(r) for r in analysis.DEFAULT_RADII],
-    "l1 radii of the tables (comma-separated).")
-_OUTDIR = flags.DEFINE_string("outdir", None, "Where tables.md and the plots go.")
+    "radii",
+    [str(r) for r in analysis.DEFAULT_RADII],
+    "l1 radii of the tables (comma-separated).",
+)
+_OUTDIR = flags.DEFINE_string(
+    "outdir", None, "Where tables.md and the plots go."
+)
 _WHAT_IF_N = flags.DEFINE_integer(
-    "what_if_n", None,
+    "what_if_n",
+    None,
     "Also tabulate our randomized runs at this many samples, at the same "
-    "empirical frequencies (an estimate of what a small N costs).")
+    "empirical frequencies (an estimate of what a small N costs).",
+)
 
 
 def main(argv):
@@ -40,11 +53,18 @@ def main(argv):
   try:
     radii = [float(r) for r in _RADII.value]
   except ValueError:
-    raise app.UsageError(f"--radii must be numbers, got {_RADII.value}") from None
+    raise app.UsageError(
+        f"--radii must be numbers, got {_RADII.value}"
+    ) from None
   try:
     markdown = analysis.analyze(
-        results=_RESULTS.value, reference=_REFERENCE.value, outdir=_OUTDIR.value,
-        dataset=_DATASET.value, radii=radii, what_if_n=_WHAT_IF_N.value)
+        results=_RESULTS.value,
+        reference=_REFERENCE.value,
+        outdir=_OUTDIR.value,
+        dataset=_DATASET.value,
+        radii=radii,
+        what_if_n=_WHAT_IF_N.value,
+    )
   except (ValueError, FileNotFoundError) as e:  # User errors: no traceback.
     raise SystemExit(f"analyze: error: {e}") from None
   print(markdown)

@@ -15,10 +15,11 @@ from dssn_jax import certify_workdir
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Configuration (configs/*.py[:variant]).",
-    lock_config=True)
+    "config", None, "Configuration (configs/*.py[:variant]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "The training workdir holding checkpoints/.")
+    "workdir", None, "The training workdir holding checkpoints/."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -20,20 +20,29 @@ from dssn_jax import convert
 import experiments
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "The PyTorch checkpoint (.pth) of the authors' code.")
+    "checkpoint", None, "The PyTorch checkpoint (.pth) of the authors' code."
+)
 _ARCH = flags.DEFINE_enum(
-    "arch", None, convert.ARCHITECTURES, "The network in the checkpoint.")
+    "arch", None, convert.ARCHITECTURES, "The network in the checkpoint."
+)
 _SIGMA = flags.DEFINE_float(
-    "sigma", None, "The sigma the model was trained with.")
+    "sigma", None, "The sigma the model was trained with."
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "New workdir for the converted checkpoint.")
+    "workdir", None, "New workdir for the converted checkpoint."
+)
 _OFFSETS_SEED = flags.DEFINE_integer(
-    "offsets_seed", 0, "Seed of the offsets template (the authors used 0).")
+    "offsets_seed", 0, "Seed of the offsets template (the authors used 0)."
+)
 _DATASET = flags.DEFINE_enum(
-    "dataset", None, tuple(convert.DATASETS),
-    "Default: cifar10 for the CIFAR networks, imagenet2012 for resnet50.")
+    "dataset",
+    None,
+    tuple(convert.DATASETS),
+    "Default: cifar10 for the CIFAR networks, imagenet2012 for resnet50.",
+)
 _STABILITY = flags.DEFINE_bool(
-    "stability", False, "The model was trained with stability training.")
+    "stability", False, "The model was trained with stability training."
+)
 flags.mark_flags_as_required(["checkpoint", "arch", "sigma", "workdir"])
 
 
@@ -41,15 +50,22 @@ def main(argv):
   experiments.start(argv)
   try:
     metadata = convert.convert_checkpoint(
-        _CHECKPOINT.value, _ARCH.value, _WORKDIR.value, sigma=_SIGMA.value,
-        offsets_seed=_OFFSETS_SEED.value, dataset=_DATASET.value,
-        stability=_STABILITY.value)
+        _CHECKPOINT.value,
+        _ARCH.value,
+        _WORKDIR.value,
+        sigma=_SIGMA.value,
+        offsets_seed=_OFFSETS_SEED.value,
+        dataset=_DATASET.value,
+        stability=_STABILITY.value,
+    )
   except (ValueError, FileNotFoundError, ImportError) as e:
     sys.exit(f"error: {e}")
-  print(f"Converted {_CHECKPOINT.value} ({metadata['model']}, "
-        f"{metadata['num_classes']} classes) into {_WORKDIR.value}: DSSN "
-        f"sigma={metadata['sigma']}, L={metadata['levels']}, offsets "
-        f"RandomState({metadata['offsets_seed']}) in the torch layout.")
+  print(
+      f"Converted {_CHECKPOINT.value} ({metadata['model']}, "
+      f"{metadata['num_classes']} classes) into {_WORKDIR.value}: DSSN "
+      f"sigma={metadata['sigma']}, L={metadata['levels']}, offsets "
+      f"RandomState({metadata['offsets_seed']}) in the torch layout."
+  )
 
 
 if __name__ == "__main__":

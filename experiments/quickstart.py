@@ -16,10 +16,14 @@ from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/fashion_mnist.py:quickstart",
-    "Configuration (configs/*.py[:variant]).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart",
-                               "Directory for everything the job writes.")
+    "config",
+    "configs/fashion_mnist.py:quickstart",
+    "Configuration (configs/*.py[:variant]).",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", "runs/quickstart", "Directory for everything the job writes."
+)
 
 
 def main(argv):
@@ -28,8 +32,9 @@ def main(argv):
   # (dssn_jax/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
   host_memory.reexec_with_huge_pages()
   with experiments.user_errors():
-    print(jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value,
-                                     report=print))
+    print(
+        jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value, report=print)
+    )
 
 
 if __name__ == "__main__":

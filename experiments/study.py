@@ -17,7 +17,8 @@ from dssn_jax import jobs
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Configuration with a `study` grid.", lock_config=True)
+    "config", None, "Configuration with a `study` grid.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Runs go to workdir/<run>.")
 _OUTDIR = flags.DEFINE_string("outdir", None, "Tables and plots of all runs.")
 flags.mark_flags_as_required(["config", "workdir", "outdir"])
@@ -31,8 +32,11 @@ def main(argv):
   config = _CONFIG.value
   runs = jobs.study_grid(config.study)
   with experiments.user_errors():
-    print(jobs.run_study(config, runs, _WORKDIR.value, _OUTDIR.value,
-                         report=print))
+    print(
+        jobs.run_study(
+            config, runs, _WORKDIR.value, _OUTDIR.value, report=print
+        )
+    )
 
 
 if __name__ == "__main__":

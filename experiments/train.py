@@ -15,10 +15,14 @@ from dssn_jax import train
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training configuration (configs/*.py[:variant]).",
-    lock_config=True)
+    "config",
+    None,
+    "Training configuration (configs/*.py[:variant]).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints and metrics.")
+    "workdir", None, "Directory for checkpoints and metrics."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

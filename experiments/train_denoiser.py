@@ -22,10 +22,11 @@ from dssn_jax import train_denoiser
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Configuration (configs/*.py[:variant]).",
-    lock_config=True)
+    "config", None, "Configuration (configs/*.py[:variant]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for the denoiser's checkpoints and metrics.")
+    "workdir", None, "Directory for the denoiser's checkpoints and metrics."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

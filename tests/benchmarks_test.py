@@ -35,13 +35,17 @@ def test_smoke_writes_json_and_markdown(smoke_report):
   assert saved["models"][0]["model"] == "small_cnn"
   with open(os.path.join(workdir, certifier.RESULTS_MARKDOWN)) as f:
     markdown = f.read()
-  for heading in ("## Peak: square matrix product",
-                  "## Forward pass and certification",
-                  "## Training step"):
+  for heading in (
+      "## Peak: square matrix product",
+      "## Forward pass and certification",
+      "## Training step",
+  ):
     assert heading in markdown
   assert markdown.count("| small_cnn | float32 |") >= 3  # 2 sigmas + train.
-  assert report["load_average_start"] is None or len(
-      report["load_average_start"]) == 3
+  assert (
+      report["load_average_start"] is None
+      or len(report["load_average_start"]) == 3
+  )
 
 
 def _positive_stats(stats):
@@ -91,8 +95,7 @@ def test_smoke_figures_are_sane(smoke_report):
 
 def test_summary_statistics():
   stats = measure.summarize([3.0, 1.0, 2.0])
-  assert stats == {"median": 2.0, "min": 1.0, "max": 3.0, "spread": 1.0,
-                   "n": 3}
+  assert stats == {"median": 2.0, "min": 1.0, "max": 3.0, "spread": 1.0, "n": 3}
   ratio = measure.per_round([2.0, 4.0, 9.0], [1.0, 2.0, 3.0])
   assert ratio["median"] == 2.0 and ratio["max"] == 3.0
 
@@ -116,10 +119,17 @@ def test_smoke_sweep_reports_every_batch(smoke_report):
 def test_xla_flag_trials_run_each_setting_in_its_own_process():
   # Two identical settings: same logits, ratios near 1 (no timing bound).
   trials = tuning.xla_flag_trials(
-      ["", "--xla_cpu_enable_fast_min_max=false"], [("small_cnn", 4)],
-      alternations=1, peak_size=64, repeats=1, log=lambda _: None)
+      ["", "--xla_cpu_enable_fast_min_max=false"],
+      [("small_cnn", 4)],
+      alternations=1,
+      peak_size=64,
+      repeats=1,
+      log=lambda _: None,
+  )
   assert [t["flags"] for t in trials["trials"]] == [
-      "", "--xla_cpu_enable_fast_min_max=false"]
+      "",
+      "--xla_cpu_enable_fast_min_max=false",
+  ]
   baseline, other = trials["settings"]
   assert not baseline["errors"] and not other["errors"]
   assert baseline["ratio_to_baseline"]["small_cnn"]["median"] == 1.0
@@ -132,8 +142,13 @@ def test_xla_flag_trials_run_each_setting_in_its_own_process():
 @pytest.mark.slow
 def test_xla_flag_trials_report_a_failing_setting():
   trials = tuning.xla_flag_trials(
-      ["--xla_this_flag_does_not_exist=1"], [("small_cnn", 4)],
-      alternations=1, peak_size=64, repeats=1, log=lambda _: None)
+      ["--xla_this_flag_does_not_exist=1"],
+      [("small_cnn", 4)],
+      alternations=1,
+      peak_size=64,
+      repeats=1,
+      log=lambda _: None,
+  )
   (entry,) = trials["settings"]
   assert entry["errors"] and "flops_per_second" not in entry
 
@@ -143,8 +158,7 @@ def test_device_split_runs_in_its_own_process():
   report = certifier.device_split_report(2, sigma=0.05, batch=4)
   assert "error" not in report, report.get("error")
   by_batch, by_samples = report["cases"]
-  assert (by_batch["split"], by_samples["split"]) == ("batch",
-                                                      "noise samples")
+  assert (by_batch["split"], by_samples["split"]) == ("batch", "noise samples")
   for case in report["cases"]:
     assert case["identical_to_one_device"]
     assert case["row_sums"] == [report["levels"]]

@@ -37,9 +37,9 @@ def make_cnn(seed=0, num_classes=NUM_CLASSES):
   dense = jax.random.normal(k2, (4 * 3 * 3, num_classes))
 
   def apply(x):
-    h = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO",
-                                                        "NHWC"))
+    h = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jax.nn.relu(h - 1).reshape(x.shape[0], -1) @ dense
 
   return apply
@@ -57,8 +57,7 @@ def naive_counts(apply_fn, x, v, spec):
     s = ((np.asarray(v) + k) % spec.levels + 0.5) / spec.q
     t = np.ceil((x64 - s) / width) * width + s
     xt = (np.minimum(t, 1) + np.maximum(t - width, 0)) / 2
-    xt32 = np.float32(np.round(xt * 4 * spec.q)) * np.float32(
-        1 / (4 * spec.q))
+    xt32 = np.float32(np.round(xt * 4 * spec.q)) * np.float32(1 / (4 * spec.q))
     votes = np.argmax(np.asarray(apply_fn(jnp.asarray(xt32))), axis=1)
     counts[np.arange(x.shape[0]), votes] += 1
   return counts
@@ -69,19 +68,22 @@ def naive_counts(apply_fn, x, v, spec):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("counts, pred, steps", [
-    ([10, 3, 0], 0, 3),  # (10 - 3 - 0) // 2
-    ([5, 5, 0], 0, 0),  # Tie: lowest index wins, runner-up has equal count.
-    ([3, 5, 5], 1, 0),
-    ([4, 6, 0], 1, 0),  # Runner-up has a lower index: (6 - 4 - 1) // 2.
-    ([4, 9, 0], 1, 2),  # (9 - 4 - 1) // 2
-    ([3, 9, 3], 1, 2),  # Stable sort: runner-up is class 0, lower index.
-    ([0, 3, 9, 3], 2, 2),  # Runner-up class 1 (lower index than 2).
-    ([7, 7, 7], 0, 0),  # All equal.
-    ([0, 10], 1, 4),  # (10 - 0 - 1) // 2
-    ([10, 0], 0, 5),
-    ([0, 0, 441, 0], 2, 220),
-])
+@pytest.mark.parametrize(
+    "counts, pred, steps",
+    [
+        ([10, 3, 0], 0, 3),  # (10 - 3 - 0) // 2
+        ([5, 5, 0], 0, 0),  # Tie: lowest index wins, runner-up has equal count.
+        ([3, 5, 5], 1, 0),
+        ([4, 6, 0], 1, 0),  # Runner-up has a lower index: (6 - 4 - 1) // 2.
+        ([4, 9, 0], 1, 2),  # (9 - 4 - 1) // 2
+        ([3, 9, 3], 1, 2),  # Stable sort: runner-up is class 0, lower index.
+        ([0, 3, 9, 3], 2, 2),  # Runner-up class 1 (lower index than 2).
+        ([7, 7, 7], 0, 0),  # All equal.
+        ([0, 10], 1, 4),  # (10 - 0 - 1) // 2
+        ([10, 0], 0, 5),
+        ([0, 0, 441, 0], 2, 220),
+    ],
+)
 def test_tie_rule(counts, pred, steps):
   spec = spec_with_levels(sum(counts))  # Counts must sum to L.
   counts = np.array([counts], np.int32)
@@ -104,7 +106,8 @@ def test_certify_from_counts_is_jittable():
   spec = spec_with_levels(15)
   counts = jnp.array([[3, 9, 3], [5, 5, 5]], jnp.int32)
   pred, steps, _ = jax.jit(dssn_jax.certify_from_counts, static_argnums=1)(
-      counts, spec)
+      counts, spec
+  )
   np.testing.assert_array_equal(pred, [1, 0])
   np.testing.assert_array_equal(steps, [2, 0])
 
@@ -144,12 +147,13 @@ def test_counts_identical_for_chunk_and_batch_sizes():
   reference = dssn_jax.dssn_counts(apply_fn, x, v, spec)
   for chunk in (1, 7, spec.levels, 1000):
     np.testing.assert_array_equal(
-        dssn_jax.dssn_counts(apply_fn, x, v, spec, chunk_size=chunk),
-        reference)
+        dssn_jax.dssn_counts(apply_fn, x, v, spec, chunk_size=chunk), reference
+    )
   for i in range(13):
     np.testing.assert_array_equal(
-        dssn_jax.dssn_counts(apply_fn, x[i:i + 1], v, spec, chunk_size=7),
-        reference[i:i + 1])
+        dssn_jax.dssn_counts(apply_fn, x[i : i + 1], v, spec, chunk_size=7),
+        reference[i : i + 1],
+    )
 
 
 def test_counts_with_params_argument():
@@ -160,8 +164,8 @@ def test_counts_with_params_argument():
   x = random_grid(jax.random.key(1), 4)
   np.testing.assert_array_equal(
       dssn_jax.dssn_counts(apply_with_params, x, v, spec, params=w),
-      dssn_jax.dssn_counts(lambda b: b.reshape(b.shape[0], -1) @ w, x, v,
-                           spec))
+      dssn_jax.dssn_counts(lambda b: b.reshape(b.shape[0], -1) @ w, x, v, spec),
+  )
 
 
 def test_counts_inside_user_jit():
@@ -177,7 +181,8 @@ def test_counts_inside_user_jit():
 
   pred, steps, _ = certified(x)
   ref_pred, ref_steps, _ = dssn_jax.certify_from_counts(
-      np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec)), spec)
+      np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec)), spec
+  )
   np.testing.assert_array_equal(pred, ref_pred)
   np.testing.assert_array_equal(steps, ref_steps)
 
@@ -190,8 +195,9 @@ def test_memory_bounded_by_one_chunk():
   def temp_bytes(sigma):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
-    lowered, _ = dssn_jax.certify.lower_counts(apply_fn, x, v, spec,
-                                               chunk_size=32)
+    lowered, _ = dssn_jax.certify.lower_counts(
+        apply_fn, x, v, spec, chunk_size=32
+    )
     compiled = lowered.compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -243,8 +249,9 @@ def test_soundness_perturbations_inside_radius(name, sigma):
   counts = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec))
   pred, steps, radius = dssn_jax.certify_from_counts(counts, spec)
   assert steps.max() > 0, "the test needs some nonzero certificates"
-  margin_grad = jax.grad(lambda z, a, b: (apply_fn(z[None])[0, a] -
-                                          apply_fn(z[None])[0, b]))
+  margin_grad = jax.grad(
+      lambda z, a, b: (apply_fn(z[None])[0, a] - apply_fn(z[None])[0, b])
+  )
   perturbed, owners, budgets = [], [], []
   for i in range(x.shape[0]):
     a = np.round(np.asarray(x[i]) * 255).astype(np.int64)
@@ -265,8 +272,9 @@ def test_soundness_perturbations_inside_radius(name, sigma):
   owners = np.array(owners)
   np.testing.assert_array_equal(new_pred, pred[owners])
   # One grid step changes at most one of the L samples.
-  assert (np.abs(new_counts - counts[owners]).max(axis=1) <=
-          np.array(budgets)).all()
+  assert (
+      np.abs(new_counts - counts[owners]).max(axis=1) <= np.array(budgets)
+  ).all()
 
 
 @pytest.mark.parametrize("sigma", [0.05, 0.3])
@@ -274,7 +282,8 @@ def test_soundness_exhaustive_for_one_pixel_classifier(sigma):
   """Every grid value of the pixel a classifier reads, every move in radius."""
   spec = dssn_jax.SmoothingSpec(sigma)
   apply_fn = lambda z: jnp.stack(
-      [z[:, 0, 0, 0] - 0.3, 0.3 - z[:, 0, 0, 0], 0 * z[:, 0, 0, 0]], axis=1)
+      [z[:, 0, 0, 0] - 0.3, 0.3 - z[:, 0, 0, 0], 0 * z[:, 0, 0, 0]], axis=1
+  )
   v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
   x = jnp.zeros((256,) + SHAPE).at[:, 0, 0, 0].set(jnp.arange(256) / 255)
   counts = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec))
@@ -296,12 +305,18 @@ def independent_cp_lower(k, n, alpha):
   """Solves P(X >= k | p) = alpha / 2 for p by root finding."""
   if k == 0:
     return 0.0
-  return optimize.brentq(lambda p: stats.binom.sf(k - 1, n, p) - alpha / 2,
-                         1e-12, 1 - 1e-12, xtol=1e-15)
+  return optimize.brentq(
+      lambda p: stats.binom.sf(k - 1, n, p) - alpha / 2,
+      1e-12,
+      1 - 1e-12,
+      xtol=1e-15,
+  )
 
 
-@pytest.mark.parametrize("k, n", [(100000, 100000), (99000, 100000),
-                                  (60, 100), (51, 100), (1, 10), (0, 10)])
+@pytest.mark.parametrize(
+    "k, n",
+    [(100000, 100000), (99000, 100000), (60, 100), (51, 100), (1, 10), (0, 10)],
+)
 def test_clopper_pearson_matches_independent_solution(k, n):
   got = float(dssn_jax.clopper_pearson_lower(k, n, 0.001))
   assert got == pytest.approx(independent_cp_lower(k, n, 0.001), abs=1e-9)
@@ -310,7 +325,8 @@ def test_clopper_pearson_matches_independent_solution(k, n):
 def test_clopper_pearson_all_successes_closed_form():
   # P(X >= n | p) = p^n = alpha / 2.
   assert float(dssn_jax.clopper_pearson_lower(100000, 100000, 0.001)) == (
-      pytest.approx(0.0005**(1 / 100000), rel=1e-12))
+      pytest.approx(0.0005 ** (1 / 100000), rel=1e-12)
+  )
 
 
 @pytest.mark.parametrize("noise", ["uniform", "ssn"])
@@ -318,25 +334,29 @@ def test_randomized_certify_confident_classifier(noise):
   spec = dssn_jax.SmoothingSpec(0.25)
   apply_fn = lambda z: jnp.tile(jnp.array([[0.0, 1.0, 0.0]]), (z.shape[0], 1))
   x = random_grid(jax.random.key(0), 3)
-  cert = dssn_jax.certify_randomized(apply_fn, x, spec, jax.random.key(1),
-                                     noise=noise, n0=16, n=5000)
+  cert = dssn_jax.certify_randomized(
+      apply_fn, x, spec, jax.random.key(1), noise=noise, n0=16, n=5000
+  )
   np.testing.assert_array_equal(cert.pred, 1)
   np.testing.assert_array_equal(cert.count_top, 5000)
   p_lower = independent_cp_lower(5000, 5000, 0.001)
   np.testing.assert_allclose(cert.p_lower, p_lower, rtol=1e-9)
-  np.testing.assert_allclose(cert.radius, 2 * spec.lam * (p_lower - 0.5),
-                             rtol=1e-9)
+  np.testing.assert_allclose(
+      cert.radius, 2 * spec.lam * (p_lower - 0.5), rtol=1e-9
+  )
 
 
 def test_randomized_certify_abstains_at_coin_flip():
   spec = dssn_jax.SmoothingSpec(0.5)
   # Votes by the sign of the noise on one pixel at 0.5: a fair coin.
   apply_fn = lambda z: jnp.stack(
-      [z[:, 0, 0, 0] - 0.5, 0.5 - z[:, 0, 0, 0]], axis=1)
+      [z[:, 0, 0, 0] - 0.5, 0.5 - z[:, 0, 0, 0]], axis=1
+  )
   x = jnp.full((4,) + SHAPE, 128 / 255) - 0.5 / 255
   x = jnp.round(x * 255) / 255
-  cert = dssn_jax.certify_randomized(apply_fn, x, spec, jax.random.key(0),
-                                     noise="uniform", n0=64, n=2000)
+  cert = dssn_jax.certify_randomized(
+      apply_fn, x, spec, jax.random.key(0), noise="uniform", n0=64, n=2000
+  )
   assert (cert.p_lower <= 0.5).all()
   np.testing.assert_array_equal(cert.pred, -1)
   assert (cert.radius <= 0).all()
@@ -347,13 +367,23 @@ def test_sample_counts_deterministic_over_chunks():
   apply_fn = make_mlp()
   x = random_grid(jax.random.key(0), 5)
   key = jax.random.key(9)
-  reference = dssn_jax.sample_counts(apply_fn, x, spec, key, noise="ssn",
-                                     num_samples=300)
+  reference = dssn_jax.sample_counts(
+      apply_fn, x, spec, key, noise="ssn", num_samples=300
+  )
   np.testing.assert_array_equal(reference.sum(axis=1), 300)
   for chunk in (1, 7, 300):
     np.testing.assert_array_equal(
-        dssn_jax.sample_counts(apply_fn, x, spec, key, noise="ssn",
-                               num_samples=300, chunk_size=chunk), reference)
+        dssn_jax.sample_counts(
+            apply_fn,
+            x,
+            spec,
+            key,
+            noise="ssn",
+            num_samples=300,
+            chunk_size=chunk,
+        ),
+        reference,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -368,16 +398,19 @@ def fixture_setup():
   return spec, v, make_linear(), random_grid(jax.random.key(0), 2)
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda x: x + 0.3 / 255, "only hold for quantized inputs"),
-    (lambda x: x.at[0, 0, 0, 0].set(1.5), r"lie in \[0, 1\]"),
-    (lambda x: x.at[0, 0, 0, 0].set(-1 / 255), r"lie in \[0, 1\]"),
-    (lambda x: x.at[1, 2, 2, 0].set(jnp.nan), "NaN"),
-    (lambda x: x[0], "shape"),
-    (lambda x: x.reshape(2, 25, 1, 1), "shape"),
-    (lambda x: x[:0], "empty"),
-    (lambda x: (x * 255).astype(jnp.uint8), "floating point"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda x: x + 0.3 / 255, "only hold for quantized inputs"),
+        (lambda x: x.at[0, 0, 0, 0].set(1.5), r"lie in \[0, 1\]"),
+        (lambda x: x.at[0, 0, 0, 0].set(-1 / 255), r"lie in \[0, 1\]"),
+        (lambda x: x.at[1, 2, 2, 0].set(jnp.nan), "NaN"),
+        (lambda x: x[0], "shape"),
+        (lambda x: x.reshape(2, 25, 1, 1), "shape"),
+        (lambda x: x[:0], "empty"),
+        (lambda x: (x * 255).astype(jnp.uint8), "floating point"),
+    ],
+)
 def test_bad_inputs(setup, mutate, message):
   spec, v, apply_fn, x = setup
   with pytest.raises(ValueError, match=message):
@@ -402,16 +435,22 @@ def test_bad_randomized_arguments(setup):
   spec, _, apply_fn, x = setup
   key = jax.random.key(0)
   with pytest.raises(ValueError, match="randomized noise"):
-    dssn_jax.sample_counts(apply_fn, x, spec, key, noise="gaussian",
-                           num_samples=10)
+    dssn_jax.sample_counts(
+        apply_fn, x, spec, key, noise="gaussian", num_samples=10
+    )
   with pytest.raises(ValueError, match="num_samples"):
     dssn_jax.sample_counts(apply_fn, x, spec, key, noise="ssn", num_samples=0)
   with pytest.raises(ValueError, match="alpha"):
-    dssn_jax.certify_randomized(apply_fn, x, spec, key, noise="ssn",
-                                alpha=1.5)
+    dssn_jax.certify_randomized(apply_fn, x, spec, key, noise="ssn", alpha=1.5)
   with pytest.raises(ValueError, match="NaN"):
-    dssn_jax.certify_randomized(apply_fn, x.at[0, 0, 0, 0].set(jnp.nan),
-                                spec, key, noise="uniform", n=10)
+    dssn_jax.certify_randomized(
+        apply_fn,
+        x.at[0, 0, 0, 0].set(jnp.nan),
+        spec,
+        key,
+        noise="uniform",
+        n=10,
+    )
 
 
 def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
@@ -426,8 +465,12 @@ def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
 
   spec = dssn_jax.SmoothingSpec(0.12)
   v = dssn_jax.make_offsets(0, (8, 8, 1), spec.levels)
-  grid = lambda seed, n: jnp.round(jax.random.uniform(
-      jax.random.key(seed), (n, 8, 8, 1)) * 255) / 255
+  grid = (
+      lambda seed, n: jnp.round(
+          jax.random.uniform(jax.random.key(seed), (n, 8, 8, 1)) * 255
+      )
+      / 255
+  )
   first = dssn_jax.dssn_counts(apply_fn, grid(0, 4), v, spec)
   traced = len(traces)
   assert traced >= 1

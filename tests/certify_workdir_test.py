@@ -35,17 +35,25 @@ ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 def save_untrained_checkpoint(config, workdir):
   """A freshly initialized classifier saved as a training run would save it."""
   info = input_pipeline.dataset_info(config.dataset)
-  model = models.create_model(config.model, num_classes=info.num_classes,
-                              mean=info.mean, std=info.std)
-  variables = model.init(jax.random.key(0),
-                         jnp.zeros((1,) + tuple(info.input_shape)),
-                         train=False)
+  model = models.create_model(
+      config.model, num_classes=info.num_classes, mean=info.mean, std=info.std
+  )
+  variables = model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(info.input_shape)), train=False
+  )
   metadata = checkpoints.smoothing_metadata(
-      config, input_shape=info.input_shape, num_classes=info.num_classes,
-      mean=info.mean, std=info.std)
+      config,
+      input_shape=info.input_shape,
+      num_classes=info.num_classes,
+      mean=info.mean,
+      std=info.std,
+  )
   checkpointer = checkpoints.Checkpointer(workdir)
-  checkpointer.save(1, {"params": variables["params"],
-                        "batch_stats": variables["batch_stats"]}, metadata)
+  checkpointer.save(
+      1,
+      {"params": variables["params"], "batch_stats": variables["batch_stats"]},
+      metadata,
+  )
   checkpointer.close()
 
 
@@ -59,27 +67,45 @@ def smoke(module, data_dir=None, **certify_overrides):
 def library_rows(config, workdir):
   """The rows computed by calling dssn_counts / certify_randomized directly."""
   classifier = checkpoints.load_classifier(
-      workdir, compute_dtype=config.certify.compute_dtype or None)
+      workdir, compute_dtype=config.certify.compute_dtype or None
+  )
   cfg = config.certify
   rows = {name: [] for name in ROW_COLUMNS}
   for batch in input_pipeline.eval_dataset(
-      config.dataset, split=cfg.split, start=cfg.start, skip=cfg.skip,
+      config.dataset,
+      split=cfg.split,
+      start=cfg.start,
+      skip=cfg.skip,
       max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
       batch_size=cfg.batch_size,
-      data_dir=config.data_dir):
+      data_dir=config.data_dir,
+  ):
     keep = batch["mask"]
     x = jnp.asarray(batch["image"][keep], jnp.float32) / 255
     if cfg.method == "dssn":
-      counts = dssn_jax.dssn_counts(classifier.apply_fn, x, classifier.offsets,
-                                    classifier.spec,
-                                    params=classifier.variables)
-      pred, _, radius = dssn_jax.certify_from_counts(np.asarray(counts),
-                                                     classifier.spec)
+      counts = dssn_jax.dssn_counts(
+          classifier.apply_fn,
+          x,
+          classifier.offsets,
+          classifier.spec,
+          params=classifier.variables,
+      )
+      pred, _, radius = dssn_jax.certify_from_counts(
+          np.asarray(counts), classifier.spec
+      )
     else:
       cert = dssn_jax.certify_randomized(
-          classifier.apply_fn, x, classifier.spec, jax.random.key(cfg.seed),
-          noise=cfg.method, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha,
-          params=classifier.variables, row_ids=batch["index"][keep])
+          classifier.apply_fn,
+          x,
+          classifier.spec,
+          jax.random.key(cfg.seed),
+          noise=cfg.method,
+          n0=cfg.n0,
+          n=cfg.n,
+          alpha=cfg.alpha,
+          params=classifier.variables,
+          row_ids=batch["index"][keep],
+      )
       pred, radius = cert.pred, cert.radius
     rows["idx"] += list(batch["index"][keep])
     rows["label"] += list(batch["label"][keep])
@@ -92,8 +118,9 @@ def library_rows(config, workdir):
 def assert_rows_equal(got, expected):
   order = np.argsort(got["idx"])
   for name in ROW_COLUMNS:
-    np.testing.assert_array_equal(np.asarray(got[name])[order],
-                                  np.asarray(expected[name]), err_msg=name)
+    np.testing.assert_array_equal(
+        np.asarray(got[name])[order], np.asarray(expected[name]), err_msg=name
+    )
 
 
 @pytest.fixture(scope="module", name="fmnist_workdir")
@@ -116,18 +143,25 @@ def fresh_copy(workdir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["dssn", "uniform"])
-def test_fashion_mnist_rows_match_library(fmnist_workdir, tmp_path,
-                                          fashion_mnist_data_dir, method):
+def test_fashion_mnist_rows_match_library(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir, method
+):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
-  config = smoke(fashion_mnist_config, fashion_mnist_data_dir, method=method,
-                 max_examples=5, skip=3)
+  config = smoke(
+      fashion_mnist_config,
+      fashion_mnist_data_dir,
+      method=method,
+      max_examples=5,
+      skip=3,
+  )
   summary = certify_workdir.certify_workdir(config, workdir)
   rows = results.read_results(certify_workdir.results_path(workdir, config))
   assert_rows_equal(rows, library_rows(config, workdir))
   np.testing.assert_array_equal(rows["idx"], [0, 3, 6, 9, 12])
   assert summary["images"] == 5
-  assert json.load(open(f"{workdir}/certify_{method}.summary.json"))[
-      "images"] == 5
+  assert (
+      json.load(open(f"{workdir}/certify_{method}.summary.json"))["images"] == 5
+  )
   if method == "dssn":
     levels = dssn_jax.SmoothingSpec(config.sigma).levels
     assert (rows["count_top"] + rows["count_runner_up"] <= levels).all()
@@ -135,10 +169,15 @@ def test_fashion_mnist_rows_match_library(fmnist_workdir, tmp_path,
 
 
 def test_bfloat16_certification_is_recorded_and_not_mixed(
-    fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir
+):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
-  config = smoke(fashion_mnist_config, fashion_mnist_data_dir,
-                 max_examples=3, compute_dtype="bfloat16")
+  config = smoke(
+      fashion_mnist_config,
+      fashion_mnist_data_dir,
+      max_examples=3,
+      compute_dtype="bfloat16",
+  )
   certify_workdir.certify_workdir(config, workdir)
   path = certify_workdir.results_path(workdir, config)
   assert results.read_metadata(path)["run"]["compute_dtype"] == "bfloat16"
@@ -180,17 +219,36 @@ def test_imagenet_rows_match_library(tmp_path):
 def cli(workdir, data_dir, *flags, devices=None, wait=True):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   if devices:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={devices}")
-  command = [sys.executable, "-m", "experiments.certify",
-             "--config=configs/fashion_mnist.py:smoke",
-             f"--workdir={workdir}", f"--config.data_dir={data_dir}", *flags]
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={devices}"
+    )
+  command = [
+      sys.executable,
+      "-m",
+      "experiments.certify",
+      "--config=configs/fashion_mnist.py:smoke",
+      f"--workdir={workdir}",
+      f"--config.data_dir={data_dir}",
+      *flags,
+  ]
   if not wait:
-    return subprocess.Popen(command, cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=600, check=False)
+    return subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+  return subprocess.run(
+      command,
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
 
 
 def rows_of(workdir):
@@ -202,7 +260,8 @@ SUBSET = ("--config.certify.max_examples=24", "--config.certify.batch_size=4")
 
 
 def test_killed_run_resumes_to_the_uninterrupted_rows(
-    fmnist_workdir, tmp_path, fashion_mnist_data_dir):
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir
+):
   straight = fresh_copy(fmnist_workdir, tmp_path / "a")
   done = cli(straight, fashion_mnist_data_dir, *SUBSET)
   assert done.returncode == 0, done.stderr[-2000:]
@@ -230,8 +289,9 @@ def test_killed_run_resumes_to_the_uninterrupted_rows(
     np.testing.assert_array_equal(got[name], column, err_msg=name)
 
 
-def test_cli_on_4_devices_writes_the_rows_of_1(fmnist_workdir, tmp_path,
-                                               fashion_mnist_data_dir):
+def test_cli_on_4_devices_writes_the_rows_of_1(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir
+):
   one = fresh_copy(fmnist_workdir, tmp_path / "one")
   four = fresh_copy(fmnist_workdir, tmp_path / "four")
   flags = ("--config.certify.max_examples=10", "--config.certify.batch_size=5")
@@ -243,15 +303,15 @@ def test_cli_on_4_devices_writes_the_rows_of_1(fmnist_workdir, tmp_path,
     np.testing.assert_array_equal(got[name], column, err_msg=name)
 
 
-def test_cli_errors_exit_nonzero_with_message(tmp_path,
-                                              fashion_mnist_data_dir):
+def test_cli_errors_exit_nonzero_with_message(tmp_path, fashion_mnist_data_dir):
   run = cli(str(tmp_path / "missing"), fashion_mnist_data_dir)
   assert run.returncode != 0
   assert "No checkpoint" in run.stderr and "Traceback" not in run.stderr
 
 
-def test_config_sigma_disagreeing_with_checkpoint(fmnist_workdir, tmp_path,
-                                                  fashion_mnist_data_dir):
+def test_config_sigma_disagreeing_with_checkpoint(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir
+):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
   config.sigma = 0.25
@@ -264,8 +324,9 @@ def test_config_sigma_disagreeing_with_checkpoint(fmnist_workdir, tmp_path,
   assert summary["sigma"] == 0.25
 
 
-def test_results_file_of_another_run_is_refused(fmnist_workdir, tmp_path,
-                                                fashion_mnist_data_dir):
+def test_results_file_of_another_run_is_refused(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir
+):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir, max_examples=2)
   certify_workdir.certify_workdir(config, workdir)
@@ -293,8 +354,9 @@ def test_corrupt_checkpoint(fmnist_workdir, tmp_path, fashion_mnist_data_dir):
     certify_workdir.certify_workdir(config, workdir)
 
 
-def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
-                                 fashion_mnist_data_dir, monkeypatch):
+def test_off_grid_pixels_in_data(
+    fmnist_workdir, tmp_path, fashion_mnist_data_dir, monkeypatch
+):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
   original = input_pipeline.eval_dataset
 
@@ -304,6 +366,7 @@ def test_off_grid_pixels_in_data(fmnist_workdir, tmp_path,
       yield {**batch, "image": np.where(x < 1, x + 0.3 / 255, x)}
 
   class Batches:  # Keeps the EvalBatches attributes the run reads.
+
     def __init__(self, *args, **kwargs):
       self._inner = original(*args, **kwargs)
       self.num_local_examples = self._inner.num_local_examples

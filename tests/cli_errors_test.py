@@ -28,9 +28,15 @@ def entry_point(module, *flags):
   """Runs `python -m experiments.<module>`; returns the CompletedProcess."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # The entry point's own default.
-  return subprocess.run([sys.executable, "-m", f"experiments.{module}",
-                         *flags], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  return subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}", *flags],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
 
 
 def assert_one_line_error(run, *fragments):
@@ -46,7 +52,8 @@ def assert_one_line_error(run, *fragments):
 def fixture_workdir(tmp_path, fashion_mnist_data_dir):
   workdir = str(tmp_path / "run")
   certify_workdir_test.save_untrained_checkpoint(
-      fashion_mnist_config.get_config("smoke"), workdir)
+      fashion_mnist_config.get_config("smoke"), workdir
+  )
   return workdir
 
 
@@ -57,12 +64,19 @@ def smoke_config(data_dir, **certify):
   return config
 
 
-@pytest.mark.parametrize("field, value", [
-    ("certify.max_examples", -5), ("certify.max_examples", 0),
-    ("certify.chunk_size", -2), ("steps_per_epoch", 0),
-    ("eval_max_examples", -3), ("shuffle_buffer", -7),
-    ("certify.batch_size", 0), ("certify.start", -1),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("certify.max_examples", -5),
+        ("certify.max_examples", 0),
+        ("certify.chunk_size", -2),
+        ("steps_per_epoch", 0),
+        ("eval_max_examples", -3),
+        ("shuffle_buffer", -7),
+        ("certify.batch_size", 0),
+        ("certify.start", -1),
+    ],
+)
 def test_integer_fields_accept_only_documented_values(field, value):
   config = fashion_mnist_config.get_config("smoke")
   section, _, name = field.rpartition(".")
@@ -74,30 +88,40 @@ def test_integer_fields_accept_only_documented_values(field, value):
 
 
 @pytest.mark.slow
-def test_cli_sentinel_missing_data_dir_and_file_workdir(tmp_path, workdir,
-                                                        fashion_mnist_data_dir):
-  run = entry_point("certify", "--config=configs/fashion_mnist.py:smoke",
-                    f"--workdir={workdir}",
-                    f"--config.data_dir={fashion_mnist_data_dir}",
-                    "--config.certify.max_examples=-5")
+def test_cli_sentinel_missing_data_dir_and_file_workdir(
+    tmp_path, workdir, fashion_mnist_data_dir
+):
+  run = entry_point(
+      "certify",
+      "--config=configs/fashion_mnist.py:smoke",
+      f"--workdir={workdir}",
+      f"--config.data_dir={fashion_mnist_data_dir}",
+      "--config.certify.max_examples=-5",
+  )
   assert_one_line_error(run, "config.certify.max_examples must be -1")
 
   missing = tmp_path / "nonexistent"
-  run = entry_point("certify", "--config=configs/fashion_mnist.py:smoke",
-                    f"--workdir={workdir}", f"--config.data_dir={missing}")
+  run = entry_point(
+      "certify",
+      "--config=configs/fashion_mnist.py:smoke",
+      f"--workdir={workdir}",
+      f"--config.data_dir={missing}",
+  )
   assert_one_line_error(run, "does not exist", "mkdir -p")
   assert not missing.exists()  # Nothing prepared there.
 
   a_file = tmp_path / "a_file"
   a_file.write_text("not a workdir")
-  run = entry_point("train", "--config=configs/fashion_mnist.py:smoke",
-                    f"--workdir={a_file}")
+  run = entry_point(
+      "train", "--config=configs/fashion_mnist.py:smoke", f"--workdir={a_file}"
+  )
   assert_one_line_error(run, "is a file, not a directory")
 
 
 def test_imagenet_without_tars_says_where_they_go(tmp_path):
-  with pytest.raises(FileNotFoundError,
-                     match="ILSVRC2012_img_train.tar.*downloads/manual"):
+  with pytest.raises(
+      FileNotFoundError, match="ILSVRC2012_img_train.tar.*downloads/manual"
+  ):
     input_pipeline.num_examples_in_subset("imagenet2012", data_dir=tmp_path)
 
 
@@ -127,8 +151,9 @@ def test_read_only_workdir(workdir, fashion_mnist_data_dir, monkeypatch):
     certify_workdir.certify_workdir(config, workdir)
   monkeypatch.undo()
   fresh = str(pathlib.Path(workdir).parent / "fresh")
-  shutil.copytree(pathlib.Path(workdir) / "checkpoints",
-                  pathlib.Path(fresh) / "checkpoints")
+  shutil.copytree(
+      pathlib.Path(workdir) / "checkpoints", pathlib.Path(fresh) / "checkpoints"
+  )
   monkeypatch.setattr(results.os, "open", read_only_os_open(os.open))
   with pytest.raises(ValueError, match="not writable.*writable copy"):
     certify_workdir.certify_workdir(config, fresh)

@@ -10,10 +10,13 @@ from dssn_jax import fashion_mnist
 
 # Many tests compile the same programs (and subprocesses inherit the env var):
 # a persistent compilation cache keeps the suite fast.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), "dssn_jax_jit_cache"))
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ["JAX_COMPILATION_CACHE_DIR"])
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), "dssn_jax_jit_cache"),
+)
+jax.config.update(
+    "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"]
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
@@ -21,8 +24,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 def fashion_mnist_data_dir(tmp_path_factory):
   """A TFDS data dir with fashion_mnist built from the Debian files, once."""
   if not os.path.isdir(fashion_mnist.FASHION_MNIST_MANUAL_DIR):
-    pytest.fail("Fashion-MNIST is missing: run `apt-get install "
-                "dataset-fashion-mnist` (setup.sh does).")
+    pytest.fail(
+        "Fashion-MNIST is missing: run `apt-get install "
+        "dataset-fashion-mnist` (setup.sh does)."
+    )
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   fashion_mnist.prepare_fashion_mnist(data_dir)
   return data_dir
@@ -31,23 +36,27 @@ def fashion_mnist_data_dir(tmp_path_factory):
 MOCK_CIFAR10_EXAMPLES = 40
 
 
-def _mock_cifar10_as_dataset(self, split, decoders=None, read_config=None,
-                             shuffle_files=False):
+def _mock_cifar10_as_dataset(
+    self, split, decoders=None, read_config=None, shuffle_files=False
+):
   """Random cifar10 examples whose `id` is '<split>_<index>' like the real
   builder's (tfds.testing.mock_data's own ids are random strings), stored in
   a shuffled order as TFDS stores them."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   del self, read_config, shuffle_files
   prefix = "train" if "train" in str(split) else "test"
   rng = np.random.RandomState(0 if prefix == "train" else 1)
   order = rng.permutation(MOCK_CIFAR10_EXAMPLES)
   images = rng.randint(0, 256, (MOCK_CIFAR10_EXAMPLES, 32, 32, 3), np.uint8)
-  ds = tf.data.Dataset.from_tensor_slices({
-      "id": [f"{prefix}_{i:05d}" for i in order],
-      "image": [tf.io.encode_png(images[i]).numpy() for i in order],
-      "label": (order % 10).astype(np.int64),
-  })
+  ds = tf.data.Dataset.from_tensor_slices(
+      {
+          "id": [f"{prefix}_{i:05d}" for i in order],
+          "image": [tf.io.encode_png(images[i]).numpy() for i in order],
+          "label": (order % 10).astype(np.int64),
+      }
+  )
   if not (decoders and "image" in decoders):
     ds = ds.map(lambda ex: {**ex, "image": tf.io.decode_png(ex["image"], 3)})
   return ds
@@ -57,6 +66,8 @@ def _mock_cifar10_as_dataset(self, split, decoders=None, read_config=None,
 def mock_cifar10():
   """tfds.testing.mock_data for cifar10 with real-looking ids."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  with tfds.testing.mock_data(num_examples=MOCK_CIFAR10_EXAMPLES,
-                              as_dataset_fn=_mock_cifar10_as_dataset):
+
+  with tfds.testing.mock_data(
+      num_examples=MOCK_CIFAR10_EXAMPLES, as_dataset_fn=_mock_cifar10_as_dataset
+  ):
     yield

@@ -56,9 +56,11 @@ def _assert_logits_match(ours, model, x):
   scale = np.abs(theirs).max()
   ours_error = np.abs(ours - exact).max()
   torch_error = np.abs(theirs - exact).max()
-  print(f"logit scale {scale:.3g}: max |ours - torch| "
-        f"{np.abs(ours - theirs).max():.3g}, float32 errors: ours "
-        f"{ours_error:.3g}, torch {torch_error:.3g}")
+  print(
+      f"logit scale {scale:.3g}: max |ours - torch| "
+      f"{np.abs(ours - theirs).max():.3g}, float32 errors: ours "
+      f"{ours_error:.3g}, torch {torch_error:.3g}"
+  )
   assert scale > 0.1  # Not a degenerate network.
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * scale)
   # Centred logits cancel (they are differences of terms ~50x larger), so
@@ -74,8 +76,11 @@ def _assert_logits_match(ours, model, x):
 def torch_wrn(tmp_path_factory):
   """(torch model, path of its authors'-format checkpoint)."""
   torch.manual_seed(0)  # Construction draws the weights: seed it first.
-  model = torch_models.randomize(torch_models.Authors(
-      torch_models.WideResNet(), _CIFAR_MU, _CIFAR_SIG), 32, 0)
+  model = torch_models.randomize(
+      torch_models.Authors(torch_models.WideResNet(), _CIFAR_MU, _CIFAR_SIG),
+      32,
+      0,
+  )
   path = str(tmp_path_factory.mktemp("torch") / "wrn_40_2.pth")
   torch.save(model.state_dict(), path)
   return model, path
@@ -86,10 +91,21 @@ def wrn_classifier(torch_wrn, tmp_path_factory):
   """The WRN-40-2 converted by the CLI (in a subprocess), restored."""
   workdir = str(tmp_path_factory.mktemp("converted") / "wrn")
   result = subprocess.run(
-      [sys.executable, "-m", "experiments.convert_torch",
-       f"--checkpoint={torch_wrn[1]}", "--arch=wrn_40_2",
-       f"--sigma={_SIGMA}", f"--workdir={workdir}"],
-      cwd=_REPO, capture_output=True, text=True, check=False, timeout=300)
+      [
+          sys.executable,
+          "-m",
+          "experiments.convert_torch",
+          f"--checkpoint={torch_wrn[1]}",
+          "--arch=wrn_40_2",
+          f"--sigma={_SIGMA}",
+          f"--workdir={workdir}",
+      ],
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+      timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "L=220" in result.stdout
   return checkpoints.load_classifier(workdir)
@@ -98,9 +114,13 @@ def wrn_classifier(torch_wrn, tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_resnet50(tmp_path_factory):
   torch.manual_seed(1)
-  model = torch_models.randomize(torch_models.Authors(
-      torch_models.ResNet50(), (0.485, 0.456, 0.406),
-      (0.229, 0.224, 0.225)), 64, 1)
+  model = torch_models.randomize(
+      torch_models.Authors(
+          torch_models.ResNet50(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+      ),
+      64,
+      1,
+  )
   path = str(tmp_path_factory.mktemp("torch") / "resnet50.pth")
   # Wrapped as some training scripts save it: {"state_dict": ..., ...}.
   torch.save({"state_dict": model.state_dict(), "epoch": 30}, path)
@@ -115,17 +135,29 @@ def test_bn_epsilon_matches_pytorch():
   assert nn.BatchNorm2d(4).eps == convert.TORCH_BN_EPSILON == layers.BN_EPSILON
 
 
-@pytest.mark.parametrize("key,ndim,path", [
-    ("conv1.weight", 4, ("params", "conv1", "kernel")),
-    ("block1.layer.0.bn1.weight", 1,
-     ("params", "block1_layer_0", "bn1", "scale")),
-    ("block3.layer.5.convShortcut.weight", 4,
-     ("params", "block3_layer_5", "convShortcut", "kernel")),
-    ("layer2.0.downsample.1.running_var", 1,
-     ("batch_stats", "layer2_0", "downsample_1", "var")),
-    ("fc.weight", 2, ("params", "fc", "kernel")),
-    ("fc.bias", 1, ("params", "fc", "bias")),
-])
+@pytest.mark.parametrize(
+    "key,ndim,path",
+    [
+        ("conv1.weight", 4, ("params", "conv1", "kernel")),
+        (
+            "block1.layer.0.bn1.weight",
+            1,
+            ("params", "block1_layer_0", "bn1", "scale"),
+        ),
+        (
+            "block3.layer.5.convShortcut.weight",
+            4,
+            ("params", "block3_layer_5", "convShortcut", "kernel"),
+        ),
+        (
+            "layer2.0.downsample.1.running_var",
+            1,
+            ("batch_stats", "layer2_0", "downsample_1", "var"),
+        ),
+        ("fc.weight", 2, ("params", "fc", "kernel")),
+        ("fc.bias", 1, ("params", "fc", "bias")),
+    ],
+)
 def test_key_mapping(key, ndim, path):
   assert convert.flax_path(key, ndim) == path
   assert convert.torch_key(path) == key
@@ -144,7 +176,8 @@ def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
   # inputs (instead of 224x224) keep the test fast: both networks end in a
   # global average pool, so any size exercises every layer.
   metadata = convert.convert_checkpoint(
-      torch_resnet50[1], "resnet50", str(tmp_path / "r50"), sigma=0.5)
+      torch_resnet50[1], "resnet50", str(tmp_path / "r50"), sigma=0.5
+  )
   assert metadata["dataset"] == "imagenet2012"
   assert metadata["input_shape"] == [224, 224, 3]
   assert metadata["num_classes"] == 1000
@@ -157,19 +190,29 @@ def test_resnet50_logits_match_pytorch(torch_resnet50, tmp_path):
 @pytest.mark.slow
 def test_converted_metadata_and_offsets(torch_wrn, wrn_classifier):
   meta = wrn_classifier.metadata
-  assert (meta["noise"], meta["sigma"], meta["levels"], meta["offsets_seed"],
-          meta["offsets_layout"], meta["model"], meta["dataset"]) == (
-              "dssn", _SIGMA, 220, 0, "torch", "wrn_40_2", "cifar10")
+  assert (
+      meta["noise"],
+      meta["sigma"],
+      meta["levels"],
+      meta["offsets_seed"],
+      meta["offsets_layout"],
+      meta["model"],
+      meta["dataset"],
+  ) == ("dssn", _SIGMA, 220, 0, "torch", "wrn_40_2", "cifar10")
   norm = torch_wrn[0].norm.module
   np.testing.assert_array_equal(
-      np.float32(meta["mean"]), norm.mu.detach().numpy().reshape(-1))
+      np.float32(meta["mean"]), norm.mu.detach().numpy().reshape(-1)
+  )
   np.testing.assert_array_equal(
       np.float32(meta["std"]),
-      torch.exp(norm.log_sig).detach().numpy().reshape(-1))
+      torch.exp(norm.log_sig).detach().numpy().reshape(-1),
+  )
   # The authors' template: RandomState(0).randint(L, size=C*H*W) as (C, H, W).
   template = np.random.RandomState(0).randint(220, size=3 * 32 * 32)
-  np.testing.assert_array_equal(np.asarray(wrn_classifier.offsets),
-                                template.reshape(3, 32, 32).transpose(1, 2, 0))
+  np.testing.assert_array_equal(
+      np.asarray(wrn_classifier.offsets),
+      template.reshape(3, 32, 32).transpose(1, 2, 0),
+  )
 
 
 def _torch_dssn_votes(model, x, v, levels, q=255):
@@ -188,7 +231,7 @@ def _torch_dssn_votes(model, x, v, levels, q=255):
   k = torch.arange(levels, dtype=torch.float64).reshape(-1, 1, 1, 1)
   s = (torch.remainder(v + k, levels) + 0.5) / q
   t = torch.ceil((x - s) * q / levels) * levels / q + s
-  xt = (torch.clamp(t, max=1.) + torch.clamp(t - levels / q, min=0.)) / 2
+  xt = (torch.clamp(t, max=1.0) + torch.clamp(t - levels / q, min=0.0)) / 2
   with torch.no_grad():
     logits = model(xt.float())
   top2 = torch.topk(logits, 2, dim=1).values
@@ -201,18 +244,27 @@ def test_dssn_counts_match_pytorch(torch_wrn, wrn_classifier):
   spec = wrn_classifier.spec
   assert spec.levels == 220
   x = _grid_images(3, 32, seed=12)
-  counts = np.asarray(dssn_jax.dssn_counts(
-      wrn_classifier.apply_fn, x, wrn_classifier.offsets, spec,
-      params=wrn_classifier.variables))
-  v = torch.from_numpy(np.random.RandomState(0).randint(
-      220, size=3 * 32 * 32).reshape(3, 32, 32)).double()
+  counts = np.asarray(
+      dssn_jax.dssn_counts(
+          wrn_classifier.apply_fn,
+          x,
+          wrn_classifier.offsets,
+          spec,
+          params=wrn_classifier.variables,
+      )
+  )
+  v = torch.from_numpy(
+      np.random.RandomState(0).randint(220, size=3 * 32 * 32).reshape(3, 32, 32)
+  ).double()
   qualified = 0
   for i in range(len(x)):
     image = torch.from_numpy(x[i].transpose(2, 0, 1)).double()
     preds, gaps = _torch_dssn_votes(torch_wrn[0], image, v, spec.levels)
     theirs = np.bincount(preds, minlength=10)
-    print(f"image {i}: ours {counts[i]}, torch {theirs}, "
-          f"min top-two gap {gaps.min():.2e}")
+    print(
+        f"image {i}: ours {counts[i]}, torch {theirs}, "
+        f"min top-two gap {gaps.min():.2e}"
+    )
     if gaps.min() > 1e-4:
       qualified += 1
       np.testing.assert_array_equal(counts[i], theirs)
@@ -221,8 +273,12 @@ def test_dssn_counts_match_pytorch(torch_wrn, wrn_classifier):
 
 
 def _state_dict(path):
-  return {k: v.clone() for k, v in
-          torch.load(path, map_location="cpu", weights_only=True).items()}
+  return {
+      k: v.clone()
+      for k, v in torch.load(
+          path, map_location="cpu", weights_only=True
+      ).items()
+  }
 
 
 def _edit_unknown(sd):
@@ -238,8 +294,10 @@ def _edit_missing(sd):
 
 def _edit_shape(sd):
   sd["model.module.block3.layer.0.conv1.weight"] = torch.zeros(128, 64, 1, 3)
-  return ["model.module.block3.layer.0.conv1.weight (128, 64, 1, 3) "
-          "(expected (128, 64, 3, 3))"]
+  return [
+      "model.module.block3.layer.0.conv1.weight (128, 64, 1, 3) "
+      "(expected (128, 64, 3, 3))"
+  ]
 
 
 def _edit_nan(sd):
@@ -247,11 +305,13 @@ def _edit_nan(sd):
   return ["model.module.fc.bias"]
 
 
-@pytest.mark.parametrize("edit", [_edit_unknown, _edit_missing, _edit_shape,
-                                  _edit_nan])
+@pytest.mark.parametrize(
+    "edit", [_edit_unknown, _edit_missing, _edit_shape, _edit_nan]
+)
 @pytest.mark.slow
 def test_invalid_checkpoint_names_keys_and_writes_nothing(
-    torch_wrn, tmp_path, edit):
+    torch_wrn, tmp_path, edit
+):
   sd = _state_dict(torch_wrn[1])
   offending = edit(sd)
   path = str(tmp_path / "bad.pth")
@@ -268,8 +328,7 @@ def test_invalid_checkpoint_names_keys_and_writes_nothing(
 def test_wrong_arch_is_named(torch_wrn, tmp_path):
   workdir = str(tmp_path / "workdir")
   with pytest.raises(ValueError, match="--arch=wrn_40_2") as error:
-    convert.convert_checkpoint(torch_wrn[1], "resnet110", workdir,
-                               sigma=_SIGMA)
+    convert.convert_checkpoint(torch_wrn[1], "resnet110", workdir, sigma=_SIGMA)
   message = str(error.value)
   assert "unknown keys: model.module.block1.layer.0.bn1.bias" in message
   assert "model.module.layer1.0.bn1.weight" in message  # Missing.
@@ -279,11 +338,16 @@ def test_wrong_arch_is_named(torch_wrn, tmp_path):
 
 def test_option_a_resnet110_is_named_and_converts():
   shapes = convert.expected_state_dict("resnet110_zero_pad", 10)
-  assert "linear.weight" in shapes and not any("downsample" in k
-                                               for k in shapes)
+  assert "linear.weight" in shapes and not any(
+      "downsample" in k for k in shapes
+  )
   sd = {"model.module." + k: np.ones(s, np.float32) for k, s in shapes.items()}
-  sd.update({"norm.module.mu": np.zeros((3, 1, 1), np.float32),
-             "norm.module.log_sig": np.zeros((3, 1, 1), np.float32)})
+  sd.update(
+      {
+          "norm.module.mu": np.zeros((3, 1, 1), np.float32),
+          "norm.module.log_sig": np.zeros((3, 1, 1), np.float32),
+      }
+  )
   with pytest.raises(ValueError, match="Try --arch=resnet110_zero_pad"):
     convert.convert_state_dict(sd, "resnet110")
   converted = convert.convert_state_dict(sd, "resnet110_zero_pad")
@@ -294,15 +358,22 @@ def test_option_a_resnet110_is_named_and_converts():
 @pytest.mark.slow
 def test_option_a_resnet110_logits_match_pytorch(tmp_path):
   torch.manual_seed(2)
-  model = torch_models.randomize(torch_models.Authors(
-      torch_models.OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG),
-                     32, 2)
+  model = torch_models.randomize(
+      torch_models.Authors(
+          torch_models.OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG
+      ),
+      32,
+      2,
+  )
   path = str(tmp_path / "resnet110_option_a.pth")
   torch.save(model.state_dict(), path)
   metadata = convert.convert_checkpoint(
-      path, "resnet110_zero_pad", str(tmp_path / "r110"), sigma=0.5)
-  assert (metadata["model"], metadata["dataset"]) == ("resnet110_zero_pad",
-                                                      "cifar10")
+      path, "resnet110_zero_pad", str(tmp_path / "r110"), sigma=0.5
+  )
+  assert (metadata["model"], metadata["dataset"]) == (
+      "resnet110_zero_pad",
+      "cifar10",
+  )
   classifier = checkpoints.load_classifier(str(tmp_path / "r110"))
   x = _grid_images(2, 32, seed=12)
   ours = jax.jit(classifier.apply_fn)(classifier.variables, x)
@@ -313,7 +384,8 @@ def test_option_a_resnet110_logits_match_pytorch(tmp_path):
 def test_existing_checkpoint_is_not_overwritten(torch_wrn, tmp_path):
   workdir = str(tmp_path / "w")
   converted = convert.convert_state_dict(
-      convert.load_torch_checkpoint(torch_wrn[1]), "wrn_40_2")
+      convert.load_torch_checkpoint(torch_wrn[1]), "wrn_40_2"
+  )
   convert.write_checkpoint(converted, workdir, sigma=_SIGMA)
   with pytest.raises(ValueError, match="already holds checkpoints"):
     convert.convert_checkpoint(torch_wrn[1], "wrn_40_2", workdir, sigma=1.0)
@@ -325,6 +397,6 @@ def test_bad_flags_are_refused_before_reading(tmp_path):
   with pytest.raises(ValueError, match="architecture"):
     convert.convert_checkpoint(missing, "wrn_28_10", str(tmp_path), sigma=0.5)
   with pytest.raises(ValueError, match="sigma"):
-    convert.convert_checkpoint(missing, "wrn_40_2", str(tmp_path), sigma=0.)
+    convert.convert_checkpoint(missing, "wrn_40_2", str(tmp_path), sigma=0.0)
   with pytest.raises(FileNotFoundError):
     convert.convert_checkpoint(missing, "wrn_40_2", str(tmp_path), sigma=0.5)

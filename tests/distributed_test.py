@@ -18,18 +18,44 @@ def test_single_process_is_the_default_and_needs_nothing():
   distributed.barrier("alone")  # A no-op with one process.
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(coordinator_address="127.0.0.1:1", num_processes=2),
-     "needs --coordinator_address, --num_processes and --process_id"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2),
-     "--process_id=2 is out of range for --num_processes=2"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=2,
-          process_id=-1), "out of range"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=0, process_id=0),
-     "--num_processes=0 must be at least 1"),
-    (dict(coordinator_address="127.0.0.1:1", num_processes=2, process_id=0,
-          timeout_s=0), "--distributed_timeout=0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(coordinator_address="127.0.0.1:1", num_processes=2),
+            "needs --coordinator_address, --num_processes and --process_id",
+        ),
+        (
+            dict(
+                coordinator_address="127.0.0.1:1", num_processes=2, process_id=2
+            ),
+            "--process_id=2 is out of range for --num_processes=2",
+        ),
+        (
+            dict(
+                coordinator_address="127.0.0.1:1",
+                num_processes=2,
+                process_id=-1,
+            ),
+            "out of range",
+        ),
+        (
+            dict(
+                coordinator_address="127.0.0.1:1", num_processes=0, process_id=0
+            ),
+            "--num_processes=0 must be at least 1",
+        ),
+        (
+            dict(
+                coordinator_address="127.0.0.1:1",
+                num_processes=2,
+                process_id=0,
+                timeout_s=0,
+            ),
+            "--distributed_timeout=0",
+        ),
+    ],
+)
 def test_bad_settings_are_refused_before_joining(kwargs, message):
   with pytest.raises(ValueError, match=message.replace("-", r"\-")):
     distributed.initialize(**kwargs)
@@ -56,6 +82,9 @@ def test_data_shards_mismatches_are_refused_with_the_fix(monkeypatch):
   with pytest.raises(ValueError, match="multiple of the 3 training-data"):
     train._data_shards(_config(data_shards=3), None, "w")
   monkeypatch.setattr(jax, "process_count", lambda: 4)
-  with pytest.raises(ValueError, match="4 processes cannot split evenly. "
-                     "Run it with a number of processes that divides 2"):
+  with pytest.raises(
+      ValueError,
+      match="4 processes cannot split evenly. "
+      "Run it with a number of processes that divides 2",
+  ):
     train._data_shards(_config(), {"data_shards": 2}, "w")

@@ -101,12 +101,23 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_vote_programs_and_train_step_lower_for_gpu_and_tpu():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      os.environ.get("XLA_FLAGS", "") +
-      " --xla_force_host_platform_device_count=4"))
-  result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600,
-                          check=False)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=(
+          os.environ.get("XLA_FLAGS", "")
+          + " --xla_force_host_platform_device_count=4"
+      ),
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", SCRIPT],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-5000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   classes = {"wrn_40_2": 10, "resnet50": 1000}

@@ -1,4 +1,5 @@
-"""Tests of dssn_jax.input_pipeline: TFDS pipelines that keep pixels on the uint8 grid.
+"""Tests of dssn_jax.input_pipeline: TFDS pipelines that keep pixels on the
+uint8 grid.
 
 Fashion-MNIST is the real Debian data, prepared once per session into a
 temporary data dir; cifar10 and imagenet2012 go through tfds.testing.mock_data.
@@ -74,7 +75,9 @@ def _fake_cifar_image(index):
   return image
 
 
-def _fake_cifar_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+def _fake_cifar_as_dataset(
+    self, split, decoders=None, read_config=None, shuffle_files=False
+):
   """Mocked cifar10 `_as_dataset`: NUM_FAKE examples stored in shuffled order,
   with ids `test_00000`.. like the real builder."""
   del self, split, read_config, shuffle_files
@@ -119,7 +122,11 @@ def test_dataset_info():
   assert info.num_classes == 10
   assert info.input_shape == (32, 32, 3)
   assert len(info.mean) == len(info.std) == 3
-  assert (info.train_split, info.eval_split, info.num_eval) == ("train", "test", 10_000)
+  assert (info.train_split, info.eval_split, info.num_eval) == (
+      "train",
+      "test",
+      10_000,
+  )
   assert input_pipeline.dataset_info("fashion_mnist").input_shape == (28, 28, 1)
   imagenet = input_pipeline.dataset_info("imagenet2012")
   assert (imagenet.num_classes, imagenet.eval_split, imagenet.num_eval) == (
@@ -134,7 +141,9 @@ def test_dataset_info():
 def test_unknown_dataset():
   for call in (
       lambda: input_pipeline.dataset_info("mnist"),
-      lambda: input_pipeline.train_dataset("mnist", batch_size=8, seed=0, **ONE_PROCESS),
+      lambda: input_pipeline.train_dataset(
+          "mnist", batch_size=8, seed=0, **ONE_PROCESS
+      ),
       lambda: input_pipeline.eval_dataset("mnist", batch_size=8, **ONE_PROCESS),
   ):
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*cifar10"):
@@ -143,22 +152,28 @@ def test_unknown_dataset():
 
 def test_hide_tf_from_accelerators():
   input_pipeline.hide_tf_from_accelerators()
-  input_pipeline.hide_tf_from_accelerators()  # Idempotent, also after TF initialized.
+  # Idempotent, also after TF initialized.
+  input_pipeline.hide_tf_from_accelerators()
   assert tf.config.get_visible_devices("GPU") == []
   assert tf.config.get_visible_devices("TPU") == []
 
 
 @pytest.mark.slow
 def test_core_import_stays_free_of_tensorflow():
-  code = "import sys, dssn_jax; assert 'tensorflow' not in sys.modules, 'TF imported'"
+  code = (
+      "import sys, dssn_jax; assert 'tensorflow' not in sys.modules, "
+      "'TF imported'"
+  )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.mark.slow
 def test_dataset_table_and_converter_import_no_tensorflow():
-  code = ("import sys; from dssn_jax import convert, datasets; "
-          "assert 'tensorflow' not in sys.modules, 'TF imported'; "
-          "assert datasets.dataset_info('cifar10').input_shape == (32, 32, 3)")
+  code = (
+      "import sys; from dssn_jax import convert, datasets; "
+      "assert 'tensorflow' not in sys.modules, 'TF imported'; "
+      "assert datasets.dataset_info('cifar10').input_shape == (32, 32, 3)"
+  )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -178,9 +193,13 @@ def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
   images, labels = fashion_test_split
   assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
   np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+
   # Exactly the Debian examples (TFDS stores them in a shuffled order).
   def digests(imgs, lbls):
-    return sorted(hashlib.sha1(i.tobytes() + bytes([l])).digest() for i, l in zip(imgs, lbls))
+    return sorted(
+        hashlib.sha1(i.tobytes() + bytes([l])).digest()
+        for i, l in zip(imgs, lbls)
+    )
 
   assert digests(images, labels) == digests(
       _read_debian("images", "test"), _read_debian("labels", "test")
@@ -189,7 +208,9 @@ def test_fashion_mnist_prepared_from_debian(fashion_dir, fashion_test_split):
 
 @pytest.mark.slow
 def test_prepare_fashion_mnist_is_idempotent(fashion_dir):
-  path = fashion_mnist.prepare_fashion_mnist(fashion_dir, manual_dir="/nonexistent")
+  path = fashion_mnist.prepare_fashion_mnist(
+      fashion_dir, manual_dir="/nonexistent"
+  )
   assert path.startswith(fashion_dir) and os.path.isdir(path)
 
 
@@ -204,7 +225,11 @@ def test_prepare_fashion_mnist_missing_files(tmp_path):
 @pytest.mark.slow
 def test_fashion_train_epoch(fashion_dir):
   it = input_pipeline.train_dataset(
-      "fashion_mnist", batch_size=6000, seed=0, data_dir=fashion_dir, **ONE_PROCESS
+      "fashion_mnist",
+      batch_size=6000,
+      seed=0,
+      data_dir=fashion_dir,
+      **ONE_PROCESS,
   )
   epoch = _take(it, 10)
   for batch in epoch:
@@ -213,16 +238,21 @@ def test_fashion_train_epoch(fashion_dir):
     assert batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32
   labels = np.concatenate([b["label"] for b in epoch])
-  np.testing.assert_array_equal(np.bincount(labels), [6000] * 10)  # A permutation.
+  np.testing.assert_array_equal(
+      np.bincount(labels), [6000] * 10
+  )  # A permutation.
   first_of_next_epoch = next(it)
   assert not np.array_equal(first_of_next_epoch["label"], epoch[0]["label"])
 
 
 @pytest.mark.slow
 def test_fashion_train_per_process(fashion_dir):
-  assert input_pipeline.train_steps_per_epoch(
-      "fashion_mnist", batch_size=64, data_dir=fashion_dir, process_count=2
-  ) == 30_000 // 32
+  assert (
+      input_pipeline.train_steps_per_epoch(
+          "fashion_mnist", batch_size=64, data_dir=fashion_dir, process_count=2
+      )
+      == 30_000 // 32
+  )
   batches = [
       next(
           input_pipeline.train_dataset(
@@ -247,12 +277,19 @@ def test_fashion_eval_subset(fashion_dir, fashion_test_split):
   images, labels = fashion_test_split
   kwargs = dict(start=5, skip=7, max_examples=100, data_dir=fashion_dir)
   assert input_pipeline.num_examples_in_subset("fashion_mnist", **kwargs) == 100
-  ev = input_pipeline.eval_dataset("fashion_mnist", batch_size=32, **kwargs, **ONE_PROCESS)
+  ev = input_pipeline.eval_dataset(
+      "fashion_mnist", batch_size=32, **kwargs, **ONE_PROCESS
+  )
   assert (len(ev), ev.num_examples, ev.num_local_examples) == (4, 100, 100)
   batches = list(ev)
   assert len(batches) == 4
   batch = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (128, 28, 28, 1)
+  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (
+      128,
+      28,
+      28,
+      1,
+  )
   assert batch["label"].dtype == np.int32
   assert batch["index"].dtype == np.int64
   assert batch["mask"].dtype == bool
@@ -284,7 +321,9 @@ def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
     assert len(batches) == 2
     for b in batches:
       assert b["image"].shape == (2, 28, 28, 1)
-      np.testing.assert_array_equal(b["label"][b["mask"]], labels[b["index"][b["mask"]]])
+      np.testing.assert_array_equal(
+          b["label"][b["mask"]], labels[b["index"][b["mask"]]]
+      )
       seen.extend(b["index"][b["mask"]].tolist())
   assert seen == list(range(9990, 10_000))  # Disjoint, in order, each once.
 
@@ -293,20 +332,34 @@ def test_fashion_eval_per_process(fashion_dir, fashion_test_split):
 def test_eval_errors(fashion_dir):
   common = dict(data_dir=fashion_dir, **ONE_PROCESS)
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    input_pipeline.eval_dataset("fashion_mnist", start=10_000, batch_size=8, **common)
+    input_pipeline.eval_dataset(
+        "fashion_mnist", start=10_000, batch_size=8, **common
+    )
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    input_pipeline.eval_dataset("fashion_mnist", max_examples=0, batch_size=8, **common)
+    input_pipeline.eval_dataset(
+        "fashion_mnist", max_examples=0, batch_size=8, **common
+    )
   with pytest.raises(ValueError, match="empty evaluation subset"):
-    input_pipeline.num_examples_in_subset("fashion_mnist", start=20_000, data_dir=fashion_dir)
+    input_pipeline.num_examples_in_subset(
+        "fashion_mnist", start=20_000, data_dir=fashion_dir
+    )
   with pytest.raises(ValueError, match="skip"):
     input_pipeline.eval_dataset("fashion_mnist", skip=0, batch_size=8, **common)
   with pytest.raises(ValueError, match="no split 'validation'"):
-    input_pipeline.eval_dataset("fashion_mnist", split="validation", batch_size=8, **common)
+    input_pipeline.eval_dataset(
+        "fashion_mnist", split="validation", batch_size=8, **common
+    )
   with pytest.raises(ValueError, match="plain split name"):
-    input_pipeline.eval_dataset("fashion_mnist", split="test[:10]", batch_size=8, **common)
+    input_pipeline.eval_dataset(
+        "fashion_mnist", split="test[:10]", batch_size=8, **common
+    )
   with pytest.raises(ValueError, match="not divisible"):
     input_pipeline.eval_dataset(
-        "fashion_mnist", batch_size=5, data_dir=fashion_dir, process_index=0, process_count=2
+        "fashion_mnist",
+        batch_size=5,
+        data_dir=fashion_dir,
+        process_index=0,
+        process_count=2,
     )
 
 
@@ -328,11 +381,16 @@ def _source_of(image):
 
 
 def test_cifar10_train_augmentation(fake_cifar10):
-  it = input_pipeline.train_dataset("cifar10", batch_size=8, seed=0, **ONE_PROCESS)
+  it = input_pipeline.train_dataset(
+      "cifar10", batch_size=8, seed=0, **ONE_PROCESS
+  )
   epoch = _take(it, NUM_FAKE // 8)
   sources = []
   for batch in epoch:
-    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
+    assert (
+        batch["image"].shape == (8, 32, 32, 3)
+        and batch["image"].dtype == np.uint8
+    )
     assert batch["label"].dtype == np.int32
     for image, label in zip(batch["image"], batch["label"]):
       index, offset, flip = _source_of(image)  # Pixels moved, never changed.
@@ -347,7 +405,11 @@ def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
   def run(seed, start_step=0, n=8):
     return _take(
         input_pipeline.train_dataset(
-            "cifar10", batch_size=8, seed=seed, start_step=start_step, **ONE_PROCESS
+            "cifar10",
+            batch_size=8,
+            seed=seed,
+            start_step=start_step,
+            **ONE_PROCESS,
         ),
         n,
     )
@@ -356,14 +418,24 @@ def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
   _assert_batches_equal(run(seed=0), reference)
   assert not np.array_equal(run(seed=1, n=1)[0]["image"], reference[0]["image"])
   for start_step in (1, 3, 4):  # Mid-epoch, at a boundary, past it.
-    _assert_batches_equal(run(seed=0, start_step=start_step, n=8 - start_step), reference[start_step:])
+    _assert_batches_equal(
+        run(seed=0, start_step=start_step, n=8 - start_step),
+        reference[start_step:],
+    )
   # Epochs reshuffle and re-augment.
   assert not np.array_equal(reference[0]["image"], reference[3]["image"])
 
 
 def test_cifar10_eval_index_from_id(fake_cifar10):
-  assert input_pipeline.num_examples_in_subset("cifar10", start=3, skip=4, max_examples=5) == 5
-  ev = input_pipeline.eval_dataset("cifar10", start=3, skip=4, max_examples=5, batch_size=4, **ONE_PROCESS)
+  assert (
+      input_pipeline.num_examples_in_subset(
+          "cifar10", start=3, skip=4, max_examples=5
+      )
+      == 5
+  )
+  ev = input_pipeline.eval_dataset(
+      "cifar10", start=3, skip=4, max_examples=5, batch_size=4, **ONE_PROCESS
+  )
   batches = list(ev)
   assert len(batches) == len(ev) == 2
   index = np.concatenate([b["index"] for b in batches])
@@ -372,7 +444,9 @@ def test_cifar10_eval_index_from_id(fake_cifar10):
   np.testing.assert_array_equal(mask, [True] * 5 + [False] * 3)
   for b in batches:
     assert b["image"].dtype == np.uint8 and b["image"].shape == (4, 32, 32, 3)
-    for image, label, i, m in zip(b["image"], b["label"], b["index"], b["mask"]):
+    for image, label, i, m in zip(
+        b["image"], b["label"], b["index"], b["mask"]
+    ):
       if m:  # The example whose id is `test_{i:05d}`, unaugmented.
         np.testing.assert_array_equal(image, _fake_cifar_image(i))
         assert label == i % 10
@@ -380,7 +454,9 @@ def test_cifar10_eval_index_from_id(fake_cifar10):
         assert not image.any() and label == 0
 
   # The whole split comes out in original order, although stored shuffled.
-  ev = input_pipeline.eval_dataset("cifar10", batch_size=NUM_FAKE, **ONE_PROCESS)
+  ev = input_pipeline.eval_dataset(
+      "cifar10", batch_size=NUM_FAKE, **ONE_PROCESS
+  )
   np.testing.assert_array_equal(next(ev)["index"], np.arange(NUM_FAKE))
 
 
@@ -416,35 +492,69 @@ def test_cifar10_malformed_ids():
 
 def test_imagenet_train_and_eval_shapes():
   with tfds.testing.mock_data(num_examples=6):
-    it = input_pipeline.train_dataset("imagenet2012", batch_size=4, seed=0, **ONE_PROCESS)
+    it = input_pipeline.train_dataset(
+        "imagenet2012", batch_size=4, seed=0, **ONE_PROCESS
+    )
     batch = next(it)
-    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
+    assert (
+        batch["image"].shape == (4, 224, 224, 3)
+        and batch["image"].dtype == np.uint8
+    )
     assert batch["label"].dtype == np.int32
     assert ((batch["label"] >= 0) & (batch["label"] < 1000)).all()
     _assert_batches_equal(
-        [next(input_pipeline.train_dataset("imagenet2012", batch_size=4, seed=0, start_step=1, **ONE_PROCESS))],
+        [
+            next(
+                input_pipeline.train_dataset(
+                    "imagenet2012",
+                    batch_size=4,
+                    seed=0,
+                    start_step=1,
+                    **ONE_PROCESS,
+                )
+            )
+        ],
         [next(it)],
     )
 
-    ev = input_pipeline.eval_dataset("imagenet2012", skip=2, batch_size=2, **ONE_PROCESS)
+    ev = input_pipeline.eval_dataset(
+        "imagenet2012", skip=2, batch_size=2, **ONE_PROCESS
+    )
     batches = list(ev)
     assert len(batches) == len(ev) == 2
     for b in batches:
-      assert b["image"].shape == (2, 224, 224, 3) and b["image"].dtype == np.uint8
-    np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), [0, 2, 4, -1])
+      assert (
+          b["image"].shape == (2, 224, 224, 3) and b["image"].dtype == np.uint8
+      )
+    np.testing.assert_array_equal(
+        np.concatenate([b["index"] for b in batches]), [0, 2, 4, -1]
+    )
 
 
 def test_imagenet_resizes_round_to_the_grid():
   # A constant image stays exactly constant through resize + rounding.
-  wide = tf.io.encode_jpeg(tf.fill([300, 500, 3], tf.constant(77, tf.uint8)), quality=100)
+  wide = tf.io.encode_jpeg(
+      tf.fill([300, 500, 3], tf.constant(77, tf.uint8)), quality=100
+  )
   image = input_pipeline._imagenet_eval(wide).numpy()  # pylint: disable=protected-access
   assert image.shape == (224, 224, 3) and image.dtype == np.uint8
   values = np.unique(image)
   assert len(values) == 1 and abs(int(values[0]) - 77) <= 1
   # Shorter side -> 256, centre crop: a 256x512 image crops columns 144..367.
-  ramp = np.tile(np.repeat(np.arange(0, 256, 32, dtype=np.uint8), 64)[None, :, None], [256, 1, 3])
-  image = input_pipeline._imagenet_eval(tf.io.encode_jpeg(ramp, quality=100)).numpy()  # pylint: disable=protected-access
-  np.testing.assert_allclose(image[0, :, 0].astype(int), ramp[0, 144:368, 0].astype(int), atol=8)
-  crop = input_pipeline._imagenet_train(wide, tf.constant([1, 2], tf.int64)).numpy()  # pylint: disable=protected-access
+  ramp = np.tile(
+      np.repeat(np.arange(0, 256, 32, dtype=np.uint8), 64)[None, :, None],
+      [256, 1, 3],
+  )
+  # pylint: disable-next=protected-access
+  image = input_pipeline._imagenet_eval(
+      tf.io.encode_jpeg(ramp, quality=100)
+  ).numpy()
+  np.testing.assert_allclose(
+      image[0, :, 0].astype(int), ramp[0, 144:368, 0].astype(int), atol=8
+  )
+  # pylint: disable-next=protected-access
+  crop = input_pipeline._imagenet_train(
+      wide, tf.constant([1, 2], tf.int64)
+  ).numpy()
   assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
   assert np.abs(crop.astype(int) - 77).max() <= 1

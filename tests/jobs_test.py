@@ -32,13 +32,16 @@ def test_study_grid_of_the_study_config():
   assert {run.noise for run in runs} == {"dssn", "uniform", "ssn"}
   assert {run.sigma for run in runs} == {0.25, 0.5, 1.0, 2.0}
   assert sorted(n for n in names if n.endswith("_stab")) == [
-      "dssn_0.5_stab", "uniform_0.5_stab"]
+      "dssn_0.5_stab",
+      "uniform_0.5_stab",
+  ]
 
 
 def test_quickstart_main_job(tmp_path, fashion_mnist_data_dir):
   workdir = str(tmp_path / "quickstart")
-  tables = jobs.train_certify_analyze(smoke_config(fashion_mnist_data_dir),
-                                          workdir)
+  tables = jobs.train_certify_analyze(
+      smoke_config(fashion_mnist_data_dir), workdir
+  )
   assert "Table 1 format" in tables and "DSSN" in tables
   analysis = os.listdir(os.path.join(workdir, "analysis"))
   assert "tables.md" in analysis
@@ -56,41 +59,64 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   assert "DSSN" in tables and "Uniform" in tables
   for run in runs:
     meta = results.read_metadata(
-        tmp_path / "runs" / run.name / f"certify_{run.noise}.tsv")
+        tmp_path / "runs" / run.name / f"certify_{run.noise}.tsv"
+    )
     assert meta["run"]["training_noise"] == run.noise
   assert os.path.exists(os.path.join(outdir, "tables.md"))
   # The committed copies alone regenerate the tables.
   for run in runs:
-    copied = os.path.join(outdir, "results", run.name,
-                          f"certify_{run.noise}.tsv")
+    copied = os.path.join(
+        outdir, "results", run.name, f"certify_{run.noise}.tsv"
+    )
     assert results.read_metadata(copied)["run"]["training_noise"] == run.noise
-  again = analysis.analyze(results=[os.path.join(outdir, "results")],
-                           outdir=str(tmp_path / "again"),
-                           radii=tuple(config.certify.radii),
-                           what_if_n=config.study.what_if_n)
+  again = analysis.analyze(
+      results=[os.path.join(outdir, "results")],
+      outdir=str(tmp_path / "again"),
+      radii=tuple(config.certify.radii),
+      what_if_n=config.study.what_if_n,
+  )
   assert again == tables
   assert "### Randomized runs at N = 100,000" in tables
   # Every run's certifier timed side by side.
   timing = tmp_path / "timing.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "benchmarks.time_certifiers",
-       "--config=configs/fashion_mnist.py:smoke",
-       f"--config.data_dir={fashion_mnist_data_dir}",
-       f"--workdir={tmp_path / 'runs'}", "--images=2", "--rounds=1",
-       f"--output={timing}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "-m",
+          "benchmarks.time_certifiers",
+          "--config=configs/fashion_mnist.py:smoke",
+          f"--config.data_dir={fashion_mnist_data_dir}",
+          f"--workdir={tmp_path / 'runs'}",
+          "--images=2",
+          "--rounds=1",
+          f"--output={timing}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr
   report = json.loads(timing.read_text())
   assert set(report["runs"]) == {"dssn_0.5", "uniform_0.5"}
   assert report["runs"]["dssn_0.5"]["forwards_per_image"] == 441
   assert report["runs"]["uniform_0.5"]["forwards_per_image"] == (
-      config.certify.n0 + config.certify.n)
+      config.certify.n0 + config.certify.n
+  )
   assert all(r["seconds_per_image"] > 0 for r in report["runs"].values())
   assert "| dssn_0.5 | 441 |" in proc.stdout
   missing = subprocess.run(
-      [sys.executable, "-m", "benchmarks.time_certifiers",
-       "--config=configs/fashion_mnist.py:smoke",
-       f"--workdir={tmp_path / 'nothing'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "-m",
+          "benchmarks.time_certifiers",
+          "--config=configs/fashion_mnist.py:smoke",
+          f"--workdir={tmp_path / 'nothing'}",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert missing.returncode == 1
   assert "No checkpoint" in missing.stderr and "Traceback" not in missing.stderr

@@ -13,8 +13,10 @@ from dssn_jax import memory
 
 def _mlp(width=64, classes=5):
   """apply_fn(params, x) of a 2-layer MLP on (4, 4, 3) inputs, and params."""
-  params = (jax.random.normal(jax.random.key(0), (48, width)),
-            jax.random.normal(jax.random.key(1), (width, classes)))
+  params = (
+      jax.random.normal(jax.random.key(0), (48, width)),
+      jax.random.normal(jax.random.key(1), (width, classes)),
+  )
 
   def apply_fn(params, x):
     return jnp.tanh(x.reshape(x.shape[0], -1) @ params[0]) @ params[1]
@@ -32,7 +34,8 @@ def test_default_forward_batch_depends_on_the_backend():
   assert memory.default_forward_batch(cpu, 1.2 * mib) == 512
   assert memory.default_forward_batch(cpu, 20.4 * mib) == 50
   assert memory.default_forward_batch(cpu, 300 * mib) == (
-      memory.CPU_MIN_FORWARD_BATCH)
+      memory.CPU_MIN_FORWARD_BATCH
+  )
 
 
 def test_auto_chunk_size_follows_the_memory_budget():
@@ -41,24 +44,29 @@ def test_auto_chunk_size_follows_the_memory_budget():
   facts = certify._classifier_facts(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
   forward = memory.default_forward_batch(  # These tests run on a CPU.
-      bytes_per_input=per_input)
-  unlimited = memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                     memory_budget=None)
+      bytes_per_input=per_input
+  )
+  unlimited = memory.auto_chunk_size(
+      apply_fn, params, shape, 4, 1000, memory_budget=None
+  )
   assert unlimited == memory.default_chunk_size(4, 1000, forward)
   # A budget for ~8 noisy inputs (the bound from the jaxpr is larger than
   # the activations, so the chunk only gets smaller).
-  small = memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                 memory_budget=8 * per_input)
+  small = memory.auto_chunk_size(
+      apply_fn, params, shape, 4, 1000, memory_budget=8 * per_input
+  )
   assert 1 <= small < unlimited
-  assert memory.auto_chunk_size(apply_fn, params, shape, 4, 1000,
-                                memory_budget=1) == 1
+  assert (
+      memory.auto_chunk_size(apply_fn, params, shape, 4, 1000, memory_budget=1)
+      == 1
+  )
   # Over a mesh: each device's share of the batch, or of the samples.
-  assert memory.auto_chunk_size(apply_fn, params, shape, 8, 1000, devices=4,
-                                memory_budget=None) == memory.\
-      default_chunk_size(2, 1000, forward)
-  assert memory.auto_chunk_size(apply_fn, params, shape, 1, 1000, devices=4,
-                                memory_budget=None) == memory.\
-      default_chunk_size(1, 250, forward)
+  assert memory.auto_chunk_size(
+      apply_fn, params, shape, 8, 1000, devices=4, memory_budget=None
+  ) == memory.default_chunk_size(2, 1000, forward)
+  assert memory.auto_chunk_size(
+      apply_fn, params, shape, 1, 1000, devices=4, memory_budget=None
+  ) == memory.default_chunk_size(1, 250, forward)
 
 
 def test_counts_do_not_depend_on_the_chunk_sizing():
@@ -67,11 +75,11 @@ def test_counts_do_not_depend_on_the_chunk_sizing():
   v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
   x = np.round(np.random.RandomState(0).uniform(size=(3, 4, 4, 3)) * 255)
   x = (x / 255).astype(np.float32)
-  auto = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec,
-                                         params=params))
+  auto = np.asarray(dssn_jax.dssn_counts(apply_fn, x, v, spec, params=params))
   for chunk in (1, 5, spec.levels):  # 5: a padded last chunk.
-    counts = dssn_jax.dssn_counts(apply_fn, x, v, spec, params=params,
-                                  chunk_size=chunk)
+    counts = dssn_jax.dssn_counts(
+        apply_fn, x, v, spec, params=params, chunk_size=chunk
+    )
     np.testing.assert_array_equal(np.asarray(counts), auto)
   assert set(auto.sum(axis=1).tolist()) == {spec.levels}
 
@@ -83,8 +91,9 @@ def test_memory_of_the_vote_program_does_not_depend_on_levels():
   for sigma in (0.5, 3.5):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
-    lowered, _ = certify.lower_counts(apply_fn, x, v, spec, params=params,
-                                      chunk_size=32)
+    lowered, _ = certify.lower_counts(
+        apply_fn, x, v, spec, params=params, chunk_size=32
+    )
     compiled = lowered.compile()
     peaks.append(compiled.memory_analysis().temp_size_in_bytes)
   # Up to the scan's few bytes of bookkeeping (its index vector is L/chunk

@@ -72,12 +72,18 @@ SCRIPT = textwrap.dedent("""
 
 def test_counts_identical_on_1_2_and_8_devices():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      " --xla_force_host_platform_device_count=8")
+  env["XLA_FLAGS"] = (
+      env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  )
   env["JAX_PLATFORMS"] = "cpu"
-  result = subprocess.run([sys.executable, "-c", SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=600,
-                          check=False)
+  result = subprocess.run(
+      [sys.executable, "-c", SCRIPT],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report["checked"] == 13

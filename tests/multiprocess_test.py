@@ -32,8 +32,10 @@ CONFIG = "configs/fashion_mnist.py:smoke"
 # not amplify rounding differences (see test_training_...).
 TRAIN_FLAGS = ("--config.steps_per_epoch=2", "--config.learning_rate=0.01")
 # 24 test images, 2 per process per batch: many batches to kill a run in.
-CERTIFY_FLAGS = ("--config.certify.max_examples=24",
-                 "--config.certify.batch_size=2")
+CERTIFY_FLAGS = (
+    "--config.certify.max_examples=24",
+    "--config.certify.batch_size=2",
+)
 
 
 def _free_port() -> int:
@@ -44,20 +46,41 @@ def _free_port() -> int:
 
 def _start(module, workdir, data_dir, *flags, processes=1, devices=2):
   """Starts `python -m experiments.<module>` on `processes` processes."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-      os.environ.get("XLA_FLAGS", "") +
-      f" --xla_force_host_platform_device_count={devices}"))
-  command = [sys.executable, "-m", f"experiments.{module}",
-             f"--config={CONFIG}", f"--config.data_dir={data_dir}",
-             f"--workdir={workdir}", *flags]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS=(
+          os.environ.get("XLA_FLAGS", "")
+          + f" --xla_force_host_platform_device_count={devices}"
+      ),
+  )
+  command = [
+      sys.executable,
+      "-m",
+      f"experiments.{module}",
+      f"--config={CONFIG}",
+      f"--config.data_dir={data_dir}",
+      f"--workdir={workdir}",
+      *flags,
+  ]
   if processes > 1:
     port = _free_port()
-    command += [f"--coordinator_address=127.0.0.1:{port}",
-                f"--num_processes={processes}", "--distributed_timeout=120"]
-  return [subprocess.Popen(
-      command + ([f"--process_id={i}"] if processes > 1 else []), cwd=REPO,
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-          for i in range(processes)]
+    command += [
+        f"--coordinator_address=127.0.0.1:{port}",
+        f"--num_processes={processes}",
+        "--distributed_timeout=120",
+    ]
+  return [
+      subprocess.Popen(
+          command + ([f"--process_id={i}"] if processes > 1 else []),
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for i in range(processes)
+  ]
 
 
 def _wait(procs) -> float:
@@ -78,8 +101,16 @@ def _wait(procs) -> float:
 
 
 def _run(module, workdir, data_dir, *flags, processes=1, devices=2) -> float:
-  return _wait(_start(module, workdir, data_dir, *flags,
-                      processes=processes, devices=devices))
+  return _wait(
+      _start(
+          module,
+          workdir,
+          data_dir,
+          *flags,
+          processes=processes,
+          devices=devices,
+      )
+  )
 
 
 def _state(workdir, step=None):
@@ -91,16 +122,21 @@ def _state(workdir, step=None):
 
 def _rows(workdir, method):
   """The merged rows of every process's file, without the time column."""
-  paths = [os.path.join(workdir, f) for f in sorted(os.listdir(workdir))
-           if f.startswith(f"certify_{method}") and f.endswith(".tsv")]
+  paths = [
+      os.path.join(workdir, f)
+      for f in sorted(os.listdir(workdir))
+      if f.startswith(f"certify_{method}") and f.endswith(".tsv")
+  ]
   rows = results.read_results(paths)
   del rows["time"]
   return rows, paths
 
 
 def _copy_checkpoints(source, destination):
-  shutil.copytree(os.path.join(source, checkpoints.CHECKPOINT_DIR),
-                  os.path.join(destination, checkpoints.CHECKPOINT_DIR))
+  shutil.copytree(
+      os.path.join(source, checkpoints.CHECKPOINT_DIR),
+      os.path.join(destination, checkpoints.CHECKPOINT_DIR),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +145,27 @@ def trained(fashion_mnist_data_dir, tmp_path_factory):
   training on 1 process x 4 devices; wall seconds of each."""
   root = tmp_path_factory.mktemp("multiprocess")
   two, one = str(root / "two"), str(root / "one")
-  seconds_two = _run("train", two, fashion_mnist_data_dir, *TRAIN_FLAGS,
-                     processes=2, devices=2)
-  seconds_one = _run("train", one, fashion_mnist_data_dir, *TRAIN_FLAGS,
-                     "--config.data_shards=2", devices=4)
-  print(f"training wall time: 2 processes {seconds_two:.1f} s, "
-        f"1 process {seconds_one:.1f} s")
-  return {"two": two, "one": one, "root": root,
-          "data_dir": fashion_mnist_data_dir}
+  seconds_two = _run(
+      "train", two, fashion_mnist_data_dir, *TRAIN_FLAGS, processes=2, devices=2
+  )
+  seconds_one = _run(
+      "train",
+      one,
+      fashion_mnist_data_dir,
+      *TRAIN_FLAGS,
+      "--config.data_shards=2",
+      devices=4,
+  )
+  print(
+      f"training wall time: 2 processes {seconds_two:.1f} s, "
+      f"1 process {seconds_one:.1f} s"
+  )
+  return {
+      "two": two,
+      "one": one,
+      "root": root,
+      "data_dir": fashion_mnist_data_dir,
+  }
 
 
 def test_training_on_2_processes_matches_1_process(trained):
@@ -129,10 +178,12 @@ def test_training_on_2_processes_matches_1_process(trained):
   # moves results by a few ulps (1.2e-7 relative each); 4 small SGD steps
   # barely amplify it (measured: at most 1.4e-7, one ulp at 1.0). 1e-5 is
   # ~100 ulps; any different batch row moves parameters by ~1e-3.
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(two),
-                          jax.tree.leaves(one)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, a), b in zip(
+      jax.tree_util.tree_leaves_with_path(two), jax.tree.leaves(one)
+  ):
+    np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-5, err_msg=jax.tree_util.keystr(path)
+    )
   # Process 0 alone wrote the metrics, one line per step.
   assert _metric_steps(trained["two"]) == [1, 2, 3, 4]
 
@@ -143,16 +194,24 @@ def _metric_steps(workdir):
 
 
 def test_training_killed_on_all_processes_resumes_to_the_same_parameters(
-    trained):
+    trained,
+):
   """Losing the last epoch (all processes killed before its checkpoint)
   and restarting both processes ends with bitwise the same parameters."""
   resumed = str(trained["root"] / "resumed")
   shutil.copytree(trained["two"], resumed)
   shutil.rmtree(os.path.join(resumed, checkpoints.CHECKPOINT_DIR, "4"))
-  _run("train", resumed, trained["data_dir"], *TRAIN_FLAGS, processes=2,
-       devices=2)
-  for a, b in zip(jax.tree.leaves(_state(trained["two"])),
-                  jax.tree.leaves(_state(resumed))):
+  _run(
+      "train",
+      resumed,
+      trained["data_dir"],
+      *TRAIN_FLAGS,
+      processes=2,
+      devices=2,
+  )
+  for a, b in zip(
+      jax.tree.leaves(_state(trained["two"])), jax.tree.leaves(_state(resumed))
+  ):
     np.testing.assert_array_equal(a, b)
   assert _metric_steps(resumed) == [1, 2, 3, 4]
 
@@ -164,24 +223,40 @@ def reference(trained):
   for method in ("dssn", "uniform"):
     workdir = str(trained["root"] / f"certify_one_{method}")
     _copy_checkpoints(trained["two"], workdir)
-    seconds = _run("certify", workdir, trained["data_dir"], *CERTIFY_FLAGS,
-                   f"--config.certify.method={method}")
+    seconds = _run(
+        "certify",
+        workdir,
+        trained["data_dir"],
+        *CERTIFY_FLAGS,
+        f"--config.certify.method={method}",
+    )
     out[method] = (_rows(workdir, method)[0], seconds)
   return out
 
 
 @pytest.mark.parametrize("method", ["dssn", "uniform"])
-def test_certification_on_2_processes_matches_1_process(trained, reference,
-                                                        method):
+def test_certification_on_2_processes_matches_1_process(
+    trained, reference, method
+):
   workdir = str(trained["root"] / f"certify_two_{method}")
   _copy_checkpoints(trained["two"], workdir)
-  seconds = _run("certify", workdir, trained["data_dir"], *CERTIFY_FLAGS,
-                 f"--config.certify.method={method}", processes=2)
+  seconds = _run(
+      "certify",
+      workdir,
+      trained["data_dir"],
+      *CERTIFY_FLAGS,
+      f"--config.certify.method={method}",
+      processes=2,
+  )
   rows, paths = _rows(workdir, method)
-  print(f"{method} certification wall time: 2 processes {seconds:.1f} s, "
-        f"1 process {reference[method][1]:.1f} s")
+  print(
+      f"{method} certification wall time: 2 processes {seconds:.1f} s, "
+      f"1 process {reference[method][1]:.1f} s"
+  )
   assert [os.path.basename(p) for p in paths] == [
-      f"certify_{method}.process1.tsv", f"certify_{method}.tsv"]
+      f"certify_{method}.process1.tsv",
+      f"certify_{method}.tsv",
+  ]
   expected = reference[method][0]
   assert rows["idx"].tolist() == list(range(24))
   for column in expected:
@@ -205,8 +280,10 @@ def _kill_mid_certification(workdir, data_dir):
           if len(f.readlines()) >= 2:  # The header and a row.
             break
       if any(p.poll() is not None for p in procs):
-        pytest.fail("a process ended before it could be killed: " +
-                    procs[0].communicate()[0][-2000:])
+        pytest.fail(
+            "a process ended before it could be killed: "
+            + procs[0].communicate()[0][-2000:]
+        )
       time.sleep(0.02)
     else:
       pytest.fail("process 1 wrote no row in time")
@@ -219,8 +296,9 @@ def _kill_mid_certification(workdir, data_dir):
 
 
 @pytest.mark.parametrize("restart_processes", [2, 1])
-def test_certification_killed_mid_run_resumes_exactly(trained, reference,
-                                                      restart_processes):
+def test_certification_killed_mid_run_resumes_exactly(
+    trained, reference, restart_processes
+):
   """A 2-process run killed mid-run, restarted on 2 processes (or on 1: the
   subset is re-sliced, images done in any file are skipped), has every
   image exactly once, with the rows of an uninterrupted run."""
@@ -228,8 +306,13 @@ def test_certification_killed_mid_run_resumes_exactly(trained, reference,
   _copy_checkpoints(trained["two"], workdir)
   before = _kill_mid_certification(workdir, trained["data_dir"])
   assert 0 < before < 24
-  _run("certify", workdir, trained["data_dir"], *CERTIFY_FLAGS,
-       processes=restart_processes)
+  _run(
+      "certify",
+      workdir,
+      trained["data_dir"],
+      *CERTIFY_FLAGS,
+      processes=restart_processes,
+  )
   rows, _ = _rows(workdir, "dssn")  # Raises on an image in two files.
   expected = reference["dssn"][0]
   assert rows["idx"].tolist() == list(range(24))
@@ -242,15 +325,30 @@ def test_unreachable_coordinator_ends_with_one_line_not_a_hang(tmp_path):
   --distributed_timeout with the fix, never a hang or a C++ stack trace
   (settings refused before joining: distributed_test.py)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  command = [sys.executable, "-m", "experiments.certify", f"--config={CONFIG}",
-             f"--workdir={tmp_path}", "--num_processes=2", "--process_id=1",
-             f"--coordinator_address=127.0.0.1:{_free_port()}",
-             "--distributed_timeout=2"]
-  result = subprocess.run(command, cwd=REPO, env=env, text=True,
-                          capture_output=True, timeout=120, check=False)
+  command = [
+      sys.executable,
+      "-m",
+      "experiments.certify",
+      f"--config={CONFIG}",
+      f"--workdir={tmp_path}",
+      "--num_processes=2",
+      "--process_id=1",
+      f"--coordinator_address=127.0.0.1:{_free_port()}",
+      "--distributed_timeout=2",
+  ]
+  result = subprocess.run(
+      command,
+      cwd=REPO,
+      env=env,
+      text=True,
+      capture_output=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 1, result.stderr[-2000:]
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(
       "error: Not all processes joined the distributed runtime via the "
-      "coordinator at 127.0.0.1:"), result.stderr[-2000:]
+      "coordinator at 127.0.0.1:"
+  ), result.stderr[-2000:]
   assert "within 2 s" in last and "--distributed_timeout" in last

@@ -17,20 +17,41 @@ from dssn_jax import results as results_lib
 from dssn_jax.results import ResultsWriter
 
 RESULTS_PY = Path(results_lib.__file__)
-META = {"sigma": 0.5, "q": 255, "dataset": "cifar10", "checkpoint": "abc123",
-        "subset": "test[:100]"}
+META = {
+    "sigma": 0.5,
+    "q": 255,
+    "dataset": "cifar10",
+    "checkpoint": "abc123",
+    "subset": "test[:100]",
+}
 
 
 def dssn_row(idx, label=3, predict=3, steps=10, time_s=0.25):
-  return {"idx": idx, "label": label, "predict": predict, "radius": steps / 255,
-          "correct": int(predict == label), "time": time_s,
-          "count_top": 100 + steps * 2, "count_runner_up": 100, "steps": steps}
+  return {
+      "idx": idx,
+      "label": label,
+      "predict": predict,
+      "radius": steps / 255,
+      "correct": int(predict == label),
+      "time": time_s,
+      "count_top": 100 + steps * 2,
+      "count_runner_up": 100,
+      "steps": steps,
+  }
 
 
 def dssn_rows(indices):
   # Values are a deterministic function of idx, so every row can be checked.
-  return [dssn_row(i, label=i % 10, predict=(i % 10) if i % 7 else (i + 1) % 10,
-                   steps=i % 300, time_s=i / 1000) for i in indices]
+  return [
+      dssn_row(
+          i,
+          label=i % 10,
+          predict=(i % 10) if i % 7 else (i + 1) % 10,
+          steps=i % 300,
+          time_s=i / 1000,
+      )
+      for i in indices
+  ]
 
 
 def read_bytes(path):
@@ -43,13 +64,23 @@ def test_round_trip_rows_and_columns(tmp_path):
   with ResultsWriter(path, "dssn", META) as writer:
     assert writer.done_indices == frozenset()
     assert writer.write_rows(rows[:2]) == 2
-    # A batch may also be columns of arrays, e.g. straight from a jitted certifier.
+    # A batch may also be columns of arrays, e.g. straight from a jitted
+    # certifier.
     columns = {k: np.array([r[k] for r in rows[2:]]) for k in rows[0]}
     assert writer.write_rows(columns) == 3
     assert writer.done_indices == {0, 1, 2, 3, 4}
   header = read_bytes(path).split(b"\n")[0].decode().split("\t")
-  assert header == ["idx", "label", "predict", "radius", "correct", "time",
-                    "count_top", "count_runner_up", "steps"]
+  assert header == [
+      "idx",
+      "label",
+      "predict",
+      "radius",
+      "correct",
+      "time",
+      "count_top",
+      "count_runner_up",
+      "steps",
+  ]
   out = results_lib.read_results(path)
   for k in rows[0]:
     np.testing.assert_array_equal(out[k], [r[k] for r in rows])
@@ -63,10 +94,24 @@ def test_round_trip_rows_and_columns(tmp_path):
 def test_randomized_columns_and_abstention(tmp_path):
   path = tmp_path / "uniform.tsv"
   rows = [
-      {"idx": 7, "label": 1, "predict": 1, "radius": 0.123, "correct": 1,
-       "time": 13.4, "p_lower": 0.6},
-      {"idx": 3, "label": 2, "predict": results_lib.ABSTAIN, "radius": 0.0,
-       "correct": 0, "time": 13.5, "p_lower": 0.4},
+      {
+          "idx": 7,
+          "label": 1,
+          "predict": 1,
+          "radius": 0.123,
+          "correct": 1,
+          "time": 13.4,
+          "p_lower": 0.6,
+      },
+      {
+          "idx": 3,
+          "label": 2,
+          "predict": results_lib.ABSTAIN,
+          "radius": 0.0,
+          "correct": 0,
+          "time": 13.5,
+          "p_lower": 0.4,
+      },
   ]
   with ResultsWriter(path, "uniform", {"sigma": 1.0}) as writer:
     writer.write_rows(rows)
@@ -88,7 +133,9 @@ def test_resume_skips_done_rows(tmp_path):
     writer.write_rows(dssn_rows(range(0, 6)))
   with ResultsWriter(path, "dssn", dict(META)) as writer:
     assert writer.done_indices == set(range(6))
-    assert writer.done_indices is writer.done_indices  # Cached: cheap in a loop.
+    assert (
+        writer.done_indices is writer.done_indices
+    )  # Cached: cheap in a loop.
     todo = [i for i in range(10) if i not in writer.done_indices]
     assert todo == [6, 7, 8, 9]
     with pytest.raises(ValueError, match="already in"):
@@ -97,11 +144,15 @@ def test_resume_skips_done_rows(tmp_path):
   assert results_lib.read_results(path)["idx"].tolist() == list(range(10))
 
 
-@pytest.mark.parametrize("tail", [
-    b"6\t6\t6\t0.0392156862745098\t1\t0.0",  # Half a row, no newline.
-    b"6\t6\t6\t0.0392156862745098\t1\t0.006\t120\t100\t10",  # Parses, no newline.
-    b"\x00" * 37,  # Unflushed file extension after a power loss.
-])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"6\t6\t6\t0.0392156862745098\t1\t0.0",  # Half a row, no newline.
+        # Parses, no newline.
+        b"6\t6\t6\t0.0392156862745098\t1\t0.006\t120\t100\t10",
+        b"\x00" * 37,  # Unflushed file extension after a power loss.
+    ],
+)
 def test_torn_last_line_is_repaired(tmp_path, tail):
   path = tmp_path / "certify.tsv"
   with ResultsWriter(path, "dssn", META) as writer:
@@ -121,11 +172,14 @@ def test_torn_last_line_is_repaired(tmp_path, tail):
   assert out["steps"].tolist() == [r["steps"] for r in dssn_rows(range(8))]
 
 
-@pytest.mark.parametrize("tail", [
-    b"6\t6\t6\t0.0392156862745098\t1\n",  # A row with missing fields.
-    b"6\t6\t6\t0.0392156862745098\t1\n7\t7\t7\t0.03",  # And a torn row.
-    b"not a row at all\n",
-])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"6\t6\t6\t0.0392156862745098\t1\n",  # A row with missing fields.
+        b"6\t6\t6\t0.0392156862745098\t1\n7\t7\t7\t0.03",  # And a torn row.
+        b"not a row at all\n",
+    ],
+)
 def test_complete_non_row_line_is_an_error_not_a_repair(tmp_path, tail):
   path = tmp_path / "certify.tsv"
   with ResultsWriter(path, "dssn", META) as writer:
@@ -148,8 +202,11 @@ def test_rows_outside_the_run_subset_are_refused(tmp_path):
     assert writer.line_of(20) == 4
   assert results_lib.read_results(path)["idx"].tolist() == [0, 10, 20]
   with open(path, "ab") as f:  # A valid-looking row of image 41.
-    f.write(read_bytes(path).splitlines(keepends=True)[-1].replace(
-        b"20\t", b"41\t", 1))
+    f.write(
+        read_bytes(path)
+        .splitlines(keepends=True)[-1]
+        .replace(b"20\t", b"41\t", 1)
+    )
   with pytest.raises(ValueError, match="line 5 has idx 41"):
     results_lib.read_results(path)
   assert results_lib.subset_contains(meta, 30)
@@ -216,7 +273,9 @@ def test_metadata_is_compared_after_json_round_trip(tmp_path):
   meta = {"sigma": np.float64(0.5), "shape": (32, 32, 3), "q": np.int64(255)}
   with ResultsWriter(path, "dssn", meta) as writer:
     writer.write_rows(dssn_rows([0]))
-  with ResultsWriter(path, "dssn", {"sigma": 0.5, "shape": [32, 32, 3], "q": 255}) as w:
+  with ResultsWriter(
+      path, "dssn", {"sigma": 0.5, "shape": [32, 32, 3], "q": 255}
+  ) as w:
     assert w.done_indices == {0}
 
 
@@ -242,7 +301,9 @@ def test_second_writer_on_same_file_is_refused(tmp_path):
 def test_multi_file_merge(tmp_path):
   paths = [tmp_path / "certify.tsv", tmp_path / "certify.process1.tsv"]
   for p, indices in zip(paths, [range(0, 20, 2), range(1, 20, 2)]):
-    with ResultsWriter(p, "dssn", dict(META, process_index=paths.index(p))) as w:
+    with ResultsWriter(
+        p, "dssn", dict(META, process_index=paths.index(p))
+    ) as w:
       w.write_rows(dssn_rows(indices))
   out = results_lib.read_results(paths)
   assert out["idx"].tolist() == list(range(20))
@@ -269,15 +330,20 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
   radius = np.array([0.0, 0.5, 1.0, 2.0, 3.0, -0.2, 0.7])
   correct = np.array([1, 1, 1, 0, 1, 1, 0], bool)
   predict = np.array([1, 1, 1, 2, 1, 1, -1])
-  acc = results_lib.certified_accuracy(radius, correct, [0.0, 0.5, 1.0, 2.5, 3.5])
+  acc = results_lib.certified_accuracy(
+      radius, correct, [0.0, 0.5, 1.0, 2.5, 3.5]
+  )
   # A negative radius (the reference's abstention) never counts; r is inclusive.
   np.testing.assert_allclose(acc, np.array([4, 3, 2, 1, 0]) / 7)
-  assert results_lib.certified_accuracy(radius, correct, 1.0) == pytest.approx(2 / 7)
+  assert results_lib.certified_accuracy(radius, correct, 1.0) == pytest.approx(
+      2 / 7
+  )
   # predict == -1 never counts even if `correct` claims otherwise.
   bad_correct = correct.copy()
   bad_correct[6] = True
-  assert results_lib.certified_accuracy(radius, bad_correct, 0.5, predict=predict) == (
-      pytest.approx(3 / 7))
+  assert results_lib.certified_accuracy(
+      radius, bad_correct, 0.5, predict=predict
+  ) == (pytest.approx(3 / 7))
   with pytest.raises(ValueError):
     results_lib.certified_accuracy(radius, correct, [-1.0])
 
@@ -286,11 +352,13 @@ def test_certified_accuracy_counts_abstentions_as_wrong():
 def test_results_module_imports_no_jax_or_tensorflow():
   code = textwrap.dedent(f"""
       import importlib.util, sys
-      spec = importlib.util.spec_from_file_location("results", {str(RESULTS_PY)!r})
+      spec = importlib.util.spec_from_file_location(
+          "results", {str(RESULTS_PY)!r})
       module = importlib.util.module_from_spec(spec)
       sys.modules["results"] = module
       spec.loader.exec_module(module)
-      heavy = [m for m in sys.modules if m.split(".")[0] in ("jax", "tensorflow", "matplotlib")]
+      heavy = [m for m in sys.modules
+               if m.split(".")[0] in ("jax", "tensorflow", "matplotlib")]
       assert not heavy, heavy
       """)
   subprocess.run([sys.executable, "-c", code], check=True)
@@ -320,9 +388,11 @@ with results.ResultsWriter(sys.argv[2], "dssn", meta) as writer:
     idx = todo[start:start + B]
     steps = [i % 300 for i in idx]
     writer.write_rows({
-        "idx": idx, "label": [i % 10 for i in idx], "predict": [i % 10 for i in idx],
+        "idx": idx, "label": [i % 10 for i in idx],
+        "predict": [i % 10 for i in idx],
         "radius": [s / 255 for s in steps], "correct": [1] * len(idx),
-        "time": [i / 1000 for i in idx], "count_top": [100 + 2 * s for s in steps],
+        "time": [i / 1000 for i in idx],
+        "count_top": [100 + 2 * s for s in steps],
         "count_runner_up": [100] * len(idx), "steps": steps})
 print("finished")
 """
@@ -334,16 +404,26 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   script = tmp_path / "writer_loop.py"
   script.write_text(_WRITER_LOOP)
   n, batch = 40_000, 2_000
-  cmd = [sys.executable, str(script), str(RESULTS_PY), str(path), str(n), str(batch)]
+  cmd = [
+      sys.executable,
+      str(script),
+      str(RESULTS_PY),
+      str(path),
+      str(n),
+      str(batch),
+  ]
   rng = np.random.default_rng(0)
   kills, torn = 0, 0
   for _ in range(30):
     size_before = path.stat().st_size if path.exists() else 0
-    proc = subprocess.Popen(cmd + ["slow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd + ["slow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     # Wait for the file to grow, then kill at a random moment while writing.
     deadline = time.monotonic() + 30
     while (not path.exists() or path.stat().st_size <= size_before) and (
-        proc.poll() is None and time.monotonic() < deadline):
+        proc.poll() is None and time.monotonic() < deadline
+    ):
       time.sleep(0.002)
     time.sleep(float(rng.uniform(0.0, 0.1)))
     if proc.poll() is not None:
@@ -361,7 +441,9 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
       break
   assert kills >= 3 and torn, (kills, torn)
   # The next writer repairs the file and finishes the run.
-  proc = subprocess.run(cmd + ["fast"], capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+      cmd + ["fast"], capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr
   assert "finished" in proc.stdout
   data = read_bytes(path)
@@ -372,9 +454,12 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   np.testing.assert_array_equal(out["radius"], (idx % 300) / 255)
   np.testing.assert_array_equal(out["time"], idx / 1000)
   assert data.endswith(b"\n")
-  assert data.count(b"\n") == n + 1  # Header + one line per image, no leftovers.
+  assert (
+      data.count(b"\n") == n + 1
+  )  # Header + one line per image, no leftovers.
 
 
 def test_method_names_agree_with_their_home():
   from dssn_jax import methods  # pylint: disable=g-import-not-at-top
+
   assert results_lib.METHODS == methods.METHODS

@@ -19,8 +19,9 @@ SPEC = dssn_jax.SmoothingSpec(0.12)  # L = 106.
 
 
 def make_classifier(seed=0):
-  w = jax.random.normal(jax.random.key(seed), (int(np.prod(SHAPE)),
-                                               NUM_CLASSES))
+  w = jax.random.normal(
+      jax.random.key(seed), (int(np.prod(SHAPE)), NUM_CLASSES)
+  )
   return lambda x: (x.reshape(x.shape[0], -1) - 0.5) @ w
 
 
@@ -59,12 +60,16 @@ def test_jit_non_finite_batch_abstains(value):
     dssn_jax.dssn_counts(APPLY_FN, x, OFFSETS, SPEC)
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda x: x * 3,
-    lambda x: x - 2,
-    lambda x: x + np.float32(0.5 / 255),  # Half a step off the grid.
-    lambda x: x + np.float32(1e-4 / 255),  # Far below the old 1e-3 steps.
-], ids=["times3", "minus2", "half_step", "1e-4_step"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda x: x * 3,
+        lambda x: x - 2,
+        lambda x: x + np.float32(0.5 / 255),  # Half a step off the grid.
+        lambda x: x + np.float32(1e-4 / 255),  # Far below the old 1e-3 steps.
+    ],
+    ids=["times3", "minus2", "half_step", "1e-4_step"],
+)
 def test_jit_off_grid_or_out_of_range_abstains(mutate):
   x = mutate(grid_batch(3))
   counts, pred, steps = jit_certificate(x)
@@ -84,11 +89,13 @@ def test_coarse_dtypes_refused_eagerly_and_under_jit(dtype):
 
 def test_vmap_over_nan_batch_abstains():
   x = np.stack([grid_batch(2), np.full((2,) + SHAPE, np.nan, np.float32)])
-  counts = np.asarray(jax.vmap(
-      lambda x: dssn_jax.dssn_counts(APPLY_FN, x, OFFSETS, SPEC))(x))
+  counts = np.asarray(
+      jax.vmap(lambda x: dssn_jax.dssn_counts(APPLY_FN, x, OFFSETS, SPEC))(x)
+  )
   np.testing.assert_array_equal(counts[1], -1)
   np.testing.assert_array_equal(
-      counts[0], dssn_jax.dssn_counts(APPLY_FN, x[0], OFFSETS, SPEC))
+      counts[0], dssn_jax.dssn_counts(APPLY_FN, x[0], OFFSETS, SPEC)
+  )
 
 
 def test_traced_offsets_of_another_sigma_abstain():
@@ -106,33 +113,39 @@ def test_split_index_has_no_overflow():
   levels = SPEC.levels
   v = jnp.asarray([2**31 - 1, 2**31 - 3, 0, 5], jnp.int32)
   splits = jax.jit(jax.vmap(lambda k: smoothing.split_index(v, k, SPEC)))(
-      jnp.arange(levels))
+      jnp.arange(levels)
+  )
   splits = np.asarray(splits)
   for column, offset in zip(splits.T, [2**31 - 1, 2**31 - 3, 0, 5]):
-    np.testing.assert_array_equal(column,
-                                  (offset + np.arange(levels)) % levels)
+    np.testing.assert_array_equal(column, (offset + np.arange(levels)) % levels)
 
 
-@pytest.mark.parametrize("counts, message", [
-    ([[500, -400, 6]], "non-negative"),
-    ([[100, 3, 0]], "sum to L = 106"),
-    ([[60, 60, 0]], "sum to L = 106"),
-])
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ([[500, -400, 6]], "non-negative"),
+        ([[100, 3, 0]], "sum to L = 106"),
+        ([[60, 60, 0]], "sum to L = 106"),
+    ],
+)
 def test_certify_from_counts_validates(counts, message):
   counts = np.asarray(counts, np.int32)
   with pytest.raises(ValueError, match=message):
     dssn_jax.certify_from_counts(counts, SPEC)
   with pytest.raises(ValueError, match=message):
     dssn_jax.certify_from_counts(jnp.asarray(counts), SPEC)
-  pred, steps, radius = jax.jit(dssn_jax.certify_from_counts,
-                                static_argnums=1)(jnp.asarray(counts), SPEC)
+  pred, steps, radius = jax.jit(dssn_jax.certify_from_counts, static_argnums=1)(
+      jnp.asarray(counts), SPEC
+  )
   assert int(pred[0]) == -1 and int(steps[0]) == 0 and float(radius[0]) == 0
 
 
 def test_non_finite_logits_never_vote():
   nan_on_bright = lambda x: jnp.where(
       jnp.max(x.reshape(x.shape[0], -1), axis=1, keepdims=True) > 0.9,
-      jnp.nan, APPLY_FN(x))
+      jnp.nan,
+      APPLY_FN(x),
+  )
   x = grid_batch(2)
   x[1] = 0.0  # Dark image: its noisy copies never exceed 0.9 at sigma 0.12.
   x[0, 0, 0, 0] = 1.0
@@ -150,13 +163,16 @@ def test_non_finite_logits_never_vote():
   np.testing.assert_array_equal(counts[0], -1)
   assert int(pred[0]) == -1
   np.testing.assert_array_equal(
-      counts[1], dssn_jax.dssn_counts(APPLY_FN, x[1:], OFFSETS, SPEC)[0])
-  sampled = dssn_jax.sample_counts(nan_on_bright, x, SPEC, jax.random.key(0),
-                                  noise="uniform", num_samples=16)
+      counts[1], dssn_jax.dssn_counts(APPLY_FN, x[1:], OFFSETS, SPEC)[0]
+  )
+  sampled = dssn_jax.sample_counts(
+      nan_on_bright, x, SPEC, jax.random.key(0), noise="uniform", num_samples=16
+  )
   np.testing.assert_array_equal(sampled[0], -1)
   with pytest.raises(ValueError, match="not finite"):
-    dssn_jax.certify_randomized(nan_on_bright, x, SPEC, jax.random.key(0),
-                                noise="uniform", n0=8, n=16)
+    dssn_jax.certify_randomized(
+        nan_on_bright, x, SPEC, jax.random.key(0), noise="uniform", n0=8, n=16
+    )
 
 
 def test_batch_ignoring_classifier_gets_a_clear_error():
@@ -165,22 +181,30 @@ def test_batch_ignoring_classifier_gets_a_clear_error():
     dssn_jax.dssn_counts(one_row, grid_batch(3), OFFSETS, SPEC)
   with pytest.raises(ValueError, match="one row per input"):
     jax.jit(lambda x: dssn_jax.dssn_counts(one_row, x, OFFSETS, SPEC))(
-        grid_batch(3))
+        grid_batch(3)
+    )
 
 
 def test_certify_randomized_under_jit_says_what_to_do():
   with pytest.raises(ValueError, match="cannot run under jax.jit"):
-    jax.jit(lambda x: dssn_jax.certify_randomized(
-        APPLY_FN, x, SPEC, jax.random.key(0), noise="uniform", n=10).pred)(
-            grid_batch(2))
+    jax.jit(
+        lambda x: dssn_jax.certify_randomized(
+            APPLY_FN, x, SPEC, jax.random.key(0), noise="uniform", n=10
+        ).pred
+    )(grid_batch(2))
 
 
 def test_sample_counts_under_jit_masks_invalid_rows():
   x = grid_batch(3)
   x[2] = np.nan
   key = jax.random.key(0)
-  counts = np.asarray(jax.jit(lambda x: dssn_jax.sample_counts(
-      APPLY_FN, x, SPEC, key, noise="ssn", num_samples=32))(x))
+  counts = np.asarray(
+      jax.jit(
+          lambda x: dssn_jax.sample_counts(
+              APPLY_FN, x, SPEC, key, noise="ssn", num_samples=32
+          )
+      )(x)
+  )
   np.testing.assert_array_equal(counts[2], -1)
   np.testing.assert_array_equal(counts[:2].sum(1), 32)
 
@@ -223,6 +247,7 @@ def test_a_few_ulps_off_the_grid_is_rejected(q):
 # The property: mixed batches, jitted and vmapped.
 # ---------------------------------------------------------------------------
 
+
 def set_one_pixel(value):
   """A corruption that sets one random pixel of the row to value."""
 
@@ -256,12 +281,13 @@ def test_property_mixed_batches_jit_and_vmap(seed):
   invalid[rng.randint(batch)] = True
   for i in np.flatnonzero(invalid):
     x[i] = CORRUPTIONS[rng.randint(len(CORRUPTIONS))](x[i], rng).astype(
-        np.float32)
+        np.float32
+    )
   valid = np.flatnonzero(~invalid)
   eager_counts = np.asarray(
-      dssn_jax.dssn_counts(APPLY_FN, x[valid], OFFSETS, SPEC))
-  eager_pred, eager_steps, _ = dssn_jax.certify_from_counts(eager_counts,
-                                                            SPEC)
+      dssn_jax.dssn_counts(APPLY_FN, x[valid], OFFSETS, SPEC)
+  )
+  eager_pred, eager_steps, _ = dssn_jax.certify_from_counts(eager_counts, SPEC)
   counts, pred, steps = jit_certificate(x)
   assert_no_certificate(counts, pred, steps, rows=np.flatnonzero(invalid))
   np.testing.assert_array_equal(counts[valid], eager_counts)

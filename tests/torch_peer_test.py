@@ -17,8 +17,9 @@ def test_peer_counts_equal_exact_votes_of_a_linear_model():
   linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
   spec = dssn_jax.SmoothingSpec(0.1)
   v = dssn_jax.make_offsets(3, (4, 4, 3), spec.levels, "torch")
-  x = (np.random.RandomState(1).randint(0, 256, (2, 4, 4, 3)) /
-       255).astype(np.float32)
+  x = (np.random.RandomState(1).randint(0, 256, (2, 4, 4, 3)) / 255).astype(
+      np.float32
+  )
   weight = linear[1].weight.detach().numpy()
   bias = linear[1].bias.detach().numpy()
 
@@ -27,12 +28,12 @@ def test_peer_counts_equal_exact_votes_of_a_linear_model():
     return flat @ weight.T + bias
 
   ours = np.asarray(dssn_jax.dssn_counts(ours_apply, x, v, spec))
-  offsets = torch.from_numpy(np.asarray(v).transpose(2, 0, 1).astype(
-      np.int64))
+  offsets = torch.from_numpy(np.asarray(v).transpose(2, 0, 1).astype(np.int64))
   for i in range(len(x)):
     image = torch.from_numpy(x[i].transpose(2, 0, 1).copy())
-    counts, gap = torch_peer.torch_dssn_counts(linear, image, offsets,
-                                               spec.levels, noise_batch=16)
+    counts, gap = torch_peer.torch_dssn_counts(
+        linear, image, offsets, spec.levels, noise_batch=16
+    )
     assert counts.sum() == spec.levels
     if gap > torch_peer.NEAR_TIE:
       np.testing.assert_array_equal(counts, ours[i])
@@ -40,8 +41,9 @@ def test_peer_counts_equal_exact_votes_of_a_linear_model():
 
 @pytest.mark.slow
 def test_run_writes_the_side_by_side_table(tmp_path):
-  report = torch_peer.run(str(tmp_path), sigmas=(0.05,), images=1, rounds=1,
-                          log=lambda _: None)
+  report = torch_peer.run(
+      str(tmp_path), sigmas=(0.05,), images=1, rounds=1, log=lambda _: None
+  )
   row = report["rows"][0]
   assert row["levels"] == 44 and row["images"] == 1
   assert row["counts_agree"]

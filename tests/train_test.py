@@ -29,8 +29,9 @@ def smoke_config(module, data_dir=None, **overrides):
 
 
 def params_of(state):
-  return jax.tree.map(np.asarray, {"params": state.params,
-                                   "batch_stats": state.batch_stats})
+  return jax.tree.map(
+      np.asarray, {"params": state.params, "batch_stats": state.batch_stats}
+  )
 
 
 def assert_trees_equal(a, b):
@@ -50,8 +51,7 @@ def test_stability_loss_hand_computed():
   ce = (-math.log(3 / 4) - math.log(1 / 3)) / 2
   kl_1 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
   kl_2 = (2 / 3) * math.log((2 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / 0.5)
-  loss, (got_ce, got_kl) = train.stability_loss(logits_1, logits_2, labels,
-                                                6.0)
+  loss, (got_ce, got_kl) = train.stability_loss(logits_1, logits_2, labels, 6.0)
   assert float(got_ce) == pytest.approx(ce, rel=1e-6)
   assert float(got_kl) == pytest.approx((kl_1 + kl_2) / 2, rel=1e-6)
   assert float(loss) == pytest.approx(ce + 6.0 * (kl_1 + kl_2) / 2, rel=1e-6)
@@ -66,7 +66,8 @@ def test_stability_loss_hand_computed():
 
 
 def test_fashion_mnist_smoke_writes_restorable_checkpoint(
-    tmp_path, fashion_mnist_data_dir, monkeypatch):
+    tmp_path, fashion_mnist_data_dir, monkeypatch
+):
   seen_offsets = []
   original = train.smoothing.random_noise
 
@@ -75,8 +76,9 @@ def test_fashion_mnist_smoke_writes_restorable_checkpoint(
     return original(kind, key, x, spec, v)
 
   monkeypatch.setattr(train.smoothing, "random_noise", recording_noise)
-  config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir,
-                        stability=True)
+  config = smoke_config(
+      fashion_mnist_config, fashion_mnist_data_dir, stability=True
+  )
   workdir = str(tmp_path / "run")
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == config.num_epochs * config.steps_per_epoch
@@ -94,11 +96,17 @@ def test_fashion_mnist_smoke_writes_restorable_checkpoint(
   for offsets in seen_offsets:
     np.testing.assert_array_equal(offsets, classifier.offsets)
   assert meta["offsets_sha256"] == dssn_jax.offsets_fingerprint(
-      classifier.offsets)
+      classifier.offsets
+  )
   # The restored classifier certifies.
   x = jnp.zeros((2, 28, 28, 1))
-  counts = dssn_jax.dssn_counts(classifier.apply_fn, x, classifier.offsets,
-                                classifier.spec, params=classifier.variables)
+  counts = dssn_jax.dssn_counts(
+      classifier.apply_fn,
+      x,
+      classifier.offsets,
+      classifier.spec,
+      params=classifier.variables,
+  )
   np.testing.assert_array_equal(counts.sum(1), classifier.spec.levels)
 
 
@@ -134,10 +142,12 @@ class Killed(Exception):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(
-    tmp_path, fashion_mnist_data_dir, monkeypatch):
+    tmp_path, fashion_mnist_data_dir, monkeypatch
+):
   config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir)
-  uninterrupted = params_of(train.train_and_evaluate(
-      config, str(tmp_path / "straight")))
+  uninterrupted = params_of(
+      train.train_and_evaluate(config, str(tmp_path / "straight"))
+  )
 
   original_save = checkpoints.Checkpointer.save
 
@@ -150,12 +160,15 @@ def test_resume_after_kill_matches_uninterrupted_run(
   with pytest.raises(Killed):
     train.train_and_evaluate(config, workdir)
   assert checkpoints.Checkpointer(workdir).latest_step() == (
-      config.steps_per_epoch)
+      config.steps_per_epoch
+  )
   monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
   resumed = params_of(train.train_and_evaluate(config, workdir))
   assert_trees_equal(resumed, uninterrupted)
-  steps = [int(line.split('"step": ')[1].split(",")[0]) for line in
-           open(f"{workdir}/{train.METRICS_FILE}")]
+  steps = [
+      int(line.split('"step": ')[1].split(",")[0])
+      for line in open(f"{workdir}/{train.METRICS_FILE}")
+  ]
   assert steps == sorted(set(steps)), "no duplicated metric rows"
 
 
@@ -164,12 +177,15 @@ def test_resume_after_kill_matches_uninterrupted_run(
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("dataset", "mnist", "(?i)unknown dataset"),
-    ("model", "vit", "Unknown model"),
-    ("noise", "gaussian", "Unknown noise kind"),
-    ("q", 127, "8-bit"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("dataset", "mnist", "(?i)unknown dataset"),
+        ("model", "vit", "Unknown model"),
+        ("noise", "gaussian", "Unknown noise kind"),
+        ("q", 127, "8-bit"),
+    ],
+)
 def test_bad_config(tmp_path, field, value, message):
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   config[field] = value
@@ -177,13 +193,15 @@ def test_bad_config(tmp_path, field, value, message):
     train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("field, value", [("sigma", 0.25),
-                                          ("offsets_seed", 1),
-                                          ("noise", "uniform")])
+@pytest.mark.parametrize(
+    "field, value", [("sigma", 0.25), ("offsets_seed", 1), ("noise", "uniform")]
+)
 def test_workdir_with_other_smoothing_is_refused(
-    tmp_path, fashion_mnist_data_dir, field, value):
-  config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir,
-                        num_epochs=1)
+    tmp_path, fashion_mnist_data_dir, field, value
+):
+  config = smoke_config(
+      fashion_mnist_config, fashion_mnist_data_dir, num_epochs=1
+  )
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   config[field] = value
@@ -191,17 +209,20 @@ def test_workdir_with_other_smoothing_is_refused(
     train.train_and_evaluate(config, workdir)
 
 
-def test_offsets_fingerprint_mismatch_is_refused(tmp_path,
-                                                 fashion_mnist_data_dir):
-  config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir,
-                        num_epochs=1)
+def test_offsets_fingerprint_mismatch_is_refused(
+    tmp_path, fashion_mnist_data_dir
+):
+  config = smoke_config(
+      fashion_mnist_config, fashion_mnist_data_dir, num_epochs=1
+  )
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config, workdir)
   checkpointer = checkpoints.Checkpointer(workdir)
   meta = checkpointer.metadata()
   meta["offsets_sha256"] = "0" * 64  # As if another JAX drew other offsets.
-  checkpointer.save(checkpointer.latest_step() + 1,
-                    checkpointer.restore(), meta)
+  checkpointer.save(
+      checkpointer.latest_step() + 1, checkpointer.restore(), meta
+  )
   with pytest.raises(ValueError, match="sha256"):
     checkpoints.load_classifier(workdir)
 
@@ -213,9 +234,13 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_fashion_mnist_without_debian_files(tmp_path, monkeypatch):
   monkeypatch.setattr(
-      fashion_mnist, "prepare_fashion_mnist", functools.partial(
+      fashion_mnist,
+      "prepare_fashion_mnist",
+      functools.partial(
           fashion_mnist.prepare_fashion_mnist,
-          manual_dir=str(tmp_path / "empty")))
+          manual_dir=str(tmp_path / "empty"),
+      ),
+  )
   (tmp_path / "tfds").mkdir()  # An existing, empty TFDS data dir.
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   with pytest.raises(FileNotFoundError, match="apt-get install"):

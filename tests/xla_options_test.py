@@ -25,8 +25,9 @@ def test_jaxlib_knows_its_flags_and_not_others():
 def fresh(monkeypatch):
   """apply_defaults as before a backend starts, with a clean XLA_FLAGS."""
   monkeypatch.setattr(xla_options, "_backend_started", lambda: False)
-  monkeypatch.setattr(xla_options, "_state",
-                      {"applied": (), "skipped": (), "user_flags": None})
+  monkeypatch.setattr(
+      xla_options, "_state", {"applied": (), "skipped": (), "user_flags": None}
+  )
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv(xla_options.OPT_OUT_VARIABLE, raising=False)
   return monkeypatch
@@ -36,8 +37,8 @@ def test_defaults_are_appended_to_the_users_flags(fresh):
   fresh.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   assert xla_options.apply_defaults() == xla_options.DEFAULT_FLAGS
   assert os.environ["XLA_FLAGS"] == " ".join(
-      ("--xla_force_host_platform_device_count=2",) +
-      xla_options.DEFAULT_FLAGS)
+      ("--xla_force_host_platform_device_count=2",) + xla_options.DEFAULT_FLAGS
+  )
   # The device count is not part of what is computed; the option is.
   assert xla_options.flags_in_force() == " ".join(xla_options.DEFAULT_FLAGS)
   assert xla_options.apply_defaults() == ()  # Already there: not twice.
@@ -71,8 +72,13 @@ def test_unknown_flag_is_skipped(fresh):
 
 def test_computation_record():
   record = xla_options.computation_record("bfloat16")
-  assert set(record) == {"backend", "jax", "jaxlib", "compute_dtype",
-                         "xla_flags"}
+  assert set(record) == {
+      "backend",
+      "jax",
+      "jaxlib",
+      "compute_dtype",
+      "xla_flags",
+  }
   assert record["compute_dtype"] == "bfloat16"
   assert record["backend"] == "cpu"
 
@@ -80,13 +86,21 @@ def test_computation_record():
 @pytest.mark.slow
 def test_unknown_flag_never_aborts_the_process():
   # XLA aborts on an unknown flag in XLA_FLAGS: the guard must keep it out.
-  code = ("from dssn_jax import xla_options; import os, jax; "
-          f"xla_options.apply_defaults(({_BOGUS!r},)); "
-          "print(len(jax.devices()), os.environ.get('XLA_FLAGS'))")
+  code = (
+      "from dssn_jax import xla_options; import os, jax; "
+      f"xla_options.apply_defaults(({_BOGUS!r},)); "
+      "print(len(jax.devices()), os.environ.get('XLA_FLAGS'))"
+  )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run([sys.executable, "-c", code], cwd=_REPO, env=env,
-                          capture_output=True, text=True, timeout=120,
-                          check=False)
+  result = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=_REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split()[0] == "1"
   assert "no_such_option" not in result.stdout
@@ -106,8 +120,10 @@ def test_resume_under_other_computation_is_refused(tmp_path):
   certify_workdir._check_computation(path, record, allow_other=False)
   certify_workdir._check_computation(path, record, allow_other=False)  # Same.
   other = dict(record, xla_flags="")
-  with pytest.raises(ValueError, match=r"xla_flags: .* then, '' now.*"
-                     r"allow_other_computation=True"):
+  with pytest.raises(
+      ValueError,
+      match=r"xla_flags: .* then, '' now.*" r"allow_other_computation=True",
+  ):
     certify_workdir._check_computation(path, other, allow_other=False)
   assert results.read_metadata(path)["computation"] == [record]
 
@@ -118,8 +134,9 @@ def test_resume_under_other_computation_when_allowed(tmp_path, monkeypatch):
   certify_workdir._check_computation(path, record, allow_other=False)
   other = dict(record, compute_dtype="bfloat16")
   warnings = []
-  monkeypatch.setattr(logging, "warning",
-                      lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(
+      logging, "warning", lambda msg, *args: warnings.append(msg % args)
+  )
   certify_workdir._check_computation(path, other, allow_other=True)
   assert "compute_dtype: 'float32' then, 'bfloat16' now" in warnings[0]
   assert results.read_metadata(path)["computation"] == [record, other]

@@ -36,8 +36,7 @@ _ARCHITECTURES = {
     "wrn_40_2": (WideResNet, {"depth": 40, "widen_factor": 2}),  # CIFAR-10.
     "resnet110": (CifarResNet, {"depth": 110}),  # CIFAR-10, Cohen et al.
     # CIFAR-10, Idelbayev's option-A shortcuts (the authors' rs4a code).
-    "resnet110_zero_pad": (CifarResNet, {"depth": 110,
-                                         "shortcut": "zero_pad"}),
+    "resnet110_zero_pad": (CifarResNet, {"depth": 110, "shortcut": "zero_pad"}),
     "resnet50": (ResNet, {"stage_sizes": (3, 4, 6, 3)}),  # ImageNet.
 }
 
@@ -47,12 +46,14 @@ MODEL_NAMES = tuple(_ARCHITECTURES)
 DENOISER_NAMES = ("dncnn",)
 
 
-def create_model(name: str,
-                 *,
-                 num_classes: int,
-                 mean: Sequence[float],
-                 std: Sequence[float],
-                 dtype: Any = jnp.float32) -> nn.Module:
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: Any = jnp.float32,
+) -> nn.Module:
   """Builds a base classifier by name.
 
   Args:
@@ -74,7 +75,8 @@ def create_model(name: str,
   """
   if name not in _ARCHITECTURES:
     raise ValueError(
-        f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}.")
+        f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}."
+    )
   if num_classes < 1:
     raise ValueError(f"num_classes must be positive, got {num_classes}.")
   mean = tuple(float(m) for m in mean)
@@ -84,12 +86,17 @@ def create_model(name: str,
   if min(std) <= 0:
     raise ValueError(f"std must be positive, got {std}.")
   cls, kwargs = _ARCHITECTURES[name]
-  return cls(num_classes=num_classes, mean=mean, std=std, dtype=dtype,
-             **kwargs)
+  return cls(num_classes=num_classes, mean=mean, std=std, dtype=dtype, **kwargs)
 
 
-def create_denoiser(name: str, *, channels: int, depth: int, width: int,
-                    dtype: Any = jnp.float32) -> nn.Module:
+def create_denoiser(
+    name: str,
+    *,
+    channels: int,
+    depth: int,
+    width: int,
+    dtype: Any = jnp.float32,
+) -> nn.Module:
   """Builds a denoiser by name.
 
   Args:
@@ -107,14 +114,19 @@ def create_denoiser(name: str, *, channels: int, depth: int, width: int,
     ValueError: for an unknown name or a bad depth, width or channels.
   """
   if name not in DENOISER_NAMES:
-    raise ValueError(f"Unknown denoiser {name!r}; known denoisers: "
-                     f"{', '.join(DENOISER_NAMES)}.")
+    raise ValueError(
+        f"Unknown denoiser {name!r}; known denoisers: "
+        f"{', '.join(DENOISER_NAMES)}."
+    )
   if depth < 2 or width < 1 or channels < 1:
-    raise ValueError(f"A DnCNN needs depth >= 2, width >= 1 and channels >= "
-                     f"1; got depth={depth}, width={width}, "
-                     f"channels={channels}.")
-  return DnCNN(channels=int(channels), depth=int(depth), width=int(width),
-               dtype=dtype)
+    raise ValueError(
+        f"A DnCNN needs depth >= 2, width >= 1 and channels >= "
+        f"1; got depth={depth}, width={width}, "
+        f"channels={channels}."
+    )
+  return DnCNN(
+      channels=int(channels), depth=int(depth), width=int(width), dtype=dtype
+  )
 
 
 __all__ = [

@@ -71,19 +71,23 @@ class BasicBlock(nn.Module):
     y = layers.batch_norm(train, self.dtype, "bn2")(y)
     if x.shape[-1] != self.features or self.strides != 1:
       if self.shortcut == "projection":
-        x = layers.conv(self.features, 1, self.strides, 0, self.dtype,
-                        "downsample_0")(x)
+        x = layers.conv(
+            self.features, 1, self.strides, 0, self.dtype, "downsample_0"
+        )(x)
         x = layers.batch_norm(train, self.dtype, "downsample_1")(x)
       elif self.shortcut == "zero_pad":
         pad = self.features // 4
         if x.shape[-1] + 2 * pad != self.features:
           raise ValueError(
               f"zero_pad shortcut cannot map {x.shape[-1]} to {self.features} "
-              f"channels (it pads {pad} on each side).")
+              f"channels (it pads {pad} on each side)."
+          )
         x = jnp.pad(x[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (pad, pad)))
       else:
-        raise ValueError(f"shortcut must be 'projection' or 'zero_pad', got "
-                         f"{self.shortcut!r}.")
+        raise ValueError(
+            f"shortcut must be 'projection' or 'zero_pad', got "
+            f"{self.shortcut!r}."
+        )
     return nn.relu(x + y)
 
 
@@ -110,21 +114,24 @@ class CifarResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     """Maps images (B, H, W, 3) in [0, 1] to float32 logits (B, num_classes)."""
     if self.depth < 8 or (self.depth - 2) % 6:
-      raise ValueError(f"CifarResNet depth must be 6n + 2, n >= 1; got "
-                       f"{self.depth}.")
+      raise ValueError(
+          f"CifarResNet depth must be 6n + 2, n >= 1; got " f"{self.depth}."
+      )
     blocks_per_stage = (self.depth - 2) // 6
     x = layers.normalize(x, self.mean, self.std, self.dtype)
     x = layers.conv(16, 3, 1, 1, self.dtype, "conv1")(x)
     x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
     for stage, (width, strides) in enumerate(
-        ((16, 1), (32, 2), (64, 2)), start=1):
+        ((16, 1), (32, 2), (64, 2)), start=1
+    ):
       for i in range(blocks_per_stage):
         x = BasicBlock(
             width,
             strides if i == 0 else 1,
             shortcut=self.shortcut,
             dtype=self.dtype,
-            name=f"layer{stage}_{i}")(x, train)
+            name=f"layer{stage}_{i}",
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = layers.dense(self.num_classes, self.dtype, "fc")(x)
     return x.astype(jnp.float32)

@@ -49,13 +49,20 @@ class DnCNN(nn.Module):
     behind it sees what the denoiser produced).
     """
     if x.shape[-1] != self.channels:
-      raise ValueError(f"DnCNN for {self.channels} channels got inputs of "
-                       f"shape {x.shape}.")
+      raise ValueError(
+          f"DnCNN for {self.channels} channels got inputs of "
+          f"shape {x.shape}."
+      )
     x = jnp.asarray(x, jnp.float32)
-    h = nn.Conv(self.width, (3, 3), padding=((1, 1), (1, 1)),
-                dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=layers.conv_kernel_init, name="conv_in")(
-                    x.astype(self.dtype))
+    h = nn.Conv(
+        self.width,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=layers.conv_kernel_init,
+        name="conv_in",
+    )(x.astype(self.dtype))
     h = nn.relu(h)
     for i in range(1, self.depth - 1):
       h = layers.conv(self.width, 3, 1, 1, self.dtype, f"conv{i}")(h)
@@ -63,15 +70,22 @@ class DnCNN(nn.Module):
     # Zero init: an untrained denoiser is the identity, so training starts
     # from the classifier's own accuracy on noisy inputs rather than from
     # random images.
-    noise = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)),
-                    use_bias=False, dtype=self.dtype,
-                    param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.zeros, name="conv_out")(h)
+    noise = nn.Conv(
+        self.channels,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=False,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.zeros,
+        name="conv_out",
+    )(h)
     return x - noise.astype(jnp.float32)
 
 
-def forward_flops(height: int, width_px: int, channels: int, depth: int,
-                  width: int) -> int:
+def forward_flops(
+    height: int, width_px: int, channels: int, depth: int, width: int
+) -> int:
   """Multiply-adds x 2 of one forward pass (convolutions only).
 
   Args:
@@ -82,6 +96,7 @@ def forward_flops(height: int, width_px: int, channels: int, depth: int,
   Returns:
     FLOPs of one image, counting a multiply-add as 2.
   """
-  per_pixel = 9 * (channels * width + (depth - 2) * width * width +
-                   width * channels)
+  per_pixel = 9 * (
+      channels * width + (depth - 2) * width * width + width * channels
+  )
   return 2 * per_pixel * height * width_px

@@ -21,8 +21,9 @@ BN_MOMENTUM = 0.9  # Flax convention; equals PyTorch's momentum=0.1.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def normalize(x: Any, mean: Sequence[float], std: Sequence[float],
-              dtype: Any) -> Any:
+def normalize(
+    x: Any, mean: Sequence[float], std: Sequence[float], dtype: Any
+) -> Any:
   """Normalizes images per channel: `(x - mean) / std`, in float32.
 
   Args:
@@ -46,7 +47,8 @@ def normalize(x: Any, mean: Sequence[float], std: Sequence[float],
     if value.shape[0] not in (1, channels):
       raise ValueError(
           f"{label} has {value.shape[0]} entries; expected 1 or {channels} "
-          f"(the channels of inputs of shape {x.shape}).")
+          f"(the channels of inputs of shape {x.shape})."
+      )
   return ((jnp.asarray(x, jnp.float32) - mean) / std).astype(dtype)
 
 
@@ -72,11 +74,18 @@ def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
       epsilon=BN_EPSILON,
       dtype=dtype,
       param_dtype=jnp.float32,
-      name=name)
+      name=name,
+  )
 
 
-def conv(features: int, kernel: int, strides: int, padding: int, dtype: Any,
-         name: str) -> nn.Conv:
+def conv(
+    features: int,
+    kernel: int,
+    strides: int,
+    padding: int,
+    dtype: Any,
+    name: str,
+) -> nn.Conv:
   """A bias-free square convolution with explicit symmetric zero padding.
 
   Explicit padding reproduces PyTorch's `Conv2d(padding=p)`; Flax's 'SAME'
@@ -102,7 +111,8 @@ def conv(features: int, kernel: int, strides: int, padding: int, dtype: Any,
       dtype=dtype,
       param_dtype=jnp.float32,
       kernel_init=conv_kernel_init,
-      name=name)
+      name=name,
+  )
 
 
 def dense(features: int, dtype: Any, name: str) -> nn.Dense:

@@ -64,8 +64,9 @@ class Bottleneck(nn.Module):
     y = layers.conv(out_features, 1, 1, 0, self.dtype, "conv3")(y)
     y = layers.batch_norm(train, self.dtype, "bn3")(y)
     if x.shape[-1] != out_features or self.strides != 1:
-      x = layers.conv(out_features, 1, self.strides, 0, self.dtype,
-                      "downsample_0")(x)
+      x = layers.conv(
+          out_features, 1, self.strides, 0, self.dtype, "downsample_0"
+      )(x)
       x = layers.batch_norm(train, self.dtype, "downsample_1")(x)
     return nn.relu(x + y)
 
@@ -95,13 +96,14 @@ class ResNet(nn.Module):
     x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes, start=1):
-      width = 64 * 2**(stage - 1)
+      width = 64 * 2 ** (stage - 1)
       for i in range(num_blocks):
         x = Bottleneck(
             width,
             2 if i == 0 and stage > 1 else 1,
             dtype=self.dtype,
-            name=f"layer{stage}_{i}")(x, train)
+            name=f"layer{stage}_{i}",
+        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = layers.dense(self.num_classes, self.dtype, "fc")(x)
     return x.astype(jnp.float32)

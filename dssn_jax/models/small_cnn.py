@@ -54,6 +54,7 @@ class SmallCNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = layers.dense(self.hidden, self.dtype, "dense1")(x)
     x = nn.relu(
-        layers.batch_norm(train, self.dtype, f"bn{len(self.features) + 1}")(x))
+        layers.batch_norm(train, self.dtype, f"bn{len(self.features) + 1}")(x)
+    )
     x = layers.dense(self.num_classes, self.dtype, "fc")(x)
     return x.astype(jnp.float32)

@@ -67,8 +67,9 @@ class WideBasicBlock(nn.Module):
     projection = x.shape[-1] != self.features or self.strides != 1
     out = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
     if projection:
-      shortcut = layers.conv(self.features, 1, self.strides, 0, self.dtype,
-                             "convShortcut")(out)
+      shortcut = layers.conv(
+          self.features, 1, self.strides, 0, self.dtype, "convShortcut"
+      )(out)
     else:
       shortcut = x
     y = layers.conv(self.features, 3, self.strides, 1, self.dtype, "conv1")(out)
@@ -100,19 +101,22 @@ class WideResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     """Maps images (B, H, W, 3) in [0, 1] to float32 logits (B, num_classes)."""
     if self.depth < 10 or (self.depth - 4) % 6:
-      raise ValueError(f"WideResNet depth must be 6n + 4, n >= 1; got "
-                       f"{self.depth}.")
+      raise ValueError(
+          f"WideResNet depth must be 6n + 4, n >= 1; got " f"{self.depth}."
+      )
     blocks_per_group = (self.depth - 4) // 6
     x = layers.normalize(x, self.mean, self.std, self.dtype)
     x = layers.conv(16, 3, 1, 1, self.dtype, "conv1")(x)
     for group, (width, strides) in enumerate(
-        ((16, 1), (32, 2), (64, 2)), start=1):
+        ((16, 1), (32, 2), (64, 2)), start=1
+    ):
       for i in range(blocks_per_group):
         x = WideBasicBlock(
             width * self.widen_factor,
             strides if i == 0 else 1,
             dtype=self.dtype,
-            name=f"block{group}_layer_{i}")(x, train)
+            name=f"block{group}_layer_{i}",
+        )(x, train)
     x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
     x = jnp.mean(x, axis=(1, 2))
     x = layers.dense(self.num_classes, self.dtype, "fc")(x)
