@@ -218,7 +218,8 @@ def randomize(model, image_size, seed):
     # Centre the logits on random images: a random deep network otherwise
     # predicts one class for every input, and the vote test would be vacuous.
     model.eval()
-    fc = model.model.module.fc
+    net = model.model.module
+    fc = net.linear if hasattr(net, "linear") else net.fc  # Option-A: linear.
     features = []
     hook = fc.register_forward_hook(lambda m, i, o: features.append(i[0]))
     model(torch.rand(16, 3, image_size, image_size))
