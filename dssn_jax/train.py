@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from flax.training import train_state
@@ -487,21 +487,89 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       workdir, just_logging=jax.process_index() > 0
   )
   batches = _train_batches(config, shards, start_step)
+  eval_cache = {}
+  state = run_steps(
+      state,
+      lambda state, batch: train_step(state, batch, train_key),
+      (global_batch(batch_sharding, b) for b in batches),
+      config=config,
+      workdir=workdir,
+      writer=writer,
+      checkpointer=checkpointer,
+      metadata=metadata,
+      start_step=start_step,
+      total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch,
+      desc=f"train {config.model} {config.noise}",
+      evaluate_epoch=lambda state, done: evaluate(
+          eval_step,
+          state,
+          config,
+          batch_sharding,
+          jax.random.fold_in(eval_key, done),
+          eval_cache,
+      ),
+      epoch_message=lambda summary: (
+          f"epoch {summary['epoch']}: train loss "
+          f"{summary['train_loss']:.4f}, eval clean accuracy "
+          f"{summary['eval_clean_accuracy']:.4f}, under noise "
+          f"{summary['eval_noisy_accuracy']:.4f}"
+      ),
+  )
+  return state
+
+
+def run_steps(
+    state,
+    train_step: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]],
+    batches: Iterator[Any],
+    *,
+    config,
+    workdir: str,
+    writer,
+    checkpointer: checkpoints.Checkpointer,
+    metadata: dict[str, Any],
+    start_step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    desc: str,
+    evaluate_epoch: Callable[[Any, int], dict[str, Any]],
+    epoch_message: Callable[[dict[str, Any]], str],
+):
+  """The training loop shared by classifiers and denoisers.
+
+  Runs steps start_step .. total_steps - 1: logs the mean training metrics
+  and images/s every `config.log_every_steps` steps; at the end of every
+  epoch evaluates (`evaluate_epoch(state, steps_done)`), writes metrics and
+  saves a checkpoint. Dispatch runs at most one step ahead, so the progress
+  bar counts finished steps and a log step never waits for a backlog.
+
+  Args:
+    state: the training state to start from.
+    train_step: (state, global batch) -> (state, metrics), jitted.
+    batches: global batches from start_step on.
+    config: the run's config (batch_size, log_every_steps).
+    workdir, writer: where metrics go (metrics.jsonl, TensorBoard).
+    checkpointer, metadata: where and with what checkpoints are saved.
+    start_step, total_steps, steps_per_epoch: the schedule.
+    desc: the progress bar's label.
+    evaluate_epoch: evaluation metrics at the end of an epoch.
+    epoch_message: the line printed after each epoch, from its metrics.
+
+  Returns:
+    The final state.
+  """
   progress = tqdm.tqdm(
       total=total_steps,
       initial=start_step,
       unit="step",
-      desc=f"train {config.model} {config.noise}",
+      desc=desc,
       disable=jax.process_index() > 0,
   )
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
   previous = None  # The last step's metrics, still being computed.
-  eval_cache = {}
   for step in range(start_step, total_steps):
-    batch = global_batch(batch_sharding, next(batches))
-    state, metrics = train_step(state, batch, train_key)
-    # Dispatch runs at most one step ahead: the bar counts finished steps,
-    # and the host never queues a backlog that a log step has to wait for.
+    state, metrics = train_step(state, next(batches))
     if previous is not None:
       jax.block_until_ready(previous)
       progress.update(1)
@@ -524,32 +592,18 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       elapsed = time.perf_counter() - window_start
       summary["train_images_per_second"] = window_images / max(elapsed, 1e-9)
       progress.set_postfix(
-          loss=f"{summary['train_loss']:.3f}",
+          loss=f"{summary['train_loss']:.4f}",
           img_s=f"{summary['train_images_per_second']:.0f}",
       )
       if done % steps_per_epoch:
         write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
-      summary.update(
-          evaluate(
-              eval_step,
-              state,
-              config,
-              batch_sharding,
-              jax.random.fold_in(eval_key, done),
-              eval_cache,
-          )
-      )
+      summary.update(evaluate_epoch(state, done))
       summary["epoch"] = done // steps_per_epoch
       write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
-        tqdm.tqdm.write(
-            f"epoch {summary['epoch']}: train loss "
-            f"{summary['train_loss']:.4f}, eval clean accuracy "
-            f"{summary['eval_clean_accuracy']:.4f}, under noise "
-            f"{summary['eval_noisy_accuracy']:.4f}"
-        )
+        tqdm.tqdm.write(epoch_message(summary))
       checkpointer.save(done, state, metadata)
       window_start = time.perf_counter()  # Do not count evaluation time.
   if previous is not None:

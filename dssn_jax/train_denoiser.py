@@ -23,16 +23,13 @@ devices like `dssn_jax.train`.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from absl import logging
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
-import numpy as np
 import optax
-import tqdm
 
 from dssn_jax import certify
 from dssn_jax import checkpoints
@@ -342,60 +339,30 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
           config.shuffle_buffer if config.shuffle_buffer > 0 else None
       ),
   )
-  progress = tqdm.tqdm(
-      total=total_steps,
-      initial=start_step,
-      unit="step",
+  return train.run_steps(
+      state,
+      lambda state, batch: train_step(state, batch, train_key, clf_variables),
+      (train.global_batch(batch_sharding, b) for b in batches),
+      config=config,
+      workdir=workdir,
+      writer=writer,
+      checkpointer=checkpointer,
+      metadata=metadata,
+      start_step=start_step,
+      total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch,
       desc=f"train {cfg.model} {config.noise} {cfg.objective}",
-      disable=jax.process_index() > 0,
-  )
-  window_start, window_images, train_metrics = time.perf_counter(), 0, []
-  for step in range(start_step, total_steps):
-    batch = train.global_batch(batch_sharding, next(batches))
-    state, metrics = train_step(state, batch, train_key, clf_variables)
-    progress.update(1)
-    done = step + 1
-    if step == start_step:  # Leave compilation out of the throughput.
-      jax.block_until_ready(state)
-      window_start = time.perf_counter()
-    else:
-      window_images += config.batch_size
-    train_metrics.append(metrics)
-    if done % config.log_every_steps == 0 or done % steps_per_epoch == 0:
-      summary = {
-          f"train_{k}": float(np.mean([m[k] for m in train_metrics]))
-          for k in train_metrics[0]
-      }
-      elapsed = time.perf_counter() - window_start
-      summary["train_images_per_second"] = window_images / max(elapsed, 1e-9)
-      progress.set_postfix(
-          loss=f"{summary['train_loss']:.4f}",
-          img_s=f"{summary['train_images_per_second']:.0f}",
-      )
-      if done % steps_per_epoch:
-        train.write_metrics(workdir, writer, done, summary)
-      window_start, window_images, train_metrics = time.perf_counter(), 0, []
-    if done % steps_per_epoch == 0:
-      summary.update(
-          evaluate(
-              eval_step,
-              state,
-              config,
-              batch_sharding,
-              jax.random.fold_in(eval_key, done),
-              clf_variables,
-          )
-      )
-      summary["epoch"] = done // steps_per_epoch
-      train.write_metrics(workdir, writer, done, summary)
-      tqdm.tqdm.write(
+      evaluate_epoch=lambda state, done: evaluate(
+          eval_step,
+          state,
+          config,
+          batch_sharding,
+          jax.random.fold_in(eval_key, done),
+          clf_variables,
+      ),
+      epoch_message=lambda summary: (
           f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
           f"eval MSE {summary['eval_denoised_mse']:.5f} (noisy input "
           f"{summary['eval_noisy_mse']:.5f})"
-      )
-      checkpointer.save(done, state, metadata)
-      window_start = time.perf_counter()  # Do not count evaluation time.
-  progress.close()
-  writer.flush()
-  checkpointer.close()
-  return state
+      ),
+  )
