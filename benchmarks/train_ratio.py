@@ -8,8 +8,12 @@ divided by the images per second of the jitted train step alone at the same
 batch size, on a batch already on the device. Start-up and compilation are
 left out by differencing: a run of `--epochs` + 1 epochs minus a run of 1
 epoch (each in a fresh workdir) is the time of `--epochs` steady epochs. The
-train step is timed in rounds between the two runs. Config: the Fashion-MNIST
-quickstart (small CNN, batch 128) unless --config says otherwise.
+train step is timed in rounds between the two runs. The steady epochs' time
+is split, from the run's own epoch metrics, into stepping (input pipeline,
+dispatch and logging included: `stepping_ratio` is its images/s over the
+step alone), evaluation, and the rest (checkpoint, epoch boundaries).
+Config: the Fashion-MNIST quickstart (small CNN, batch 128) unless --config
+says otherwise.
 """
 
 from __future__ import annotations
@@ -36,34 +40,13 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Train steps per round.")
 def train_step_images_per_second(config, rounds: int, steps: int):
   """Images/s of the jitted train step alone (median over rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dssn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dssn_jax import models  # pylint: disable=g-import-not-at-top
-  from dssn_jax import smoothing  # pylint: disable=g-import-not-at-top
   from dssn_jax import train  # pylint: disable=g-import-not-at-top
 
   info = input_pipeline.dataset_info(config.dataset)
-  spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(
-      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
-  )
-  model = models.create_model(
-      config.model,
-      num_classes=info.num_classes,
-      mean=info.mean,
-      std=info.std,
-      dtype=jnp.dtype(config.compute_dtype),
-  )
-  variables = model.init(
-      jax.random.key(0), jnp.zeros((1,) + tuple(info.input_shape)), train=False
-  )
-  state = train.TrainState.create(
-      apply_fn=model.apply,
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      tx=train.create_optimizer(config, 1000),
-  )
+  model, spec, offsets, _, init_state = train.classifier_setup(config)
+  state = init_state(1000)
   rng = np.random.RandomState(0)
   batch = jax.device_put(
       {
@@ -94,7 +77,10 @@ def train_step_images_per_second(config, rounds: int, steps: int):
   return statistics.median(rates), rates
 
 
-def _timed_training(config, epochs: int) -> float:
+def _timed_training(config, epochs: int) -> tuple[float, list[dict]]:
+  """Seconds of a whole train_and_evaluate run of `epochs` epochs in a new
+  workdir, and the run's epoch-end metrics (with train_seconds and
+  eval_seconds)."""
   from dssn_jax import train  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
@@ -102,7 +88,10 @@ def _timed_training(config, epochs: int) -> float:
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+      lines = [json.loads(line) for line in f]
+  return seconds, [m for m in lines if "epoch" in m]
 
 
 def _loadavg() -> str:
@@ -124,14 +113,20 @@ def main(argv):
           config.dataset, batch_size=config.batch_size, data_dir=config.data_dir
       )
   )
-  short = _timed_training(config, 1)
+  short, _ = _timed_training(config, 1)
   step_rate, step_rates = train_step_images_per_second(
       config, _STEP_ROUNDS.value, _STEPS.value
   )
   load_mid = _loadavg()
-  long = _timed_training(config, 1 + _EPOCHS.value)
+  long, epochs = _timed_training(config, 1 + _EPOCHS.value)
   images = _EPOCHS.value * steps_per_epoch * config.batch_size
   end_to_end = images / (long - short)
+  # Where the steady epochs' time went (the run's own epoch metrics):
+  # stepping (input pipeline, dispatch and logging included), evaluation,
+  # and the rest (checkpoint save, epoch boundaries).
+  steady = epochs[1:]
+  stepping = sum(m["train_seconds"] for m in steady)
+  evaluation = sum(m["eval_seconds"] for m in steady)
   report = {
       "config": (
           f"{config.dataset} {config.model} batch " f"{config.batch_size}"
@@ -144,6 +139,12 @@ def main(argv):
       "train_step_images_per_s": step_rate,
       "train_step_rates": step_rates,
       "ratio": end_to_end / step_rate,
+      "stepping_images_per_s": images / stepping,
+      "stepping_ratio": images / stepping / step_rate,
+      "steady_seconds": long - short,
+      "stepping_seconds": stepping,
+      "eval_seconds": evaluation,
+      "other_seconds": (long - short) - stepping - evaluation,
       "load_mid": load_mid,
       "load_end": _loadavg(),
   }

@@ -22,10 +22,11 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from absl import logging
 from flax.training import train_state
@@ -88,7 +89,9 @@ def create_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   )
 
 
-def _check_config(config) -> None:
+def check_training_config(config) -> None:
+  """Checks the fields every trainer reads (classifiers and denoisers):
+  dataset, integer fields, q, data_shards and the batch size."""
   input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
   config_checks.check_integer_fields(
       config,
@@ -98,16 +101,6 @@ def _check_config(config) -> None:
           if not f.startswith("certify.")
       ],
   )
-  if config.model not in models.MODEL_NAMES:
-    raise ValueError(
-        f"Unknown model {config.model!r}; expected one of "
-        f"{models.MODEL_NAMES}."
-    )
-  if config.noise not in smoothing.NOISE_KINDS:
-    raise ValueError(
-        f"Unknown noise kind {config.noise!r}; expected one of "
-        f"{smoothing.NOISE_KINDS}."
-    )
   if config.q != 255:
     raise ValueError(
         f"q={config.q}, but the input pipelines yield 8-bit "
@@ -125,7 +118,21 @@ def _check_config(config) -> None:
     )
 
 
-def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
+def _check_config(config) -> None:
+  check_training_config(config)
+  if config.model not in models.MODEL_NAMES:
+    raise ValueError(
+        f"Unknown model {config.model!r}; expected one of "
+        f"{models.MODEL_NAMES}."
+    )
+  if config.noise not in smoothing.NOISE_KINDS:
+    raise ValueError(
+        f"Unknown noise kind {config.noise!r}; expected one of "
+        f"{smoothing.NOISE_KINDS}."
+    )
+
+
+def data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
   """The number of training-data shards of the run (see module doc).
 
   A new run takes `config.data_shards` (-1: one per process); a resumed run
@@ -159,7 +166,7 @@ def _data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
   return shards
 
 
-def _train_batches(config, shards: int, start_step: int):
+def train_batches(config, shards: int, start_step: int):
   """This process's rows of every global batch from `start_step` on: the
   concatenated batches of its consecutive shards (numpy, uint8 images)."""
   per_process = shards // jax.process_count()
@@ -297,30 +304,38 @@ def _eval_batches(config, cache: dict | None):
   return cache["batches"]
 
 
-def evaluate(
-    eval_step, state, config, sharding, key, cache: dict | None = None
-) -> dict[str, float]:
-  """Clean and noisy accuracy on (a prefix of) the evaluation split.
+def eval_sums(
+    eval_step, state, config, sharding, key, *args, cache: dict | None = None
+) -> dict[str, int | float]:
+  """Sums of eval_step's outputs over (a prefix of) the evaluation split.
 
-  Counts are summed on the device and read once, so the batches are
-  dispatched back to back. `cache`: a dict kept across the evaluations of
-  one run, which then decode small evaluation splits only once.
+  `eval_step(state, batch, key, *args)` returns masked per-batch sums (a
+  dict of scalars with a "count"); they are added on the device and read
+  once, so the batches are dispatched back to back. `cache`: a dict kept
+  across the evaluations of one run, which then decode small evaluation
+  splits only once. An empty split gives {"count": 0}.
   """
   totals = None
   for i, batch in enumerate(_eval_batches(config, cache)):
-    counts = eval_step(
-        state, global_batch(sharding, batch), jax.random.fold_in(key, i)
+    sums = eval_step(
+        state, global_batch(sharding, batch), jax.random.fold_in(key, i), *args
     )
-    totals = counts if totals is None else jax.tree.map(jnp.add, totals, counts)
-  totals = (
-      {k: int(v) for k, v in jax.device_get(totals).items()}
-      if totals is not None
-      else {"clean_correct": 0, "noisy_correct": 0, "count": 0}
-  )
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return {"count": 0}
+  return {k: np.asarray(v).item() for k, v in jax.device_get(totals).items()}
+
+
+def evaluate(
+    eval_step, state, config, sharding, key, cache: dict | None = None
+) -> dict[str, float]:
+  """Clean and noisy accuracy of a classifier on the evaluation split
+  (`eval_sums` of `make_eval_step`)."""
+  totals = eval_sums(eval_step, state, config, sharding, key, cache=cache)
   count = max(totals["count"], 1)
   return {
-      "eval_clean_accuracy": totals["clean_correct"] / count,
-      "eval_noisy_accuracy": totals["noisy_correct"] / count,
+      "eval_clean_accuracy": totals.get("clean_correct", 0) / count,
+      "eval_noisy_accuracy": totals.get("noisy_correct", 0) / count,
       "eval_examples": totals["count"],
   }
 
@@ -373,20 +388,113 @@ def make_workdir(workdir: str) -> None:
     )
 
 
-def train_and_evaluate(config, workdir: str) -> TrainState:
-  """Trains (or resumes) the config's classifier; checkpoints every epoch.
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A training run set up to start or resume (`start_run`)."""
+
+  state: Any  # The state to step from (restored when resuming).
+  checkpointer: checkpoints.Checkpointer
+  metadata: dict[str, Any]  # The checkpoints' record, with data_shards.
+  shards: int  # Training-data shards (`data_shards`).
+  start_step: int
+  total_steps: int
+  steps_per_epoch: int
+  replicated: NamedSharding  # The state's and the keys' sharding.
+  batch_sharding: NamedSharding  # Batches: split along "data".
+  train_key: jax.Array
+  eval_key: jax.Array
+
+
+def start_run(
+    config,
+    workdir: str,
+    metadata: dict[str, Any],
+    resume_fields,
+    init_state: Callable[[int], TrainState],
+) -> Run:
+  """Sets up a new training run in workdir, or resumes the one there.
 
   Args:
-    config: a config of configs/ (see configs/common.py for the fields).
-    workdir: directory for checkpoints/, metrics.jsonl, TensorBoard events
-      and config.json; an existing run there is resumed.
+    config: the run's config (fields of configs/common.py).
+    workdir: the run's directory (made if missing); only process 0 writes
+      its config.json.
+    metadata: the record every checkpoint of the run carries.
+    resume_fields: fields of `metadata` that a resumed run must share with
+      its checkpoint (a difference is a ValueError naming the fix).
+    init_state: total_steps -> a fresh TrainState; traced under jit and
+      placed on the global mesh, replicated.
 
   Returns:
-    The final training state.
+    The Run: state at its last checkpoint (or fresh), schedule, shardings
+    and the training and evaluation keys (functions of config.seed).
   """
-  _check_config(config)
-  input_pipeline.hide_tf_from_accelerators()
   make_workdir(workdir)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  stored = (
+      checkpointer.metadata()
+      if checkpointer.latest_step() is not None
+      else None
+  )
+  if stored is not None:
+    checkpoints.check_matches(
+        stored,
+        metadata,
+        resume_fields,
+        what=f"The checkpoint in {workdir!r}",
+        fix="Resume with the checkpoint's values, or use a new --workdir.",
+    )
+  shards = data_shards(config, stored, workdir)
+  steps_per_epoch = (
+      config.steps_per_epoch
+      if config.steps_per_epoch > 0
+      else input_pipeline.train_steps_per_epoch(
+          config.dataset,
+          batch_size=config.batch_size,
+          data_dir=config.data_dir,
+          process_count=shards,
+      )
+  )
+  total_steps = config.num_epochs * steps_per_epoch
+  mesh = certify.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  state = jax.jit(lambda: init_state(total_steps), out_shardings=replicated)()
+  if stored is not None:
+    state = checkpointer.restore(state)
+    logging.info("Resuming from step %d.", int(state.step))
+  start_step = int(state.step)
+  truncate_metrics(workdir, start_step)
+  if distributed.is_primary():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  # Made on the global mesh: device_put cannot reach other processes' devices.
+  train_key, eval_key = jax.jit(
+      lambda: tuple(jax.random.split(jax.random.key(config.seed), 2)),
+      out_shardings=replicated,
+  )()
+  return Run(
+      state=state,
+      checkpointer=checkpointer,
+      metadata={**metadata, "data_shards": shards},
+      shards=shards,
+      start_step=start_step,
+      total_steps=total_steps,
+      steps_per_epoch=steps_per_epoch,
+      replicated=replicated,
+      batch_sharding=NamedSharding(mesh, P("data")),
+      train_key=train_key,
+      eval_key=eval_key,
+  )
+
+
+def classifier_setup(config):
+  """The config's classifier before training.
+
+  Returns:
+    (model, spec, offsets, metadata, init_state): the Flax model, the
+    smoothing spec and the DSSN offsets (H, W, C) of the training noise,
+    the checkpoints' record, and total_steps -> a fresh TrainState (SGD
+    with the schedule over total_steps).
+  """
   info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   offsets = smoothing.make_offsets(
@@ -408,39 +516,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       offsets=offsets,
   )
 
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  stored = (
-      checkpointer.metadata()
-      if checkpointer.latest_step() is not None
-      else None
-  )
-  if stored is not None:
-    checkpoints.check_matches(
-        stored,
-        metadata,
-        RESUME_FIELDS,
-        what=f"The checkpoint in {workdir!r}",
-        fix="Resume with the checkpoint's values, or use a new --workdir.",
-    )
-  shards = _data_shards(config, stored, workdir)
-  metadata["data_shards"] = shards
-  steps_per_epoch = (
-      config.steps_per_epoch
-      if config.steps_per_epoch > 0
-      else input_pipeline.train_steps_per_epoch(
-          config.dataset,
-          batch_size=config.batch_size,
-          data_dir=config.data_dir,
-          process_count=shards,
-      )
-  )
-  total_steps = config.num_epochs * steps_per_epoch
-
-  mesh = certify.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  def init_state():
+  def init_state(total_steps: int) -> TrainState:
     variables = model.init(
         jax.random.key(config.seed),
         jnp.zeros((1,) + tuple(info.input_shape)),
@@ -453,60 +529,47 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         tx=create_optimizer(config, total_steps),
     )
 
-  state = jax.jit(init_state, out_shardings=replicated)()
-  if stored is not None:
-    state = checkpointer.restore(state)
-    logging.info("Resuming from step %d.", int(state.step))
-  start_step = int(state.step)
-  truncate_metrics(workdir, start_step)
-  if distributed.is_primary():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  return model, spec, offsets, metadata, init_state
 
-  # Made on the global mesh: device_put cannot reach other processes' devices.
-  train_key, eval_key = jax.jit(
-      lambda: tuple(jax.random.split(jax.random.key(config.seed), 2)),
-      out_shardings=replicated,
-  )()
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains (or resumes) the config's classifier; checkpoints every epoch.
+
+  Args:
+    config: a config of configs/ (see configs/common.py for the fields).
+    workdir: directory for checkpoints/, metrics.jsonl, TensorBoard events
+      and config.json; an existing run there is resumed.
+
+  Returns:
+    The final training state.
+  """
+  _check_config(config)
+  input_pipeline.hide_tf_from_accelerators()
+  model, spec, offsets, metadata, init_state = classifier_setup(config)
+  run = start_run(config, workdir, metadata, RESUME_FIELDS, init_state)
+  shardings = (run.replicated, run.batch_sharding, run.replicated)
   train_step = jax.jit(
       make_train_step(model, config, spec, offsets),
-      in_shardings=(replicated, batch_sharding, replicated),
-      out_shardings=(replicated, replicated),
+      in_shardings=shardings,
+      out_shardings=(run.replicated, run.replicated),
       donate_argnums=0,
   )
   eval_step = jax.jit(
-      make_eval_step(model, config, spec, offsets),
-      in_shardings=(replicated, batch_sharding, replicated),
+      make_eval_step(model, config, spec, offsets), in_shardings=shardings
   )
-
-  # Imported here, after the input pipeline: clu imports TensorFlow, which
-  # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0
-  )
-  batches = _train_batches(config, shards, start_step)
   eval_cache = {}
-  state = run_steps(
-      state,
-      lambda state, batch: train_step(state, batch, train_key),
-      (global_batch(batch_sharding, b) for b in batches),
+  return run_steps(
+      run,
+      lambda state, batch: train_step(state, batch, run.train_key),
       config=config,
       workdir=workdir,
-      writer=writer,
-      checkpointer=checkpointer,
-      metadata=metadata,
-      start_step=start_step,
-      total_steps=total_steps,
-      steps_per_epoch=steps_per_epoch,
       desc=f"train {config.model} {config.noise}",
       evaluate_epoch=lambda state, done: evaluate(
           eval_step,
           state,
           config,
-          batch_sharding,
-          jax.random.fold_in(eval_key, done),
+          run.batch_sharding,
+          jax.random.fold_in(run.eval_key, done),
           eval_cache,
       ),
       epoch_message=lambda summary: (
@@ -516,42 +579,34 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           f"{summary['eval_noisy_accuracy']:.4f}"
       ),
   )
-  return state
 
 
 def run_steps(
-    state,
+    run: Run,
     train_step: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]],
-    batches: Iterator[Any],
     *,
     config,
     workdir: str,
-    writer,
-    checkpointer: checkpoints.Checkpointer,
-    metadata: dict[str, Any],
-    start_step: int,
-    total_steps: int,
-    steps_per_epoch: int,
     desc: str,
     evaluate_epoch: Callable[[Any, int], dict[str, Any]],
     epoch_message: Callable[[dict[str, Any]], str],
 ):
   """The training loop shared by classifiers and denoisers.
 
-  Runs steps start_step .. total_steps - 1: logs the mean training metrics
-  and images/s every `config.log_every_steps` steps; at the end of every
-  epoch evaluates (`evaluate_epoch(state, steps_done)`), writes metrics and
-  saves a checkpoint. Dispatch runs at most one step ahead, so the progress
-  bar counts finished steps and a log step never waits for a backlog.
+  Runs steps run.start_step .. run.total_steps - 1 on the config's training
+  data (`train_batches`): logs the mean training metrics and images/s every
+  `config.log_every_steps` steps; at the end of every epoch evaluates
+  (`evaluate_epoch(state, steps_done)`), writes metrics (with the epoch's
+  seconds of stepping and of evaluation, `train_seconds` and
+  `eval_seconds`) and saves a checkpoint. Dispatch runs at most one step
+  ahead, so the progress bar counts finished steps and a log step never
+  waits for a backlog.
 
   Args:
-    state: the training state to start from.
+    run: the run set up by `start_run`.
     train_step: (state, global batch) -> (state, metrics), jitted.
-    batches: global batches from start_step on.
-    config: the run's config (batch_size, log_every_steps).
-    workdir, writer: where metrics go (metrics.jsonl, TensorBoard).
-    checkpointer, metadata: where and with what checkpoints are saved.
-    start_step, total_steps, steps_per_epoch: the schedule.
+    config: the run's config (batch_size, log_every_steps, data fields).
+    workdir: where metrics go (metrics.jsonl, TensorBoard).
     desc: the progress bar's label.
     evaluate_epoch: evaluation metrics at the end of an epoch.
     epoch_message: the line printed after each epoch, from its metrics.
@@ -559,6 +614,19 @@ def run_steps(
   Returns:
     The final state.
   """
+  # Imported here, after the input pipeline: clu imports TensorFlow, which
+  # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0
+  )
+  batches = (
+      global_batch(run.batch_sharding, b)
+      for b in train_batches(config, run.shards, run.start_step)
+  )
+  start_step, total_steps = run.start_step, run.total_steps
+  steps_per_epoch, state = run.steps_per_epoch, run.state
   progress = tqdm.tqdm(
       total=total_steps,
       initial=start_step,
@@ -567,6 +635,7 @@ def run_steps(
       disable=jax.process_index() > 0,
   )
   window_start, window_images, train_metrics = time.perf_counter(), 0, []
+  epoch_start = window_start  # Stepping time of the epoch, from here.
   previous = None  # The last step's metrics, still being computed.
   for step in range(start_step, total_steps):
     state, metrics = train_step(state, next(batches))
@@ -577,7 +646,7 @@ def run_steps(
     done = step + 1
     if step == start_step:  # Leave compilation out of the throughput.
       jax.block_until_ready(state)
-      window_start = time.perf_counter()
+      window_start = epoch_start = time.perf_counter()
     else:
       window_images += config.batch_size
     train_metrics.append(metrics)
@@ -599,17 +668,21 @@ def run_steps(
         write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
     if done % steps_per_epoch == 0:
+      eval_start = time.perf_counter()
+      summary["train_seconds"] = eval_start - epoch_start
       summary.update(evaluate_epoch(state, done))
+      summary["eval_seconds"] = time.perf_counter() - eval_start
       summary["epoch"] = done // steps_per_epoch
       write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
         tqdm.tqdm.write(epoch_message(summary))
-      checkpointer.save(done, state, metadata)
-      window_start = time.perf_counter()  # Do not count evaluation time.
+      run.checkpointer.save(done, state, run.metadata)
+      # Do not count evaluation or saving as stepping time.
+      window_start = epoch_start = time.perf_counter()
   if previous is not None:
     jax.block_until_ready(previous)
     progress.update(1)
   progress.close()
   writer.flush()
-  checkpointer.close()
+  run.checkpointer.close()
   return state

@@ -25,13 +25,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from absl import logging
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import optax
 
-from dssn_jax import certify
 from dssn_jax import checkpoints
 from dssn_jax import denoising
 from dssn_jax import input_pipeline
@@ -49,7 +46,7 @@ RESUME_FIELDS = (
 
 
 def _check_config(config) -> None:
-  input_pipeline.dataset_info(config.dataset)  # Unknown dataset -> ValueError.
+  train.check_training_config(config)
   cfg = config.denoiser
   if config.noise not in TRAINING_NOISES:
     raise ValueError(
@@ -67,16 +64,6 @@ def _check_config(config) -> None:
         "The stability objective trains through a frozen "
         "classifier: pass --config.denoiser.classifier_workdir="
         "<its training workdir>."
-    )
-  if config.q != 255:
-    raise ValueError(
-        f"q={config.q}, but the input pipelines yield 8-bit "
-        f"images (q=255); set --config.q=255."
-    )
-  if config.batch_size % jax.device_count():
-    raise ValueError(
-        f"batch_size={config.batch_size} must be a multiple of the "
-        f"{jax.device_count()} devices."
     )
 
 
@@ -195,32 +182,17 @@ def make_eval_step(model, config, spec, offsets, classifier_apply):
   return eval_step
 
 
-def evaluate(eval_step, state, config, sharding, key, clf_variables):
+def evaluate(eval_step, state, config, sharding, key, clf_variables, cache):
   """Noisy and denoised MSE (and the classifier's accuracy on denoised noisy
-  images) on (a prefix of) the evaluation split."""
-  max_examples = config.eval_max_examples
-  batches = input_pipeline.eval_dataset(
-      config.dataset,
-      batch_size=config.eval_batch_size,
-      max_examples=None if max_examples < 0 else max_examples,
-      data_dir=config.data_dir,
+  images) on (a prefix of) the evaluation split (`train.eval_sums`)."""
+  totals = train.eval_sums(
+      eval_step, state, config, sharding, key, clf_variables, cache=cache
   )
-  totals = {}
-  for i, batch in enumerate(batches):
-    batch = {k: batch[k] for k in ("image", "label", "mask")}
-    sums = eval_step(
-        state,
-        train.global_batch(sharding, batch),
-        jax.random.fold_in(key, i),
-        clf_variables,
-    )
-    for name, value in sums.items():
-      totals[name] = totals.get(name, 0.0) + float(value)
-  count = max(totals.get("count", 0.0), 1.0)
+  count = max(totals["count"], 1)
   metrics = {
-      "eval_noisy_mse": totals["noisy_se"] / count,
-      "eval_denoised_mse": totals["denoised_se"] / count,
-      "eval_examples": int(totals["count"]),
+      "eval_noisy_mse": totals.get("noisy_se", 0.0) / count,
+      "eval_denoised_mse": totals.get("denoised_se", 0.0) / count,
+      "eval_examples": totals["count"],
   }
   if "classifier_correct" in totals:
     metrics["eval_classifier_accuracy"] = totals["classifier_correct"] / count
@@ -241,7 +213,6 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   """
   _check_config(config)
   input_pipeline.hide_tf_from_accelerators()
-  os.makedirs(workdir, exist_ok=True)
   cfg = config.denoiser
   info = input_pipeline.dataset_info(config.dataset)
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
@@ -259,20 +230,7 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   classifier_apply = classifier.apply_fn if classifier is not None else None
   metadata = denoiser_metadata(config, info, offsets, classifier)
 
-  steps_per_epoch = (
-      config.steps_per_epoch
-      if config.steps_per_epoch > 0
-      else input_pipeline.train_steps_per_epoch(
-          config.dataset, batch_size=config.batch_size, data_dir=config.data_dir
-      )
-  )
-  total_steps = config.num_epochs * steps_per_epoch
-
-  mesh = certify.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  def init_state():
+  def init_state(total_steps):
     variables = model.init(
         jax.random.key(config.seed),
         jnp.zeros((1,) + tuple(info.input_shape)),
@@ -288,77 +246,38 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
         tx=optax.adam(schedule),
     )
 
-  state = jax.jit(init_state, out_shardings=replicated)()
-  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-  if checkpointer.latest_step() is not None:
-    checkpoints.check_matches(
-        checkpointer.metadata(),
-        metadata,
-        RESUME_FIELDS,
-        what=f"The checkpoint in {workdir!r}",
-        fix="Resume with the checkpoint's values, or use a new --workdir.",
-    )
-    state = checkpointer.restore(state)
-    logging.info("Resuming from step %d.", int(state.step))
-  start_step = int(state.step)
-  train.truncate_metrics(workdir, start_step)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
+  run = train.start_run(config, workdir, metadata, RESUME_FIELDS, init_state)
   clf_variables = jax.device_put(
-      classifier.variables if classifier is not None else {}, replicated
+      classifier.variables if classifier is not None else {}, run.replicated
   )
-  keys = jax.random.split(jax.random.key(config.seed), 2)
-  train_key, eval_key = jax.device_put(tuple(keys), replicated)
+  shardings = (run.replicated, run.batch_sharding) + (run.replicated,) * 2
   train_step = jax.jit(
       make_train_step(model, config, spec, offsets, classifier_apply),
-      in_shardings=(replicated, batch_sharding, replicated, replicated),
-      out_shardings=(replicated, replicated),
+      in_shardings=shardings,
+      out_shardings=(run.replicated, run.replicated),
       donate_argnums=0,
   )
   eval_step = jax.jit(
       make_eval_step(model, config, spec, offsets, classifier_apply),
-      in_shardings=(replicated, batch_sharding, replicated, replicated),
+      in_shardings=shardings,
   )
-
-  # Imported here, after the input pipeline: clu imports TensorFlow, which
-  # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0
-  )
-  batches = input_pipeline.train_dataset(
-      config.dataset,
-      batch_size=config.batch_size,
-      seed=config.seed,
-      data_dir=config.data_dir,
-      start_step=start_step,
-      shuffle_buffer=(
-          config.shuffle_buffer if config.shuffle_buffer > 0 else None
-      ),
-  )
+  eval_cache = {}
   return train.run_steps(
-      state,
-      lambda state, batch: train_step(state, batch, train_key, clf_variables),
-      (train.global_batch(batch_sharding, b) for b in batches),
+      run,
+      lambda state, batch: train_step(
+          state, batch, run.train_key, clf_variables
+      ),
       config=config,
       workdir=workdir,
-      writer=writer,
-      checkpointer=checkpointer,
-      metadata=metadata,
-      start_step=start_step,
-      total_steps=total_steps,
-      steps_per_epoch=steps_per_epoch,
       desc=f"train {cfg.model} {config.noise} {cfg.objective}",
       evaluate_epoch=lambda state, done: evaluate(
           eval_step,
           state,
           config,
-          batch_sharding,
-          jax.random.fold_in(eval_key, done),
+          run.batch_sharding,
+          jax.random.fold_in(run.eval_key, done),
           clf_variables,
+          eval_cache,
       ),
       epoch_message=lambda summary: (
           f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "

@@ -7,6 +7,8 @@ tests check that the report is complete and sane.
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -163,3 +165,37 @@ def test_device_split_runs_in_its_own_process():
     assert case["identical_to_one_device"]
     assert case["row_sums"] == [report["levels"]]
     assert case["per_device_share"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.slow
+def test_train_ratio_reports_where_the_epoch_went(
+    tmp_path, fashion_mnist_data_dir
+):
+  outdir = str(tmp_path / "out")
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "benchmarks.train_ratio",
+          "--config=configs/fashion_mnist.py:smoke",
+          f"--config.data_dir={fashion_mnist_data_dir}",
+          f"--outdir={outdir}",
+          "--step_rounds=1",
+          "--steps=2",
+      ],
+      check=True,
+      capture_output=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  with open(os.path.join(outdir, "train_ratio.json")) as f:
+    report = json.load(f)
+  assert report["steps_per_epoch"] == 3 and report["steady_epochs"] == 1
+  # (A 3-step epoch is within start-up noise: no bound on "ratio".)
+  assert report["stepping_ratio"] > 0
+  assert report["stepping_seconds"] > 0 and report["eval_seconds"] > 0
+  parts = (
+      report["stepping_seconds"]
+      + report["eval_seconds"]
+      + report["other_seconds"]
+  )
+  assert abs(parts - report["steady_seconds"]) < 1e-6

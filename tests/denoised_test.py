@@ -362,6 +362,10 @@ def test_smoke_training_lowers_the_mse(tmp_path, fashion_mnist_data_dir):
       denoiser.offsets
   )
   assert meta["classifier_sha256"] == ""
+  # Read like a classifier's training data: one shard per process.
+  assert meta["data_shards"] == 1
+  # The epoch's stepping and evaluation times are in its metrics.
+  assert metrics["train_seconds"] > 0 and metrics["eval_seconds"] > 0
 
 
 @pytest.mark.slow
