@@ -30,20 +30,23 @@ Training order and resuming
 Epoch ``e`` of process ``p`` is a pure function of ``(seed, p, e)``: the TFDS
 file order, the shuffle order and every augmentation draw come from seeds
 derived with ``np.random.SeedSequence([seed, p, e])``; augmentations are
-stateless TF ops keyed by ``(epoch seed, position of the example in the
-epoch)``. Each epoch yields exactly ``steps_per_epoch = n_local // local_batch``
-batches (the remainder of the shuffled epoch is dropped, so different examples
+keyed by ``(epoch seed, position of the example in the epoch)`` (stateless TF
+ops) or ``(epoch seed, batch in the epoch)`` (numpy, in-memory datasets).
+Each epoch yields exactly ``steps_per_epoch = n_local // local_batch`` batches
+(the remainder of the shuffled epoch is dropped, so different examples
 are dropped each epoch). ``start_step=N`` therefore starts directly at epoch
 ``N // steps_per_epoch`` and skips ``(N % steps_per_epoch) * local_batch``
 examples of it *before* they are augmented: a resumed run sees bit-identical
 batches to an uninterrupted one.
 
-fashion_mnist and cifar10 are read and decoded once into an in-memory
-``tf.data`` cache (<= 150 MB) and every epoch is a full random permutation of
-it, so skipping is free. imagenet2012 streams: per-epoch file order plus a
-shuffle buffer of still-encoded JPEGs, decoded after the skip, so resuming
-mid-epoch reads (but does not decode) up to one epoch of records; resuming at
-an epoch boundary costs nothing.
+fashion_mnist and cifar10 are read and decoded once into numpy arrays in host
+memory (<= 150 MB); every epoch is a full random permutation of them drawn by
+numpy, and cifar10's augmentation runs in numpy too, so no tf.data thread
+competes with the train step and skipping is free (a smaller
+``shuffle_buffer`` streams them like imagenet2012). imagenet2012 streams:
+per-epoch file order plus a shuffle buffer of still-encoded JPEGs, decoded
+after the skip, so resuming mid-epoch reads (but does not decode) up to one
+epoch of records; resuming at an epoch boundary costs nothing.
 
 Evaluation subsets and indices
 ------------------------------
@@ -311,6 +314,73 @@ def _epoch_seeds(
   return int(files), int(shuffle), int(augment)
 
 
+def _cifar_augment_numpy(
+    images: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+  """`_cifar_augment` on a (B, 32, 32, 3) uint8 batch in numpy: per image a
+  random 32x32 crop of the 4-pixel zero-padded image and a random h-flip."""
+  n, size = images.shape[0], images.shape[1]
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  top, left = rng.integers(0, 9, n), rng.integers(0, 9, n)
+  flip = rng.random(n) < 0.5
+  rows = top[:, None] + np.arange(size)
+  cols = left[:, None] + np.arange(size)
+  cols = np.where(flip[:, None], cols[:, ::-1], cols)
+  return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _in_memory_batches(
+    builder,
+    split,
+    name: str,
+    *,
+    seed: int,
+    process_index: int,
+    local_batch: int,
+    steps_per_epoch: int,
+    start_step: int,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Training batches of a small split held decoded in host memory.
+
+  The split is read and decoded once (by TFDS, into numpy); epoch e is the
+  permutation of numpy's Generator seeded with the epoch's shuffle seed, cut
+  into `steps_per_epoch` batches, and batch b of it is augmented (cifar10)
+  with a Generator seeded by (augment seed, b). Every batch is thus a pure
+  function of (seed, process_index, epoch, b), and skipping to any step is
+  free. No tf.data runs while training: its threads would compete with the
+  train step for the CPU, and its shuffle buffer refilled at every epoch.
+  """
+  parts = list(
+      builder.as_dataset(
+          split=split,
+          read_config=tfds.ReadConfig(try_autocache=False, options=_options()),
+      )
+      .map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=_AUTOTUNE)
+      .batch(4096)
+      .as_numpy_iterator()
+  )
+  images = np.concatenate([image for image, _ in parts])
+  labels = np.concatenate([label for _, label in parts]).astype(np.int32)
+  first_epoch, first_step = divmod(start_step, steps_per_epoch)
+
+  def batches():
+    for epoch in itertools.count(first_epoch):
+      _, shuffle_seed, augment_seed = _epoch_seeds(seed, process_index, epoch)
+      order = np.random.default_rng(shuffle_seed).permutation(len(images))
+      for b in range(
+          first_step if epoch == first_epoch else 0, steps_per_epoch
+      ):
+        rows = order[b * local_batch : (b + 1) * local_batch]
+        image = images[rows]
+        if name == "cifar10":
+          image = _cifar_augment_numpy(
+              image, np.random.default_rng([augment_seed, b])
+          )
+        yield {"image": image, "label": labels[rows]}
+
+  return batches()
+
+
 def train_steps_per_epoch(
     name: str,
     *,
@@ -400,43 +470,34 @@ def train_dataset(
     return {"image": image, "label": tf.cast(label, tf.int32)}
 
   if name in _CACHE_DECODED and buffer == num_local:
-    # Small dataset, shuffled as a whole: read and decode it once, keep it in
-    # memory, and draw a fresh full permutation every epoch.
-    cached = (
-        builder.as_dataset(
-            **read_kwargs,
-            read_config=tfds.ReadConfig(
-                try_autocache=False, options=_options()
-            ),
-        )
-        .map(
-            lambda ex: (_decode(builder, ex["image"]), ex["label"]),
-            num_parallel_calls=_AUTOTUNE,
-        )
-        .cache()
+    # Small dataset, shuffled as a whole: no tf.data in the training loop.
+    return _in_memory_batches(
+        builder,
+        split,
+        name,
+        seed=seed,
+        process_index=process_index,
+        local_batch=local_batch,
+        steps_per_epoch=steps_per_epoch,
+        start_step=int(start_step),
     )
 
-    def examples(file_seed):
-      del file_seed  # Whole-split shuffle: the file order does not matter.
-      return cached
-
-  else:
-    # Large dataset: stream, with a per-epoch file order and shuffle buffer;
-    # JPEGs stay encoded until after the skip.
-    def examples(file_seed):
-      ds = builder.as_dataset(
-          **read_kwargs,
-          shuffle_files=True,
-          read_config=tfds.ReadConfig(
-              shuffle_seed=file_seed, try_autocache=False, options=_options()
-          ),
-      )
-      if name == "imagenet2012":
-        return ds.map(lambda ex: (ex["image"], ex["label"]))
-      return ds.map(
-          lambda ex: (_decode(builder, ex["image"]), ex["label"]),
-          num_parallel_calls=_AUTOTUNE,
-      )
+  # Large dataset (or a smaller shuffle buffer): stream, with a per-epoch
+  # file order and shuffle buffer; JPEGs stay encoded until after the skip.
+  def examples(file_seed):
+    ds = builder.as_dataset(
+        **read_kwargs,
+        shuffle_files=True,
+        read_config=tfds.ReadConfig(
+            shuffle_seed=file_seed, try_autocache=False, options=_options()
+        ),
+    )
+    if name == "imagenet2012":
+      return ds.map(lambda ex: (ex["image"], ex["label"]))
+    return ds.map(
+        lambda ex: (_decode(builder, ex["image"]), ex["label"]),
+        num_parallel_calls=_AUTOTUNE,
+    )
 
   def epoch_dataset(epoch: int, skip_batches: int) -> tf.data.Dataset:
     file_seed, shuffle_seed, augment_seed = _epoch_seeds(

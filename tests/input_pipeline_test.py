@@ -380,9 +380,16 @@ def _source_of(image):
   raise AssertionError("not a padded crop (+ flip) of a training image")
 
 
-def test_cifar10_train_augmentation(fake_cifar10):
+# None: the split in memory, augmented in numpy; 16: streamed through a
+# shuffle buffer, augmented by TF ops.
+@pytest.mark.parametrize("shuffle_buffer", [None, 16])
+def test_cifar10_train_augmentation(fake_cifar10, shuffle_buffer):
   it = input_pipeline.train_dataset(
-      "cifar10", batch_size=8, seed=0, **ONE_PROCESS
+      "cifar10",
+      batch_size=8,
+      seed=0,
+      shuffle_buffer=shuffle_buffer,
+      **ONE_PROCESS,
   )
   epoch = _take(it, NUM_FAKE // 8)
   sources = []
@@ -401,7 +408,10 @@ def test_cifar10_train_augmentation(fake_cifar10):
   assert len({s[1] for s in sources}) > 1
 
 
-def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
+@pytest.mark.parametrize("shuffle_buffer", [None, 16])
+def test_cifar10_train_deterministic_and_resumable(
+    fake_cifar10, shuffle_buffer
+):
   def run(seed, start_step=0, n=8):
     return _take(
         input_pipeline.train_dataset(
@@ -409,6 +419,7 @@ def test_cifar10_train_deterministic_and_resumable(fake_cifar10):
             batch_size=8,
             seed=seed,
             start_step=start_step,
+            shuffle_buffer=shuffle_buffer,
             **ONE_PROCESS,
         ),
         n,
