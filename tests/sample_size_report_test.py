@@ -1,0 +1,141 @@
+"""The report of a randomized run at two sample sizes (sample_size_report)."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dssn_jax import clopper_pearson
+from dssn_jax import results
+from dssn_jax import sample_size_report
+
+ALPHA = 0.001
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_run(path, *, n, successes, sigma=0.5, skip=100, step=100):
+  """A uniform run with the given top-class counts out of n (class 3) on
+  test images 0, skip, 2 skip, ..."""
+  successes = np.asarray(successes)
+  idx = np.arange(successes.size) * skip
+  label = np.full(successes.size, 3)
+  p_lower = clopper_pearson.clopper_pearson_lower(successes, n, ALPHA)
+  radius = 2 * math.sqrt(3) * sigma * (p_lower - 0.5)
+  predict = np.where(radius >= 0, 3, -1)
+  meta = {
+      "method": "uniform",
+      "sigma": sigma,
+      "alpha": ALPHA,
+      "n0": 64,
+      "n": n,
+      "seed": 0,
+      "checkpoint_step": step,
+      "skip": skip,
+      "start": 0,
+      "max_examples": int(successes.size),
+  }
+  with results.ResultsWriter(path, "uniform", meta) as w:
+    w.write_rows(
+        {
+            "idx": idx,
+            "label": label,
+            "predict": predict,
+            "radius": radius,
+            "correct": predict == label,
+            "time": np.full(idx.size, 0.1),
+            "p_lower": p_lower,
+        }
+    )
+
+
+# Frequencies 1.0, 0.9, 0.6, 0.51 and 0.3 of the top class.
+SMALL = [500, 450, 300, 255, 150]
+
+
+def test_estimate_equals_the_large_run_at_the_same_frequencies(tmp_path):
+  _write_run(tmp_path / "small.tsv", n=500, successes=SMALL)
+  _write_run(
+      tmp_path / "large.tsv", n=100_000, successes=[200 * k for k in SMALL]
+  )
+  c = sample_size_report.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
+  np.testing.assert_allclose(c.radius_estimate, c.radius_large, atol=1e-9)
+  # At N = 500, 0.51 abstains; at 100,000 it certifies (just).
+  assert c.radius_small[3] < 0 < c.radius_large[3]
+  assert c.radius_large[4] < 0  # Below 1/2: abstains at any N.
+  agreement = sample_size_report.agreement(c)
+  assert agreement["both_certify"] == 4 and agreement["max_abs_gap"] < 1e-9
+  assert c.certified(c.radius_large, 0.0).tolist() == [1, 1, 1, 1, 0]
+  markdown = sample_size_report.report_markdown([c], [0.0, 0.5])
+  assert "| 0.5 | N = 500 | 60 | 40 |" in markdown
+  assert "| 0.5 | N = 100,000, certified | 80 | 40 |" in markdown
+  # idx 300 at N = 500; idx 400 at N = 500, estimated and at 100,000.
+  assert markdown.count("abstain") == 4
+
+
+def test_other_images_or_classifier_are_refused(tmp_path):
+  _write_run(tmp_path / "small.tsv", n=500, successes=SMALL)
+  _write_run(
+      tmp_path / "other_images.tsv",
+      n=100_000,
+      successes=SMALL,
+      skip=10,
+  )
+  with pytest.raises(ValueError, match="other images"):
+    sample_size_report.compare(
+        tmp_path / "small.tsv", tmp_path / "other_images.tsv"
+    )
+  _write_run(tmp_path / "other_step.tsv", n=100_000, successes=SMALL, step=7)
+  with pytest.raises(ValueError, match="checkpoint_step"):
+    sample_size_report.compare(
+        tmp_path / "small.tsv", tmp_path / "other_step.tsv"
+    )
+
+
+def test_cli_writes_the_report(tmp_path):
+  for sigma in (1.0, 0.5):
+    run = tmp_path / "runs" / f"uniform_{sigma:g}"
+    _write_run(
+        run / "certify_uniform_n500.tsv", n=500, successes=SMALL, sigma=sigma
+    )
+    _write_run(
+        run / "certify_uniform.tsv",
+        n=100_000,
+        successes=[200 * k for k in SMALL],
+        sigma=sigma,
+    )
+  out = tmp_path / "full_n.md"
+  done = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.sample_size_table",
+          f"--results={tmp_path / 'runs'}",
+          f"--out={out}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      check=False,
+  )
+  assert done.returncode == 0, done.stderr
+  text = out.read_text()
+  assert text.index("### sigma = 0.5") < text.index("### sigma = 1")
+  missing = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "experiments.sample_size_table",
+          f"--results={tmp_path / 'nothing'}",
+          f"--out={out}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      check=False,
+  )
+  assert missing.returncode == 1
+  assert missing.stderr.strip().count("\n") == 0, missing.stderr
+  assert missing.stderr.startswith("error:")
