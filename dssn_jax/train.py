@@ -341,11 +341,15 @@ def evaluate(
 
 
 def write_metrics(workdir, writer, step, metrics):
+  """Scalars to TensorBoard, and one line of metrics.jsonl (process 0) with
+  the step and the wall-clock time it was written (`wall_time`, seconds
+  since the epoch)."""
   writer.write_scalars(step, metrics)
   if not distributed.is_primary():
     return
+  line = {"step": step, **metrics, "wall_time": time.time()}
   with open(os.path.join(workdir, METRICS_FILE), "a") as f:
-    f.write(json.dumps({"step": step, **metrics}) + "\n")
+    f.write(json.dumps(line) + "\n")
 
 
 def truncate_metrics(workdir, last_step):

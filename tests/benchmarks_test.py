@@ -190,8 +190,7 @@ def test_train_ratio_reports_where_the_epoch_went(
   with open(os.path.join(outdir, "train_ratio.json")) as f:
     report = json.load(f)
   assert report["steps_per_epoch"] == 3 and report["steady_epochs"] == 1
-  # (A 3-step epoch is within start-up noise: no bound on "ratio".)
-  assert report["stepping_ratio"] > 0
+  assert report["ratio"] > 0 and report["stepping_ratio"] > 0
   assert report["stepping_seconds"] > 0 and report["eval_seconds"] > 0
   parts = (
       report["stepping_seconds"]
