@@ -483,3 +483,47 @@ def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
   retraced = len(traces)
   dssn_jax.dssn_counts(apply_fn, grid(5, 2), v, spec)
   assert len(traces) == retraced
+
+
+@pytest.mark.parametrize("method", ["dssn", "uniform"])
+def test_compile_only_compiles_without_running(method):
+  """Inside compile_only the program is compiled, not run (its classifier
+  never executes) and the counts are placeholders; the real call after it
+  compiles nothing and gives the true counts."""
+  runs = []
+  linear = make_linear(7)
+
+  def apply_fn(batch):
+    jax.debug.callback(lambda: runs.append(1))  # Fires when the program runs.
+    return linear(batch)
+
+  compiles = []
+  listener = lambda event, seconds, **kw: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    spec = dssn_jax.SmoothingSpec(0.12)
+    x = random_grid(jax.random.key(5), 3)
+    v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
+    if method == "dssn":
+      count = lambda: dssn_jax.dssn_counts(apply_fn, x, v, spec)
+      total = spec.levels
+    else:
+      count = lambda: dssn_jax.sample_counts(
+          apply_fn, x, spec, jax.random.key(2), noise=method, num_samples=40
+      )
+      total = 40
+    with dssn_jax.certify.compile_only():
+      placeholder = np.asarray(count())
+    assert not runs
+    np.testing.assert_array_equal(placeholder[:, 0], total)
+    np.testing.assert_array_equal(placeholder[:, 1:], 0)
+    compiled = sum("backend_compile" in e for e in compiles)
+    assert compiled >= 1
+    counts = np.asarray(count())
+    assert runs  # It ran,
+    assert sum("backend_compile" in e for e in compiles) == compiled  # cached.
+    np.testing.assert_array_equal(counts.sum(1), total)
+    if method == "dssn":
+      np.testing.assert_array_equal(counts, naive_counts(linear, x, v, spec))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
