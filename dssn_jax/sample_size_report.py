@@ -107,8 +107,44 @@ def _cell(radius: float) -> str:
   return "abstain" if radius < 0 else f"{radius:.3f}"
 
 
-def summary_markdown(comparisons: Sequence[Comparison], radii) -> str:
-  """Certified accuracy at each radius: small N, estimate, large N."""
+@dataclasses.dataclass(frozen=True)
+class ExactRun:
+  """An exact (DSSN) run's certificates, for a row beside the comparisons."""
+
+  sigma: float
+  idx: np.ndarray
+  certified_radius: np.ndarray  # Radius where correct, else -1.
+
+
+def load_exact(path: str | os.PathLike) -> ExactRun:
+  """A DSSN results file as an ExactRun (ValueError for other methods)."""
+  meta = results.read_metadata(path)
+  if meta["method"] != "dssn":
+    raise ValueError(f"{path} is not an exact (dssn) run.")
+  rows = results.read_results(path)
+  radius = np.where(rows["predict"] == rows["label"], rows["radius"], -1.0)
+  return ExactRun(float(meta["run"]["sigma"]), rows["idx"], radius)
+
+
+def _exact_on(exact: ExactRun, idx: np.ndarray) -> np.ndarray:
+  """The exact run's certified radii on the images idx (all must be in it)."""
+  where = {int(i): n for n, i in enumerate(exact.idx)}
+  missing = [int(i) for i in idx if int(i) not in where]
+  if missing:
+    raise ValueError(
+        f"The exact run at sigma {exact.sigma:g} lacks images {missing[:5]}; "
+        f"it must cover the compared images."
+    )
+  return exact.certified_radius[[where[int(i)] for i in idx]]
+
+
+def summary_markdown(
+    comparisons: Sequence[Comparison],
+    radii,
+    exact: Sequence[ExactRun] = (),
+) -> str:
+  """Certified accuracy at each radius: small N, estimate, large N, and the
+  exact run of the same sigma on the same images where one is given."""
   header = ["sigma", "certificate"] + [f"r = {r:g}" for r in radii]
   lines = [
       "| " + " | ".join(header) + " |",
@@ -125,6 +161,15 @@ def summary_markdown(comparisons: Sequence[Comparison], radii) -> str:
     ):
       cells = [f"{100 * c.certified(radius, r).mean():.0f}" for r in radii]
       lines.append(f"| {c.sigma:g} | {name} | " + " | ".join(cells) + " |")
+    for run in exact:
+      if run.sigma == c.sigma:
+        radius = _exact_on(run, c.idx)
+        cells = [f"{100 * (radius >= r).mean():.0f}" for r in radii]
+        lines.append(
+            f"| {c.sigma:g} | DSSN (exact), same images | "
+            + " | ".join(cells)
+            + " |"
+        )
   return "\n".join(lines)
 
 
@@ -170,8 +215,13 @@ def per_image_markdown(c: Comparison) -> str:
   return "\n".join(lines)
 
 
-def report_markdown(comparisons: Sequence[Comparison], radii) -> str:
-  """The whole report: certified accuracy, agreement, per-image tables."""
+def report_markdown(
+    comparisons: Sequence[Comparison],
+    radii,
+    exact: Sequence[ExactRun] = (),
+) -> str:
+  """The whole report: certified accuracy (beside the exact runs given),
+  agreement, per-image tables."""
   parts = [
       "# Randomized certificates at two sample sizes, image for image",
       "",
@@ -181,7 +231,7 @@ def report_markdown(comparisons: Sequence[Comparison], radii) -> str:
       "",
       "## Certified accuracy",
       "",
-      summary_markdown(comparisons, radii),
+      summary_markdown(comparisons, radii, exact),
       "",
       "## The estimate against the certificate",
       "",

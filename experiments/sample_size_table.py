@@ -1,15 +1,18 @@
 r"""Randomized certificates at N = 500 beside N = 100,000, image for image.
 
   python -m experiments.sample_size_table \
-      --results=docs/fashion_mnist/full_n --out=docs/fashion_mnist/full_n.md
+      --results=docs/fashion_mnist/full_n --out=docs/fashion_mnist/full_n.md \
+      --exact=docs/fashion_mnist/results/dssn_0.5/certify_dssn.tsv,\
+docs/fashion_mnist/results/dssn_1/certify_dssn.tsv
 
 Each subdirectory of --results (one per sigma) holds one classifier
 certified twice on the same images:
 `--small_name` (N = 500) and `--large_name` (N = 100,000), as
 `python -m experiments.certify --config=configs/fashion_mnist.py:full_n`
 writes them (docs/fashion_mnist.md, "The baselines at N = 100,000"). Writes
-the certified accuracy of both and of the estimate from the small one, how
-far the estimate is from the certified radii, and a per-image table.
+the certified accuracy of both and of the estimate from the small one (and
+of the --exact runs of the same sigmas on the same images), how far the
+estimate is from the certified radii, and a per-image table.
 """
 
 import os
@@ -31,6 +34,11 @@ _LARGE = flags.DEFINE_string(
 )
 _RADII = flags.DEFINE_list(
     "radii", ["0", "0.25", "0.5", "0.75", "1", "1.5"], "l1 radii."
+)
+_EXACT = flags.DEFINE_list(
+    "exact",
+    [],
+    "DSSN results files to add, on the same images, at their sigma.",
 )
 _OUT = flags.DEFINE_string("out", None, "Markdown file to write.")
 flags.mark_flags_as_required(["results", "out"])
@@ -60,7 +68,8 @@ def main(argv):
         ),
         key=lambda c: c.sigma,
     )
-    markdown = sample_size_report.report_markdown(comparisons, radii)
+    exact = [sample_size_report.load_exact(path) for path in _EXACT.value]
+    markdown = sample_size_report.report_markdown(comparisons, radii, exact)
     with open(_OUT.value, "w") as f:
       f.write(markdown)
     print(markdown.split("\n## Per image")[0])

@@ -139,3 +139,42 @@ def test_cli_writes_the_report(tmp_path):
   assert missing.returncode == 1
   assert missing.stderr.strip().count("\n") == 0, missing.stderr
   assert missing.stderr.startswith("error:")
+
+
+def test_exact_run_row_on_the_same_images(tmp_path):
+  _write_run(tmp_path / "small.tsv", n=500, successes=SMALL)
+  _write_run(
+      tmp_path / "large.tsv", n=100_000, successes=[200 * k for k in SMALL]
+  )
+  c = sample_size_report.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
+  # An exact run on every 50th image (a superset): radii 0.1 .. 1.0, one
+  # image misclassified.
+  idx = np.arange(10) * 50
+  radius = np.linspace(0.1, 1.0, 10)
+  label = np.full(10, 3)
+  predict = np.where(idx == 100, 2, 3)
+  with results.ResultsWriter(
+      tmp_path / "dssn.tsv", "dssn", {"sigma": 0.5, "skip": 50, "start": 0}
+  ) as w:
+    w.write_rows(
+        {
+            "idx": idx,
+            "label": label,
+            "predict": predict,
+            "radius": radius,
+            "correct": predict == label,
+            "time": np.full(10, 0.1),
+            "steps": np.round(radius * 255).astype(int),
+            "count_top": np.full(10, 400),
+            "count_runner_up": np.full(10, 41),
+        }
+    )
+  exact = sample_size_report.load_exact(tmp_path / "dssn.tsv")
+  table = sample_size_report.summary_markdown([c], [0.0, 0.5], [exact])
+  # Images 0, 100 (wrong), 200, 300, 400: radii 0.1, -, 0.5, 0.7, 0.9.
+  assert "| 0.5 | DSSN (exact), same images | 80 | 60 |" in table
+  with pytest.raises(ValueError, match="not an exact"):
+    sample_size_report.load_exact(tmp_path / "small.tsv")
+  exact_elsewhere = sample_size_report.ExactRun(0.5, idx + 1, radius)
+  with pytest.raises(ValueError, match="lacks images"):
+    sample_size_report.summary_markdown([c], [0.0], [exact_elsewhere])
