@@ -29,9 +29,10 @@ import numpy as np
 # stay near the caches is faster: there the batch is CPU_ACTIVATION_BYTES
 # over the model's activation bytes per input (the jaxpr bound of
 # `classifier_facts`), within [CPU_MIN_FORWARD_BATCH, DEFAULT_FORWARD_BATCH].
-# benchmarks/cpu_defaults.py (2-core AVX-512 EPYC): the small CNN (1.2 MiB
-# per input) is fastest at 512 and 0.4x as fast at 64; WRN-40-2 (20 MiB)
-# is fastest at 32-64, 9% slower at 512; the rule gives 512 and 50.
+# benchmarks/cpu_defaults.py (2-core AVX-512 EPYC, idle): the small CNN (1.2
+# MiB per input) is within 4% of its best at 512 and 0.33x at 64; WRN-40-2
+# (20 MiB) within 8% from 50 to 256, 0.8x at 16-32; ResNet-50 (304 MiB)
+# within 2% from 4 to 16, 0.8x at 32. The rule gives 512, 50 and 8.
 DEFAULT_FORWARD_BATCH = 512
 CPU_ACTIVATION_BYTES = 2**30
 CPU_MIN_FORWARD_BATCH = 8
