@@ -32,6 +32,7 @@ an error).
 from __future__ import annotations
 
 import errno
+import functools
 import glob
 import json
 import os
@@ -376,20 +377,8 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
       progress.update(int(batch["mask"].sum() - todo.sum()))  # Done before.
       if not todo.any():
         continue
-      if not warm:  # Compile outside the timed region: time is per image.
-        with certify.compile_only():  # Without certifying the batch twice.
-          _certify_batch(
-              config,
-              classifier,
-              spec,
-              offsets,
-              mesh,
-              _to_inputs(batch["image"]),
-              index,
-          )
-        warm = True
-      start = time.perf_counter()
-      columns = _certify_batch(
+      certify_batch = functools.partial(
+          _certify_batch,
           config,
           classifier,
           spec,
@@ -398,6 +387,12 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
           _to_inputs(batch["image"]),
           index,
       )
+      if not warm:  # Compile outside the timed region: time is per image.
+        with certify.compile_only():  # Without certifying the batch twice.
+          certify_batch()
+        warm = True
+      start = time.perf_counter()
+      columns = certify_batch()
       seconds = (time.perf_counter() - start) / todo.sum()
       label = batch["label"]
       rows = {

@@ -490,6 +490,17 @@ def start_run(
   )
 
 
+def training_noise(config):
+  """(dataset info, smoothing spec, DSSN offsets (H, W, C)) of a config's
+  training noise, for classifiers and denoisers alike."""
+  info = input_pipeline.dataset_info(config.dataset)
+  spec = smoothing.SmoothingSpec(config.sigma, config.q)
+  offsets = smoothing.make_offsets(
+      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
+  )
+  return info, spec, offsets
+
+
 def classifier_setup(config):
   """The config's classifier before training.
 
@@ -499,11 +510,7 @@ def classifier_setup(config):
     the checkpoints' record, and total_steps -> a fresh TrainState (SGD
     with the schedule over total_steps).
   """
-  info = input_pipeline.dataset_info(config.dataset)
-  spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(
-      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
-  )
+  info, spec, offsets = training_noise(config)
   model = models.create_model(
       config.model,
       num_classes=info.num_classes,
@@ -521,19 +528,27 @@ def classifier_setup(config):
   )
 
   def init_state(total_steps: int) -> TrainState:
-    variables = model.init(
-        jax.random.key(config.seed),
-        jnp.zeros((1,) + tuple(info.input_shape)),
-        train=False,
-    )
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=create_optimizer(config, total_steps),
+    return new_state(
+        model, config, info.input_shape, create_optimizer(config, total_steps)
     )
 
   return model, spec, offsets, metadata, init_state
+
+
+def new_state(model, config, input_shape, tx) -> TrainState:
+  """A fresh TrainState of a Flax model: variables initialized from
+  config.seed for inputs of input_shape (H, W, C), optimizer tx."""
+  variables = model.init(
+      jax.random.key(config.seed),
+      jnp.zeros((1,) + tuple(input_shape)),
+      train=False,
+  )
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=tx,
+  )
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:

@@ -214,11 +214,7 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   _check_config(config)
   input_pipeline.hide_tf_from_accelerators()
   cfg = config.denoiser
-  info = input_pipeline.dataset_info(config.dataset)
-  spec = smoothing.SmoothingSpec(config.sigma, config.q)
-  offsets = smoothing.make_offsets(
-      config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
-  )
+  info, spec, offsets = train.training_noise(config)
   model = models.create_denoiser(
       cfg.model,
       channels=info.input_shape[-1],
@@ -231,19 +227,11 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   metadata = denoiser_metadata(config, info, offsets, classifier)
 
   def init_state(total_steps):
-    variables = model.init(
-        jax.random.key(config.seed),
-        jnp.zeros((1,) + tuple(info.input_shape)),
-        train=False,
-    )
     schedule = optax.cosine_decay_schedule(
         cfg.learning_rate, max(1, total_steps)
     )
-    return train.TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=optax.adam(schedule),
+    return train.new_state(
+        model, config, info.input_shape, optax.adam(schedule)
     )
 
   run = train.start_run(config, workdir, metadata, RESUME_FIELDS, init_state)
