@@ -349,8 +349,8 @@ def compile_only():
   `certify_randomized`) compile their program without running it and
   return placeholder counts: every vote for class 0. For moving compilation
   out of a timed region without computing a batch twice (the program is
-  then in JAX's cache); the placeholders are never a certificate.
-  Per thread.
+  then in JAX's cache); the placeholders are never a certificate. Calls
+  traced by the caller's jit or vmap are unaffected. Per thread.
   """
   _COMPILE_ONLY.active = True
   try:
@@ -361,8 +361,13 @@ def compile_only():
 
 def _counts(*args, **static) -> jax.Array:
   """`_vote_counts(*args, **static)`, or inside `compile_only` its
-  compilation and placeholder counts of its shape."""
-  if not getattr(_COMPILE_ONLY, "active", False):
+  compilation and placeholder counts of its shape. A traced call (inside
+  the caller's jit or vmap) is part of the caller's program: it runs as
+  usual."""
+  traced = any(
+      isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)
+  )
+  if traced or not getattr(_COMPILE_ONLY, "active", False):
     return _vote_counts(*args, **static)
   _vote_counts.lower(*args, **static).compile()
   shape = jax.eval_shape(functools.partial(_vote_counts, **static), *args)

@@ -525,5 +525,9 @@ def test_compile_only_compiles_without_running(method):
     np.testing.assert_array_equal(counts.sum(1), total)
     if method == "dssn":
       np.testing.assert_array_equal(counts, naive_counts(linear, x, v, spec))
+      # Under the caller's jit the call is part of its program: true counts.
+      with dssn_jax.certify.compile_only():
+        jitted = jax.jit(lambda x: dssn_jax.dssn_counts(linear, x, v, spec))
+        np.testing.assert_array_equal(jitted(x), counts)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
