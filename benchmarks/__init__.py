@@ -12,3 +12,10 @@ torch_peer       a PyTorch eager certifier of the same network, side by side
 cpu_defaults     what the CPU defaults rest on: flags, forward batch, bfloat16
 train_ratio      train_and_evaluate images/s over the jitted train step alone
 """
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dssn_jax.runtime import xla_options
+
+# As the entry points of experiments/ do: the CPU's XLA options before any
+# JAX backend starts (importing dssn_jax leaves the process alone).
+xla_options.apply_defaults()

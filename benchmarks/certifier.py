@@ -57,10 +57,10 @@ import numpy as np
 
 from benchmarks import measure
 from benchmarks import tuning
-from dssn_jax import certify
-from dssn_jax import memory
-from dssn_jax import smoothing
-from dssn_jax import train
+from dssn_jax.core import certify
+from dssn_jax.core import chunking
+from dssn_jax.core import smoothing
+from dssn_jax.training import train
 
 RESULTS_JSON = "benchmark.json"
 RESULTS_MARKDOWN = "benchmark.md"
@@ -194,7 +194,7 @@ def benchmark_model(
       chunks[spec.sigma] = auto[spec.sigma]
   row["auto_chunk_size"] = {str(k): c for k, c in auto.items()}
   row["chunk_size_overridden"] = bool(chunk_override and chunk_override > 0)
-  row["memory_budget_bytes"] = memory.device_memory_budget()
+  row["memory_budget_bytes"] = chunking.device_memory_budget()
   forward_batch = max(chunks.values()) * images
   row["forward_batch"] = forward_batch
 

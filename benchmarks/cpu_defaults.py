@@ -2,7 +2,7 @@ r"""The measurements behind dssn-jax's CPU defaults.
 
   python -m benchmarks.cpu_defaults --outdir=runs/cpu_defaults
 
-1. XLA options (`dssn_jax.xla_options.DEFAULT_FLAGS`): the float32 matmul
+1. XLA options (`dssn_jax.runtime.xla_options.DEFAULT_FLAGS`): the float32 matmul
    peak and each model's raw forward pass in a fresh process with and
    without them, alternated; model FLOP utilization = forward FLOP/s over
    the matmul's FLOP/s of the same trial.
@@ -70,7 +70,7 @@ def main(argv):
   del argv
   from benchmarks import measure  # pylint: disable=g-import-not-at-top
   from benchmarks import tuning  # pylint: disable=g-import-not-at-top
-  from dssn_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import xla_options  # pylint: disable=g-import-not-at-top
 
   os.makedirs(_OUTDIR.value, exist_ok=True)
   path = os.path.join(_OUTDIR.value, "cpu_defaults.json")

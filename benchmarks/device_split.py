@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from benchmarks import measure
-from dssn_jax import certify
-from dssn_jax import smoothing
+from dssn_jax.core import certify
+from dssn_jax.core import smoothing
 
 
 def _forwards(text: str, dims: str) -> int:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax import datasets
-from dssn_jax import memory
+from dssn_jax.data import datasets
+from dssn_jax.core import chunking
 from dssn_jax import models
 
 # ----------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def auto_chunk(
     subject: Subject, images: int, levels: int, devices: int = 1
 ) -> int:
   """The chunk size `dssn_counts` picks for this subject when none is given."""
-  return memory.auto_chunk_size(
+  return chunking.auto_chunk_size(
       subject.apply_fn,
       subject.variables,
       subject.input_shape,

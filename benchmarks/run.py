@@ -42,7 +42,7 @@ def main(argv):
   experiments.start(argv)
   # pylint: disable=g-import-not-at-top
   from benchmarks import certifier
-  from dssn_jax import input_pipeline
+  from dssn_jax.data import input_pipeline
   # pylint: enable=g-import-not-at-top
   input_pipeline.hide_tf_from_accelerators()
   report = certifier.run_benchmark(config, _WORKDIR.value, log=print)

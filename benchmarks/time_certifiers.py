@@ -20,9 +20,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import measure
-from dssn_jax import certify
-from dssn_jax import checkpoints
-from dssn_jax import input_pipeline
+from dssn_jax.core import certify
+from dssn_jax.training import checkpoints
+from dssn_jax.data import input_pipeline
 from dssn_jax import jobs
 import experiments
 

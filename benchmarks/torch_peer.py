@@ -2,7 +2,7 @@ r"""dssn-jax's certifier side by side with a PyTorch eager certifier.
 
 What a user would otherwise run: the same WRN-40-2 (the authors' layout, in
 `benchmarks.torch_models`, random weights, converted to ours with
-`dssn_jax.convert`) certified by a PyTorch eager loop written the usual way:
+`dssn_jax.training.convert`) certified by a PyTorch eager loop written the usual way:
 float32 noisy copies generated per noise batch of 128 from the paper's DSSN
 formulas, argmax votes counted on the host. Both run on the same CIFAR-size
 grid images at sigma 0.5 and 3.5, in alternating timed rounds, so that load
@@ -14,7 +14,7 @@ counts of every image without a near-tie vote.
 
 Writes `torch_peer.json` and `torch_peer.md` to --outdir. Without torch
 installed it says so and exits 0. Our side runs as a user gets it: the
-default XLA options (`dssn_jax.xla_options`) and the default chunk size;
+default XLA options (`dssn_jax.runtime.xla_options`) and the default chunk size;
 `DSSN_JAX_XLA_DEFAULTS=0` measures it without the options.
 """
 
@@ -97,8 +97,8 @@ def _converted_pair(workdir: str):
   """(torch WRN-40-2, our classifier converted from its state_dict)."""
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  from dssn_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from dssn_jax import convert  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import convert  # pylint: disable=g-import-not-at-top
 
   model = torch_models.random_wrn_40_2(seed=0)
   path = os.path.join(workdir, "wrn_40_2.pth")
@@ -201,7 +201,7 @@ def environment() -> dict[str, Any]:
   import platform  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from dssn_jax import xla_options  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import xla_options  # pylint: disable=g-import-not-at-top
 
   cpu = platform.processor() or platform.machine()
   try:

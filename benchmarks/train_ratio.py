@@ -44,8 +44,8 @@ def train_step_images_per_second(config, rounds: int, steps: int):
   """Images/s of the jitted train step alone (median over rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dssn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dssn_jax import train  # pylint: disable=g-import-not-at-top
+  from dssn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import train  # pylint: disable=g-import-not-at-top
 
   info = input_pipeline.dataset_info(config.dataset)
   model, spec, offsets, _, init_state = train.classifier_setup(config)
@@ -83,7 +83,7 @@ def train_step_images_per_second(config, rounds: int, steps: int):
 def _epoch_metrics(config, epochs: int) -> list[dict]:
   """The epoch-end metrics lines of a train_and_evaluate run of `epochs`
   epochs in a new workdir."""
-  from dssn_jax import train  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   config.num_epochs = epochs
@@ -101,8 +101,8 @@ def _loadavg() -> str:
 
 def main(argv):
   del argv
-  from dssn_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dssn_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from dssn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.reexec_with_huge_pages()  # As the training entry points do.
   config = _CONFIG.value

@@ -89,7 +89,7 @@ def get_config(arg: str | None = None):
   config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
   # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
   # measures what the other entry points get by default (which includes
-  # dssn_jax.xla_options.DEFAULT_FLAGS unless DSSN_JAX_XLA_DEFAULTS=0).
+  # dssn_jax.runtime.xla_options.DEFAULT_FLAGS unless DSSN_JAX_XLA_DEFAULTS=0).
   config.xla_flags = ""
   # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
   # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):

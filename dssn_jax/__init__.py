@@ -8,33 +8,57 @@ The core API (docs/design.md, section 1):
   counts = dssn_jax.dssn_counts(apply_fn, x, v, spec)
   pred, steps, radius = dssn_jax.certify_from_counts(counts, spec)
 
-Importing the package adds dssn-jax's default XLA options to XLA_FLAGS if JAX
-has not started a backend yet (`dssn_jax.xla_options`; opt out with
-DSSN_JAX_XLA_DEFAULTS=0).
+Importing the package changes nothing in the process (no environment
+variable, no XLA option). On CPUs, `dssn_jax.use_cpu_defaults()`, called once
+before the first computation, turns on the XLA options the command-line
+tools run with (docs/performance.md); GPU and TPU backends ignore them.
+
+The layers of the package (docs/design.md, section 5): `core` (pure
+certification math), `models`, `runtime` (the process: XLA options,
+distributed start-up), `data`, `training`, `runs` (workdirs and results
+files), `reports` (tables and plots of runs).
 """
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from dssn_jax import xla_options
-
-xla_options.apply_defaults()
-
-from dssn_jax.certify import certify_from_counts
-from dssn_jax.certify import certify_randomized
-from dssn_jax.certify import check_inputs
-from dssn_jax.certify import clopper_pearson_lower
-from dssn_jax.certify import dssn_counts
-from dssn_jax.certify import make_mesh
-from dssn_jax.certify import RandomizedCertificate
-from dssn_jax.certify import sample_counts
-from dssn_jax.smoothing import dssn_noise
-from dssn_jax.smoothing import make_offsets
-from dssn_jax.smoothing import NOISE_KINDS
-from dssn_jax.smoothing import offsets_fingerprint
-from dssn_jax.smoothing import random_dssn_noise
-from dssn_jax.smoothing import random_noise
-from dssn_jax.smoothing import SmoothingSpec
-from dssn_jax.smoothing import split_values
-from dssn_jax.smoothing import ssn_noise
-from dssn_jax.smoothing import uniform_noise
+from dssn_jax.core.certify import certify_from_counts
+from dssn_jax.core.certify import certify_randomized
+from dssn_jax.core.certify import check_inputs
+from dssn_jax.core.certify import clopper_pearson_lower
+from dssn_jax.core.certify import dssn_counts
+from dssn_jax.core.certify import make_mesh
+from dssn_jax.core.certify import RandomizedCertificate
+from dssn_jax.core.certify import sample_counts
+from dssn_jax.core.smoothing import dssn_noise
+from dssn_jax.core.smoothing import make_offsets
+from dssn_jax.core.smoothing import NOISE_KINDS
+from dssn_jax.core.smoothing import offsets_fingerprint
+from dssn_jax.core.smoothing import random_dssn_noise
+from dssn_jax.core.smoothing import random_noise
+from dssn_jax.core.smoothing import SmoothingSpec
+from dssn_jax.core.smoothing import split_values
+from dssn_jax.core.smoothing import ssn_noise
+from dssn_jax.core.smoothing import uniform_noise
+from dssn_jax.runtime.xla_options import apply_defaults as use_cpu_defaults
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "RandomizedCertificate",
+    "NOISE_KINDS",
+    "SmoothingSpec",
+    "certify_from_counts",
+    "certify_randomized",
+    "check_inputs",
+    "clopper_pearson_lower",
+    "dssn_counts",
+    "dssn_noise",
+    "make_mesh",
+    "make_offsets",
+    "offsets_fingerprint",
+    "random_dssn_noise",
+    "random_noise",
+    "sample_counts",
+    "split_values",
+    "ssn_noise",
+    "uniform_noise",
+    "use_cpu_defaults",
+]

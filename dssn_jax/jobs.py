@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 from absl import logging
 
-from dssn_jax import analysis
-from dssn_jax import certify_workdir
-from dssn_jax import distributed
-from dssn_jax import results
-from dssn_jax import train
+from dssn_jax.reports import analysis
+from dssn_jax.runs import certify_workdir
+from dssn_jax.runtime import distributed
+from dssn_jax.runs import results
+from dssn_jax.training import train
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,9 +8,16 @@ import sys
 # our own output (a user's own setting wins).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
+
+from dssn_jax.runtime import xla_options
+
+# The CPU's XLA options, before anything starts a JAX backend (importing
+# dssn_jax leaves the process alone; the entry points choose the defaults).
+xla_options.apply_defaults()
 
 # Multi-host runs (README, "Multi-host"): every entry point that computes
 # joins the distributed runtime in `start`, before any JAX computation.
@@ -47,7 +54,7 @@ def start(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from dssn_jax import distributed  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
 
   with user_errors():
     distributed.initialize(

@@ -15,7 +15,7 @@ comparison. Writes tables.md and PNG plots into --outdir and prints the tables.
 from absl import app
 from absl import flags
 
-from dssn_jax import analysis
+from dssn_jax.reports import analysis
 
 _RESULTS = flags.DEFINE_list(
     "results", [], "Results files, directories or globs (comma-separated)."

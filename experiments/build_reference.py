@@ -8,14 +8,14 @@ r"""Builds the archive of the authors' published certificates from their repo.
 
 Reads the per-run arrays in the clone's checkpoints/<run>/ and writes
 levine_feizi_2021_certificates.npz and levine_feizi_2021_runs.json into
---outdir (see dssn_jax/reference_archive.py). Their licence forbids
+--outdir (see dssn_jax/reports/reference_archive.py). Their licence forbids
 redistribution, so each user builds the archive from their own clone.
 """
 
 from absl import app
 from absl import flags
 
-from dssn_jax import reference_archive
+from dssn_jax.reports import reference_archive
 import experiments
 
 _AUTHORS_REPO = flags.DEFINE_string(

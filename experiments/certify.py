@@ -11,7 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import certify_workdir
+from dssn_jax.runs import certify_workdir
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(

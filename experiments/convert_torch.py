@@ -8,7 +8,7 @@ r"""Converts one of the authors' PyTorch checkpoints into a dssn-jax workdir.
 
 Needs torch (`pip install 'dssn-jax[torch]'`; a CPU build is enough). The
 checkpoint is validated completely before anything is written; see
-dssn_jax/convert.py for the format and the key mapping.
+dssn_jax/training/convert.py for the format and the key mapping.
 """
 
 import sys
@@ -16,7 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
-from dssn_jax import convert
+from dssn_jax.training import convert
 import experiments
 
 _CHECKPOINT = flags.DEFINE_string(

@@ -21,9 +21,9 @@ import numpy as np
 
 from configs import fashion_mnist as fashion_mnist_config
 import dssn_jax
-from dssn_jax import datasets
-from dssn_jax import denoised_report
-from dssn_jax import denoising
+from dssn_jax.data import datasets
+from dssn_jax.reports import denoised
+from dssn_jax.training import denoising
 from dssn_jax import models
 import experiments
 
@@ -97,9 +97,9 @@ def time_certification(
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    groups = denoised_report.build_groups(_RESULTS.value, _REFERENCE.value)
-    markdown = denoised_report.report(
-        groups, denoised_report.RADII, denoising.forward_flops(groups)
+    groups = denoised.build_groups(_RESULTS.value, _REFERENCE.value)
+    markdown = denoised.report(
+        groups, denoised.RADII, denoising.forward_flops(groups)
     )
   with open(_OUT.value, "w") as f:
     f.write(markdown)

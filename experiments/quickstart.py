@@ -11,7 +11,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import host_memory
+from dssn_jax.runtime import host_memory
 from dssn_jax import jobs
 import experiments
 
@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   experiments.start(argv)
   # Training churns through large per-step buffers: huge pages for them
-  # (dssn_jax/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
+  # (dssn_jax/runtime/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
   host_memory.reexec_with_huge_pages()
   with experiments.user_errors():
     print(

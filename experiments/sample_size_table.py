@@ -20,7 +20,7 @@ import os
 from absl import app
 from absl import flags
 
-from dssn_jax import sample_size_report
+from dssn_jax.reports import sample_size
 import experiments
 
 _RESULTS = flags.DEFINE_string(
@@ -60,7 +60,7 @@ def main(argv):
       )
     comparisons = sorted(
         (
-            sample_size_report.compare(
+            sample_size.compare(
                 os.path.join(run, _SMALL.value),
                 os.path.join(run, _LARGE.value),
             )
@@ -68,8 +68,8 @@ def main(argv):
         ),
         key=lambda c: c.sigma,
     )
-    exact = [sample_size_report.load_exact(path) for path in _EXACT.value]
-    markdown = sample_size_report.report_markdown(comparisons, radii, exact)
+    exact = [sample_size.load_exact(path) for path in _EXACT.value]
+    markdown = sample_size.report_markdown(comparisons, radii, exact)
     with open(_OUT.value, "w") as f:
       f.write(markdown)
     print(markdown.split("\n## Per image")[0])

@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax import train_denoiser
+from dssn_jax.training import train_denoiser
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(

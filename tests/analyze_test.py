@@ -19,9 +19,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from dssn_jax import analysis
-from dssn_jax import clopper_pearson
-from dssn_jax import results as results_lib
+from dssn_jax.reports import analysis
+from dssn_jax.core import clopper_pearson
+from dssn_jax.runs import results as results_lib
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = next(
@@ -213,7 +213,7 @@ def test_analysis_module_imports_no_jax_or_tensorflow():
       package = types.ModuleType("dssn_jax")
       package.__path__ = [{str(Path(analysis.__file__).parent)!r}]
       sys.modules["dssn_jax"] = package
-      import dssn_jax.analysis
+      import dssn_jax.reports.analysis
       heavy = [m for m in sys.modules
                if m.split(".")[0] in ("jax", "tensorflow", "matplotlib")]
       assert not heavy, heavy

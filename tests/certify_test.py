@@ -195,7 +195,7 @@ def test_memory_bounded_by_one_chunk():
   def temp_bytes(sigma):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
-    lowered, _ = dssn_jax.certify.lower_counts(
+    lowered, _ = dssn_jax.core.certify.lower_counts(
         apply_fn, x, v, spec, chunk_size=32
     )
     compiled = lowered.compile()
@@ -512,7 +512,7 @@ def test_compile_only_compiles_without_running(method):
           apply_fn, x, spec, jax.random.key(2), noise=method, num_samples=40
       )
       total = 40
-    with dssn_jax.certify.compile_only():
+    with dssn_jax.core.certify.compile_only():
       placeholder = np.asarray(count())
     assert not runs
     np.testing.assert_array_equal(placeholder[:, 0], total)
@@ -526,7 +526,7 @@ def test_compile_only_compiles_without_running(method):
     if method == "dssn":
       np.testing.assert_array_equal(counts, naive_counts(linear, x, v, spec))
       # Under the caller's jit the call is part of its program: true counts.
-      with dssn_jax.certify.compile_only():
+      with dssn_jax.core.certify.compile_only():
         jitted = jax.jit(lambda x: dssn_jax.dssn_counts(linear, x, v, spec))
         np.testing.assert_array_equal(jitted(x), counts)
   finally:

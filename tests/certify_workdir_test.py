@@ -19,11 +19,11 @@ import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
-from dssn_jax import certify_workdir
-from dssn_jax import checkpoints
-from dssn_jax import input_pipeline
+from dssn_jax.runs import certify_workdir
+from dssn_jax.training import checkpoints
+from dssn_jax.data import input_pipeline
 from dssn_jax import models
-from dssn_jax import results
+from dssn_jax.runs import results
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow

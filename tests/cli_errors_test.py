@@ -15,10 +15,10 @@ import sys
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax import certify_workdir
-from dssn_jax import config_checks
-from dssn_jax import input_pipeline
-from dssn_jax import results
+from dssn_jax.runs import certify_workdir
+from dssn_jax.runtime import config_checks
+from dssn_jax.data import input_pipeline
+from dssn_jax.runs import results
 from tests import certify_workdir_test
 
 REPO = pathlib.Path(__file__).parents[1]

@@ -3,10 +3,17 @@
 import os
 import tempfile
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from dssn_jax.runtime import xla_options
+
+# The tests run in-process what the entry points run, under the same XLA
+# options (results files record them, and a subprocess CLI may resume one).
+xla_options.apply_defaults()
+
 import jax
 import pytest
 
-from dssn_jax import fashion_mnist
+from dssn_jax.data import fashion_mnist
 
 # Many tests compile the same programs (and subprocesses inherit the env var):
 # a persistent compilation cache keeps the suite fast.

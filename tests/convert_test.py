@@ -1,4 +1,4 @@
-"""Tests for dssn_jax.convert and experiments/convert_torch.py.
+"""Tests for dssn_jax.training.convert and experiments/convert_torch.py.
 
 PyTorch models with the authors' key layout (their WRN-40-2, torchvision's
 ResNet-50, both wrapped as `model.module.` + `norm.module.{mu,log_sig}`) get
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 import dssn_jax
-from dssn_jax import checkpoints
-from dssn_jax import convert
+from dssn_jax.training import checkpoints
+from dssn_jax.training import convert
 from dssn_jax.models import layers
 
 from benchmarks import torch_models

@@ -13,17 +13,17 @@ import pytest
 
 import dssn_jax
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax import certify_workdir
-from dssn_jax import checkpoints
-from dssn_jax import datasets
-from dssn_jax import input_pipeline
-from dssn_jax import denoised_report
-from dssn_jax import denoising
+from dssn_jax.runs import certify_workdir
+from dssn_jax.training import checkpoints
+from dssn_jax.data import datasets
+from dssn_jax.data import input_pipeline
+from dssn_jax.reports import denoised
+from dssn_jax.training import denoising
 from dssn_jax import models
-from dssn_jax import results
-from dssn_jax import smoothing
-from dssn_jax import train
-from dssn_jax import train_denoiser
+from dssn_jax.runs import results
+from dssn_jax.core import smoothing
+from dssn_jax.training import train
+from dssn_jax.training import train_denoiser
 from dssn_jax.models import dncnn
 
 
@@ -470,19 +470,19 @@ def test_readme_denoised_example_runs(capsys):
 def test_committed_study_tables_regenerate_from_committed_results():
   repo = pathlib.Path(__file__).parents[1]
   docs = repo / "docs"
-  groups = denoised_report.build_groups(
+  groups = denoised.build_groups(
       str(docs / "denoised" / "results"),
       str(docs / "fashion_mnist" / "results"),
   )
-  tables = denoised_report.report(
-      groups, denoised_report.RADII, denoising.forward_flops(groups)
+  tables = denoised.report(
+      groups, denoised.RADII, denoising.forward_flops(groups)
   )
   assert tables == (docs / "denoised" / "tables.md").read_text()
   assert "# Denoised smoothing on Fashion-MNIST: 1000 test images" in tables
 
 
 def _run(name, sigma, idx, correct, radius):
-  from dssn_jax import analysis  # pylint: disable=g-import-not-at-top
+  from dssn_jax.reports import analysis  # pylint: disable=g-import-not-at-top
 
   idx = np.asarray(idx)
   return analysis.Run(
@@ -506,7 +506,7 @@ def _run(name, sigma, idx, correct, radius):
 def test_report_tables_runs_on_a_subset_separately():
   full = _run("a", 0.5, [0, 10, 20, 30], [1, 1, 1, 0], [0.6, 0.3, 0.1, 0.0])
   part = _run("b", 0.5, [0, 10], [1, 0], [0.3, 0.0])
-  text = denoised_report.report(
+  text = denoised.report(
       {"A": [full], "B": [part]}, (0.25, 0.5), {"A": 1e6, "B": 2e6}
   )
   main, subset = text.split("## 2 of those images")[:2]
@@ -522,4 +522,4 @@ def test_report_tables_runs_on_a_subset_separately():
   assert "| B (σ = 0.5) | 50.0% (50.0% @ σ=0.5) | 0.0% |" in subset
   other = _run("c", 0.5, [5], [1], [0.3])
   with pytest.raises(ValueError, match="not a subset"):
-    denoised_report.report({"A": [full], "C": [other]}, (0.25,), {})
+    denoised.report({"A": [full], "C": [other]}, (0.25,), {})

@@ -8,8 +8,8 @@ import jax
 import pytest
 
 from configs import fashion_mnist
-from dssn_jax import distributed
-from dssn_jax import train
+from dssn_jax.runtime import distributed
+from dssn_jax.training import train
 
 
 def test_single_process_is_the_default_and_needs_nothing():

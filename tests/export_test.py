@@ -25,8 +25,8 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
     import dssn_jax
-    from dssn_jax import certify, models, smoothing, train
-    from dssn_jax import datasets
+    from dssn_jax.core import certify, models, smoothing, train
+    from dssn_jax.data import datasets
     from configs import cifar10, imagenet
 
     PLATFORMS = ("cuda", "tpu")

@@ -1,4 +1,4 @@
-"""Tests for dssn_jax.host_memory (the huge-page malloc tunable)."""
+"""Tests for dssn_jax.runtime.host_memory (the huge-page malloc tunable)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dssn_jax import host_memory
+from dssn_jax.runtime import host_memory
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GLIBC = host_memory._glibc_version()

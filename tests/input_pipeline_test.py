@@ -1,4 +1,4 @@
-"""Tests of dssn_jax.input_pipeline: TFDS pipelines that keep pixels on the
+"""Tests of dssn_jax.data.input_pipeline: TFDS pipelines that keep pixels on the
 uint8 grid.
 
 Fashion-MNIST is the real Debian data, prepared once per session into a
@@ -17,8 +17,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from dssn_jax import fashion_mnist
-from dssn_jax import input_pipeline
+from dssn_jax.data import fashion_mnist
+from dssn_jax.data import input_pipeline
 
 DEBIAN_DIR = fashion_mnist.FASHION_MNIST_MANUAL_DIR
 ONE_PROCESS = dict(process_index=0, process_count=1)
@@ -170,7 +170,7 @@ def test_core_import_stays_free_of_tensorflow():
 @pytest.mark.slow
 def test_dataset_table_and_converter_import_no_tensorflow():
   code = (
-      "import sys; from dssn_jax import convert, datasets; "
+      "import sys; from dssn_jax.training import convert, datasets; "
       "assert 'tensorflow' not in sys.modules, 'TF imported'; "
       "assert datasets.dataset_info('cifar10').input_shape == (32, 32, 3)"
   )

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax import analysis
+from dssn_jax.reports import analysis
 from dssn_jax import jobs
-from dssn_jax import results
+from dssn_jax.runs import results
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Chunk sizing (dssn_jax/memory.py) and the properties it relies on: the
+"""Chunk sizing (dssn_jax/core/chunking.py) and the properties it relies on: the
 vote program's memory does not grow with L, and counts do not depend on the
 chunk size."""
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import dssn_jax
-from dssn_jax import certify
-from dssn_jax import memory
+from dssn_jax.core import certify
+from dssn_jax.core import chunking
 
 
 def _mlp(width=64, classes=5):
@@ -28,13 +28,13 @@ def test_default_forward_batch_depends_on_the_backend():
   cpu = type("Device", (), {"platform": "cpu"})()
   gpu = type("Device", (), {"platform": "gpu"})()
   mib = 2**20
-  assert memory.default_forward_batch(gpu, 20 * mib) == 512
-  assert memory.default_forward_batch(cpu, None) == 512
+  assert chunking.default_forward_batch(gpu, 20 * mib) == 512
+  assert chunking.default_forward_batch(cpu, None) == 512
   # Small activations: the cap; WRN-40-2's ~20 MiB: ~50; huge: the floor.
-  assert memory.default_forward_batch(cpu, 1.2 * mib) == 512
-  assert memory.default_forward_batch(cpu, 20.4 * mib) == 50
-  assert memory.default_forward_batch(cpu, 300 * mib) == (
-      memory.CPU_MIN_FORWARD_BATCH
+  assert chunking.default_forward_batch(cpu, 1.2 * mib) == 512
+  assert chunking.default_forward_batch(cpu, 20.4 * mib) == 50
+  assert chunking.default_forward_batch(cpu, 300 * mib) == (
+      chunking.CPU_MIN_FORWARD_BATCH
   )
 
 
@@ -43,30 +43,30 @@ def test_auto_chunk_size_follows_the_memory_budget():
   shape = (4, 4, 3)
   facts = certify._classifier_facts(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
-  forward = memory.default_forward_batch(  # These tests run on a CPU.
+  forward = chunking.default_forward_batch(  # These tests run on a CPU.
       bytes_per_input=per_input
   )
-  unlimited = memory.auto_chunk_size(
+  unlimited = chunking.auto_chunk_size(
       apply_fn, params, shape, 4, 1000, memory_budget=None
   )
-  assert unlimited == memory.default_chunk_size(4, 1000, forward)
+  assert unlimited == chunking.default_chunk_size(4, 1000, forward)
   # A budget for ~8 noisy inputs (the bound from the jaxpr is larger than
   # the activations, so the chunk only gets smaller).
-  small = memory.auto_chunk_size(
+  small = chunking.auto_chunk_size(
       apply_fn, params, shape, 4, 1000, memory_budget=8 * per_input
   )
   assert 1 <= small < unlimited
   assert (
-      memory.auto_chunk_size(apply_fn, params, shape, 4, 1000, memory_budget=1)
+      chunking.auto_chunk_size(apply_fn, params, shape, 4, 1000, memory_budget=1)
       == 1
   )
   # Over a mesh: each device's share of the batch, or of the samples.
-  assert memory.auto_chunk_size(
+  assert chunking.auto_chunk_size(
       apply_fn, params, shape, 8, 1000, devices=4, memory_budget=None
-  ) == memory.default_chunk_size(2, 1000, forward)
-  assert memory.auto_chunk_size(
+  ) == chunking.default_chunk_size(2, 1000, forward)
+  assert chunking.auto_chunk_size(
       apply_fn, params, shape, 1, 1000, devices=4, memory_budget=None
-  ) == memory.default_chunk_size(1, 250, forward)
+  ) == chunking.default_chunk_size(1, 250, forward)
 
 
 def test_counts_do_not_depend_on_the_chunk_sizing():

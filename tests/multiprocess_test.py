@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from dssn_jax import checkpoints
-from dssn_jax import results
+from dssn_jax.training import checkpoints
+from dssn_jax.runs import results
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Tests of dssn_jax/reference_archive.py on a small synthetic tree laid out
+"""Tests of dssn_jax/reports/reference_archive.py on a small synthetic tree laid out
 like the authors' repository (checkpoints/<run>/*.npy)."""
 
 import json
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from dssn_jax import analysis
-from dssn_jax import reference_archive
+from dssn_jax.reports import analysis
+from dssn_jax.reports import reference_archive
 
 IMAGES, CLASSES = 12, 10
 

@@ -1,4 +1,4 @@
-"""Tests of the per-image results files (dssn_jax/results.py)."""
+"""Tests of the per-image results files (dssn_jax/runs/results.py)."""
 
 import json
 import os
@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from dssn_jax import analysis
-from dssn_jax import results as results_lib
-from dssn_jax.results import ResultsWriter
+from dssn_jax.reports import analysis
+from dssn_jax.runs import results as results_lib
+from dssn_jax.runs.results import ResultsWriter
 
 RESULTS_PY = Path(results_lib.__file__)
 META = {
@@ -460,6 +460,6 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
 
 
 def test_method_names_agree_with_their_home():
-  from dssn_jax import methods  # pylint: disable=g-import-not-at-top
+  from dssn_jax.core import methods  # pylint: disable=g-import-not-at-top
 
   assert results_lib.METHODS == methods.METHODS

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from dssn_jax import clopper_pearson
-from dssn_jax import results
-from dssn_jax import sample_size_report
+from dssn_jax.core import clopper_pearson
+from dssn_jax.runs import results
+from dssn_jax.reports import sample_size
 
 ALPHA = 0.001
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,15 +60,15 @@ def test_estimate_equals_the_large_run_at_the_same_frequencies(tmp_path):
   _write_run(
       tmp_path / "large.tsv", n=100_000, successes=[200 * k for k in SMALL]
   )
-  c = sample_size_report.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
+  c = sample_size.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
   np.testing.assert_allclose(c.radius_estimate, c.radius_large, atol=1e-9)
   # At N = 500, 0.51 abstains; at 100,000 it certifies (just).
   assert c.radius_small[3] < 0 < c.radius_large[3]
   assert c.radius_large[4] < 0  # Below 1/2: abstains at any N.
-  agreement = sample_size_report.agreement(c)
+  agreement = sample_size.agreement(c)
   assert agreement["both_certify"] == 4 and agreement["max_abs_gap"] < 1e-9
   assert c.certified(c.radius_large, 0.0).tolist() == [1, 1, 1, 1, 0]
-  markdown = sample_size_report.report_markdown([c], [0.0, 0.5])
+  markdown = sample_size.report_markdown([c], [0.0, 0.5])
   assert "| 0.5 | N = 500 | 60 | 40 |" in markdown
   assert "| 0.5 | N = 100,000, certified | 80 | 40 |" in markdown
   # idx 300 at N = 500; idx 400 at N = 500, estimated and at 100,000.
@@ -84,12 +84,12 @@ def test_other_images_or_classifier_are_refused(tmp_path):
       skip=10,
   )
   with pytest.raises(ValueError, match="other images"):
-    sample_size_report.compare(
+    sample_size.compare(
         tmp_path / "small.tsv", tmp_path / "other_images.tsv"
     )
   _write_run(tmp_path / "other_step.tsv", n=100_000, successes=SMALL, step=7)
   with pytest.raises(ValueError, match="checkpoint_step"):
-    sample_size_report.compare(
+    sample_size.compare(
         tmp_path / "small.tsv", tmp_path / "other_step.tsv"
     )
 
@@ -146,7 +146,7 @@ def test_exact_run_row_on_the_same_images(tmp_path):
   _write_run(
       tmp_path / "large.tsv", n=100_000, successes=[200 * k for k in SMALL]
   )
-  c = sample_size_report.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
+  c = sample_size.compare(tmp_path / "small.tsv", tmp_path / "large.tsv")
   # An exact run on every 50th image (a superset): radii 0.1 .. 1.0, one
   # image misclassified.
   idx = np.arange(10) * 50
@@ -169,12 +169,12 @@ def test_exact_run_row_on_the_same_images(tmp_path):
             "count_runner_up": np.full(10, 41),
         }
     )
-  exact = sample_size_report.load_exact(tmp_path / "dssn.tsv")
-  table = sample_size_report.summary_markdown([c], [0.0, 0.5], [exact])
+  exact = sample_size.load_exact(tmp_path / "dssn.tsv")
+  table = sample_size.summary_markdown([c], [0.0, 0.5], [exact])
   # Images 0, 100 (wrong), 200, 300, 400: radii 0.1, -, 0.5, 0.7, 0.9.
   assert "| 0.5 | DSSN (exact), same images | 80 | 60 |" in table
   with pytest.raises(ValueError, match="not an exact"):
-    sample_size_report.load_exact(tmp_path / "small.tsv")
-  exact_elsewhere = sample_size_report.ExactRun(0.5, idx + 1, radius)
+    sample_size.load_exact(tmp_path / "small.tsv")
+  exact_elsewhere = sample_size.ExactRun(0.5, idx + 1, radius)
   with pytest.raises(ValueError, match="lacks images"):
-    sample_size_report.summary_markdown([c], [0.0], [exact_elsewhere])
+    sample_size.summary_markdown([c], [0.0], [exact_elsewhere])

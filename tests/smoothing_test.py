@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dssn_jax
-from dssn_jax import smoothing
+from dssn_jax.core import smoothing
 
 
 def sigma_for_levels(levels, q):

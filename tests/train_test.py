@@ -13,9 +13,9 @@ import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
-from dssn_jax import checkpoints
-from dssn_jax import fashion_mnist
-from dssn_jax import train
+from dssn_jax.training import checkpoints
+from dssn_jax.data import fashion_mnist
+from dssn_jax.training import train
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow

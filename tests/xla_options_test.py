@@ -1,4 +1,4 @@
-"""Tests for dssn_jax.xla_options and the computation record of results."""
+"""Tests for dssn_jax.runtime.xla_options and the computation record of results."""
 
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 from absl import logging
 import pytest
 
-from dssn_jax import certify_workdir
-from dssn_jax import results
-from dssn_jax import xla_options
+from dssn_jax.runs import certify_workdir
+from dssn_jax.runs import results
+from dssn_jax.runtime import xla_options
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOGUS = "--xla_cpu_no_such_option_for_dssn_tests=1"
@@ -87,7 +87,7 @@ def test_computation_record():
 def test_unknown_flag_never_aborts_the_process():
   # XLA aborts on an unknown flag in XLA_FLAGS: the guard must keep it out.
   code = (
-      "from dssn_jax import xla_options; import os, jax; "
+      "from dssn_jax.runtime import xla_options; import os, jax; "
       f"xla_options.apply_defaults(({_BOGUS!r},)); "
       "print(len(jax.devices()), os.environ.get('XLA_FLAGS'))"
   )

@@ -37,13 +37,13 @@ import numpy as np
 import optax
 import tqdm
 
-from dssn_jax import certify
-from dssn_jax import checkpoints
-from dssn_jax import config_checks
-from dssn_jax import distributed
-from dssn_jax import input_pipeline
+from dssn_jax.core import certify
+from dssn_jax.training import checkpoints
+from dssn_jax.runtime import config_checks
+from dssn_jax.runtime import distributed
+from dssn_jax.data import input_pipeline
 from dssn_jax import models
-from dssn_jax import smoothing
+from dssn_jax.core import smoothing
 
 METRICS_FILE = "metrics.jsonl"
 # Fields a resumed run must share with its checkpoint.
@@ -634,7 +634,7 @@ def run_steps(
     The final state.
   """
   # Imported here, after the input pipeline: clu imports TensorFlow, which
-  # dssn_jax.quiet_tensorflow imports with its C++ start-up lines silenced.
+  # dssn_jax.data.quiet_tensorflow imports with its C++ start-up lines silenced.
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
 
   writer = metric_writers.create_default_writer(

@@ -6,7 +6,7 @@ empirical frequencies (`analysis.at_sample_size`). This report checks that
 estimate image for image: one classifier certified twice on the same images,
 at the small N and at the large one (same n0, alpha and seed, so the same
 selected classes), beside the estimate from the small run. JAX-free, like
-`dssn_jax.analysis`.
+`dssn_jax.reports.analysis`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dssn_jax import clopper_pearson
-from dssn_jax import results
+from dssn_jax.core import clopper_pearson
+from dssn_jax.runs import results
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax.methods import NOISE_KINDS
+from dssn_jax.core.methods import NOISE_KINDS
 
 OFFSET_LAYOUTS = ("jax", "torch")
 

@@ -17,7 +17,7 @@ of the classifier's weights. Every random choice is a function of the seed
 and the step, and the input pipeline skips to any step, so a run killed and
 resumed from its last checkpoint ends with the same parameters as an
 uninterrupted one. Adam with a cosine schedule, data parallel over all
-devices like `dssn_jax.train`.
+devices like `dssn_jax.training.train`.
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dssn_jax import checkpoints
-from dssn_jax import denoising
-from dssn_jax import input_pipeline
-from dssn_jax import methods
+from dssn_jax.training import checkpoints
+from dssn_jax.training import denoising
+from dssn_jax.data import input_pipeline
+from dssn_jax.core import methods
 from dssn_jax import models
-from dssn_jax import smoothing
-from dssn_jax import train
+from dssn_jax.core import smoothing
+from dssn_jax.training import train
 
 # A denoiser learns to undo noise: every noise kind but "none".
 TRAINING_NOISES = tuple(k for k in methods.NOISE_KINDS if k != "none")

@@ -2,7 +2,7 @@
 certified accuracy.
 
 Pure NumPy: nothing here imports JAX, TensorFlow or matplotlib, so reading
-results stays light. Tables and plots are in dssn_jax/analysis.py.
+results stays light. Tables and plots are in dssn_jax/reports/analysis.py.
 
 Results file format
 -------------------
@@ -338,7 +338,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
   except FileNotFoundError:
     raise FileNotFoundError(
         f"{path} has no metadata sidecar {meta_path.name}; it was not written "
-        "by dssn_jax.results.ResultsWriter."
+        "by dssn_jax.runs.results.ResultsWriter."
     ) from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{meta_path}: not valid JSON ({e}).") from None

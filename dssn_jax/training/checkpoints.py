@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dssn_jax import models
-from dssn_jax import smoothing
+from dssn_jax.core import smoothing
 
 CHECKPOINT_DIR = "checkpoints"
 # The fields that define the smoothed classifier; certification and resumed

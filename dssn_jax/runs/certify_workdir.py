@@ -44,17 +44,17 @@ import jax
 import numpy as np
 import tqdm
 
-from dssn_jax import certify
-from dssn_jax import checkpoints
-from dssn_jax import config_checks
-from dssn_jax import denoising
-from dssn_jax import distributed
-from dssn_jax import input_pipeline
-from dssn_jax import memory
-from dssn_jax import methods
-from dssn_jax import results
-from dssn_jax import smoothing
-from dssn_jax import xla_options
+from dssn_jax.core import certify
+from dssn_jax.training import checkpoints
+from dssn_jax.runtime import config_checks
+from dssn_jax.training import denoising
+from dssn_jax.runtime import distributed
+from dssn_jax.data import input_pipeline
+from dssn_jax.core import chunking
+from dssn_jax.core import methods
+from dssn_jax.runs import results
+from dssn_jax.core import smoothing
+from dssn_jax.runtime import xla_options
 
 
 def results_path(workdir: str, config) -> str:
@@ -188,7 +188,7 @@ def batching_record(config, classifier, spec, mesh) -> dict[str, Any]:
   chunk = (
       cfg.chunk_size
       if cfg.chunk_size > 0
-      else memory.auto_chunk_size(
+      else chunking.auto_chunk_size(
           classifier.apply_fn,
           classifier.variables,
           tuple(classifier.metadata["input_shape"]),

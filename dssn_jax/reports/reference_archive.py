@@ -29,7 +29,7 @@ from pathlib import Path
 from absl import logging
 import numpy as np
 
-from dssn_jax import analysis
+from dssn_jax.reports import analysis
 
 ARCHIVE_NAME = "levine_feizi_2021_certificates.npz"
 RUNS_NAME = "levine_feizi_2021_runs.json"

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from dssn_jax.quiet_tensorflow import tf
-from dssn_jax.quiet_tensorflow import tfds
+from dssn_jax.data.quiet_tensorflow import tf
+from dssn_jax.data.quiet_tensorflow import tfds
 
 FASHION_MNIST_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 

@@ -8,7 +8,7 @@ randomized baselines) hold for it unchanged:
 
   apply_fn = lambda p, x: f(p["clf"], D(p["den"], x))
 
-This module restores a denoiser trained by `dssn_jax.train_denoiser`, checks
+This module restores a denoiser trained by `dssn_jax.training.train_denoiser`, checks
 that its smoothing agrees with the classifier's (a classifier trained without
 noise has none to agree with), and composes the two into one
 `checkpoints.Classifier` whose smoothing is the denoiser's.
@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax import checkpoints
-from dssn_jax import datasets
+from dssn_jax.training import checkpoints
+from dssn_jax.data import datasets
 from dssn_jax import models
-from dssn_jax import smoothing
+from dssn_jax.core import smoothing
 
 OBJECTIVES = ("mse", "stability")
 # Fields of a denoiser checkpoint's metadata beyond the smoothing metadata.

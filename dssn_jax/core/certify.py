@@ -10,9 +10,9 @@ Over a device mesh the batch is split across devices with `shard_map`; a batch
 smaller than the device count splits the noise samples instead and sums the
 counts with `psum`. Counts are integers, so every split gives the same counts.
 
-Without an explicit `chunk_size`, `memory.auto_chunk_size` picks one that
+Without an explicit `chunk_size`, `chunking.auto_chunk_size` picks one that
 fits the device's memory, and on CPUs keeps a forward pass's activations
-near the caches (`memory.default_forward_batch`).
+near the caches (`chunking.default_forward_batch`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax import memory
-from dssn_jax import smoothing
-from dssn_jax.clopper_pearson import clopper_pearson_lower
-from dssn_jax.methods import RANDOMIZED_NOISE_KINDS
-from dssn_jax.smoothing import SmoothingSpec
+from dssn_jax.core import chunking
+from dssn_jax.core import smoothing
+from dssn_jax.core.clopper_pearson import clopper_pearson_lower
+from dssn_jax.core.methods import RANDOMIZED_NOISE_KINDS
+from dssn_jax.core.smoothing import SmoothingSpec
 
 # Inputs within this many ulps of their dtype of a grid value a/q are on the
 # grid: float rounding of a/q, however computed, is within 1.3 ulps.
@@ -193,10 +193,10 @@ def _check_logits(out, input_shape, batch: int) -> None:
     )
 
 
-def _classifier_facts(apply_fn, params, input_shape) -> memory.ForwardFacts:
-  """`memory.ForwardFacts` of apply_fn (traced once); checks its logits."""
-  facts = memory.classifier_facts(apply_fn, params, input_shape)
-  _check_logits(facts.logits, input_shape, memory.FACTS_BATCH)
+def _classifier_facts(apply_fn, params, input_shape) -> chunking.ForwardFacts:
+  """`chunking.ForwardFacts` of apply_fn (traced once); checks its logits."""
+  facts = chunking.classifier_facts(apply_fn, params, input_shape)
+  _check_logits(facts.logits, input_shape, chunking.FACTS_BATCH)
   return facts
 
 
@@ -318,7 +318,7 @@ def _vote_counts(
     make_noisy: (x_rows, row_ids, aux, item) -> noisy rows (static).
     num_items: number of noise items per input (L for DSSN, N for sampling).
     chunk_size: items per forward pass; None picks `default_chunk_size`
-      (the public functions pass `memory.auto_chunk_size`).
+      (the public functions pass `chunking.auto_chunk_size`).
     mesh: device mesh or None for the default device.
     grid_q: inputs must lie on the 1/grid_q grid (None: only in [0, 1]).
     offsets_levels: aux holds offsets that must lie in {0..levels-1}.
@@ -389,14 +389,14 @@ def _vote_counts_and_failures(
     mesh,
 ):
   """`_accumulate_votes` over the mesh: (B, C + 1) counts and failures."""
-  forward = memory.bind(apply_fn, params)
+  forward = chunking.bind(apply_fn, params)
   batch = x.shape[0]
 
   def local_counts(
       x, row_ids, aux, item_start, stride, items, chunk, varying=()
   ):
     noisy = lambda item: make_noisy(x, row_ids, aux, item)
-    chunk = chunk or memory.default_chunk_size(x.shape[0], items)
+    chunk = chunk or chunking.default_chunk_size(x.shape[0], items)
     return _accumulate_votes(
         forward,
         noisy,
@@ -515,7 +515,7 @@ def dssn_counts(
     spec: the smoothing spec.
     params: optional first argument of apply_fn.
     chunk_size: noise samples per forward pass; default
-      `memory.auto_chunk_size`: up to `memory.default_forward_batch()`
+      `chunking.auto_chunk_size`: up to `chunking.default_forward_batch()`
       noisy inputs per forward pass per device, fewer when they would not
       fit its memory.
     mesh: optional device mesh to shard the work over.
@@ -551,7 +551,7 @@ def _dssn_program(apply_fn, x, v, spec, params, chunk_size, mesh, num_items):
   _classifier_facts(apply_fn, params, v.shape)  # Checks the logits' shape.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = memory.auto_chunk_size(
+    chunk_size = chunking.auto_chunk_size(
         apply_fn,
         params,
         v.shape,
@@ -773,7 +773,7 @@ def sample_counts(
   _classifier_facts(apply_fn, params, x.shape[1:])  # Checks the logits.
   chunk_size = _check_chunk_size(chunk_size)
   if chunk_size is None:
-    chunk_size = memory.auto_chunk_size(
+    chunk_size = chunking.auto_chunk_size(
         apply_fn,
         params,
         x.shape[1:],

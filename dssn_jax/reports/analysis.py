@@ -1,6 +1,6 @@
 """Certified-accuracy analysis of results files: runs, tables, plots.
 
-Our results files (dssn_jax/results.py) are grouped into runs by their
+Our results files (dssn_jax/runs/results.py) are grouped into runs by their
 metadata sidecars: one run is one method at one sigma on one dataset, with or
 without stability training, its per-process files merged. The authors'
 published certificates load as runs too, so both compare in one analysis.
@@ -9,7 +9,7 @@ best certified accuracy over sigma at each radius; certified accuracy per run;
 seconds per image) and PNG plots.
 
 An image is certified at radius r when predict == label and radius >= r, so an
-abstention never counts (`dssn_jax.results.certified_accuracy`). Pure NumPy;
+abstention never counts (`dssn_jax.runs.results.certified_accuracy`). Pure NumPy;
 matplotlib is imported only by the plotting functions, and nothing here
 imports JAX or TensorFlow.
 
@@ -38,8 +38,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from absl import logging
 import numpy as np
 
-from dssn_jax import results as results_lib
-from dssn_jax import clopper_pearson
+from dssn_jax.runs import results as results_lib
+from dssn_jax.core import clopper_pearson
 
 DEFAULT_RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
 

@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dssn_jax import checkpoints
-from dssn_jax import datasets
+from dssn_jax.training import checkpoints
+from dssn_jax.data import datasets
 from dssn_jax import models
-from dssn_jax import smoothing
+from dssn_jax.core import smoothing
 
 ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet110_zero_pad", "resnet50")
 # The torch name of the classifier layer (our models call it `fc`).

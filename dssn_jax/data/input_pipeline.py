@@ -81,12 +81,12 @@ from collections.abc import Iterator
 from absl import logging
 import numpy as np
 
-from dssn_jax import fashion_mnist
-from dssn_jax.quiet_tensorflow import tf
-from dssn_jax.quiet_tensorflow import tfds
-from dssn_jax.datasets import dataset_info
-from dssn_jax.datasets import DatasetInfo
-from dssn_jax.datasets import KNOWN_DATASETS
+from dssn_jax.data import fashion_mnist
+from dssn_jax.data.quiet_tensorflow import tf
+from dssn_jax.data.quiet_tensorflow import tfds
+from dssn_jax.data.datasets import dataset_info
+from dssn_jax.data.datasets import DatasetInfo
+from dssn_jax.data.datasets import KNOWN_DATASETS
 
 __all__ = [
     "DatasetInfo",
@@ -137,7 +137,7 @@ def hide_tf_from_accelerators() -> None:
       if tf.config.get_visible_devices(kind):
         logging.warning(
             "TensorFlow already initialized its %s devices; could not hide "
-            "them. Call dssn_jax.input_pipeline.hide_tf_from_accelerators() "
+            "them. Call dssn_jax.data.input_pipeline.hide_tf_from_accelerators() "
             "earlier.",
             kind,
         )

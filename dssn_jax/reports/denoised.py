@@ -6,7 +6,7 @@ group's sigmas, with the clean accuracy and sigma of the run that achieves
 it. Rows compare like with like: the main table holds the runs on the full
 image set, and runs on a subset of it get a table of their own on that
 subset, next to every other run restricted to the same images. JAX-free,
-like `dssn_jax.analysis`.
+like `dssn_jax.reports.analysis`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from dssn_jax import analysis
+from dssn_jax.reports import analysis
 
 # The study's layout (experiments/denoised_study.sh).
 SIGMAS = ("0.25", "0.5")
