@@ -1,6 +1,14 @@
-"""Shared fixtures: the real Fashion-MNIST (from Debian's package) in TFDS."""
+"""Shared test helpers: the repo root, the environment of CPU subprocesses
+with fake devices, the real Fashion-MNIST (from Debian's package) in TFDS
+and a mock CIFAR-10.
+
+Test modules import the plain helpers with `from tests.conftest import ...`
+(tests/ is a package, so this is the module pytest loads).
+"""
 
 import os
+import pathlib
+import sys
 import tempfile
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -25,6 +33,43 @@ jax.config.update(
     "jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"]
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+# The repository's root: subprocesses run there (`python -m experiments.X`).
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cpu_subprocess_env(devices: int | None = None, **extra: str) -> dict:
+  """The environment for a subprocess of a test: this one's (with the XLA
+  options in force, the compilation cache and the repo on PYTHONPATH), on
+  the CPU, with `devices` fake devices when given, plus `extra`."""
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p
+  )
+  if devices is not None:
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "")
+        + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+  env.update(extra)
+  return env
+
+
+def run_python(args, *, env=None, timeout=600, **kwargs):
+  """Runs `python args...` from the repo root with captured text output."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+
+  return subprocess.run(
+      [sys.executable, *args],
+      cwd=REPO_ROOT,
+      env=cpu_subprocess_env() if env is None else env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+      **kwargs,
+  )
 
 
 @pytest.fixture(scope="session")
