@@ -1,24 +1,61 @@
-"""Tests for dssn_jax.runtime.xla_options and the computation record of results."""
+"""Tests for dssn_jax.runtime.xla_options and the computation record of
+results."""
 
 import os
-import subprocess
-import sys
 
 from absl import logging
 import pytest
 
-from dssn_jax.runs import certify_workdir
-from dssn_jax.runs import results
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_writer
+from dssn_jax.runs import run_records
 from dssn_jax.runtime import xla_options
+from tests.conftest import run_python
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOGUS = "--xla_cpu_no_such_option_for_dssn_tests=1"
 
 
 def test_jaxlib_knows_its_flags_and_not_others():
   assert xla_options.jaxlib_knows(xla_options.DEFAULT_FLAGS[0])
   assert xla_options.jaxlib_knows("--xla_force_host_platform_device_count=2")
-  assert not xla_options.jaxlib_knows(_BOGUS)
+  assert not xla_options.jaxlib_knows(_BOGUS)  # Tried in a child process.
+
+
+def test_tested_flags_table_holds_for_the_installed_jaxlib():
+  """Each flag the table says this jaxlib accepts does start a backend
+  (the check to rerun when setup.sh's jaxlib pin moves)."""
+  version = xla_options._jaxlib_version()  # pylint: disable=protected-access
+  tested = [
+      flag
+      for flag, versions in xla_options.TESTED_FLAGS.items()
+      if version in versions
+  ]
+  assert tested, f"jaxlib {version} is in no row of TESTED_FLAGS"
+  for name in tested:
+    flag = next(
+        (f for f in xla_options.DEFAULT_FLAGS if f.startswith(name + "=")),
+        name + "=2",
+    )
+    accepted = xla_options._accepted_by_backend.__wrapped__(flag)  # pylint: disable=protected-access
+    assert accepted, f"jaxlib {version} refuses {flag}"
+
+
+def test_importing_the_library_changes_nothing_in_the_process():
+  """`import dssn_jax` leaves os.environ as `import jax` left it, starts no
+  backend and imports no TensorFlow."""
+  code = (
+      "import os, sys, jax; before = dict(os.environ); "
+      "import dssn_jax, dssn_jax.core.chunking, dssn_jax.core.methods; "
+      "from dssn_jax.runtime import xla_options; "
+      "assert dict(os.environ) == before, set(os.environ.items()) ^ "
+      "set(before.items()); "
+      "assert not xla_options._backend_started(); "
+      "assert 'tensorflow' not in sys.modules; print('clean')"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = run_python(["-c", code], env=env, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "clean"
 
 
 @pytest.fixture
@@ -87,29 +124,23 @@ def test_computation_record():
 def test_unknown_flag_never_aborts_the_process():
   # XLA aborts on an unknown flag in XLA_FLAGS: the guard must keep it out.
   code = (
-      "from dssn_jax.runtime import xla_options; import os, jax; "
-      f"xla_options.apply_defaults(({_BOGUS!r},)); "
-      "print(len(jax.devices()), os.environ.get('XLA_FLAGS'))"
+      "import os, dssn_jax, jax; "
+      "from dssn_jax.runtime import xla_options; "
+      f"dssn_jax.use_cpu_defaults(({_BOGUS!r},) + xla_options.DEFAULT_FLAGS);"
+      " print(len(jax.devices()), os.environ.get('XLA_FLAGS'))"
   )
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  result = subprocess.run(
-      [sys.executable, "-c", code],
-      cwd=_REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=120,
-      check=False,
-  )
+  result = run_python(["-c", code], env=env, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split()[0] == "1"
   assert "no_such_option" not in result.stdout
-  assert xla_options.DEFAULT_FLAGS[0] in result.stdout  # Import applied it.
+  # The documented call applied the defaults (the import alone does not).
+  assert xla_options.DEFAULT_FLAGS[0] in result.stdout
 
 
 def _results_file(tmp_path):
   path = str(tmp_path / "certify_dssn.tsv")
-  with results.ResultsWriter(path, "dssn", {"sigma": 0.5}):
+  with results_writer.ResultsWriter(path, "dssn", {"sigma": 0.5}):
     pass
   return path
 
@@ -117,26 +148,26 @@ def _results_file(tmp_path):
 def test_resume_under_other_computation_is_refused(tmp_path):
   path = _results_file(tmp_path)
   record = xla_options.computation_record("float32")
-  certify_workdir._check_computation(path, record, allow_other=False)
-  certify_workdir._check_computation(path, record, allow_other=False)  # Same.
+  run_records.check_computation(path, record, allow_other=False)
+  run_records.check_computation(path, record, allow_other=False)  # Same.
   other = dict(record, xla_flags="")
   with pytest.raises(
       ValueError,
       match=r"xla_flags: .* then, '' now.*" r"allow_other_computation=True",
   ):
-    certify_workdir._check_computation(path, other, allow_other=False)
-  assert results.read_metadata(path)["computation"] == [record]
+    run_records.check_computation(path, other, allow_other=False)
+  assert results_metadata.read_metadata(path)["computation"] == [record]
 
 
 def test_resume_under_other_computation_when_allowed(tmp_path, monkeypatch):
   path = _results_file(tmp_path)
   record = xla_options.computation_record("float32")
-  certify_workdir._check_computation(path, record, allow_other=False)
+  run_records.check_computation(path, record, allow_other=False)
   other = dict(record, compute_dtype="bfloat16")
   warnings = []
   monkeypatch.setattr(
       logging, "warning", lambda msg, *args: warnings.append(msg % args)
   )
-  certify_workdir._check_computation(path, other, allow_other=True)
+  run_records.check_computation(path, other, allow_other=True)
   assert "compute_dtype: 'float32' then, 'bfloat16' now" in warnings[0]
-  assert results.read_metadata(path)["computation"] == [record, other]
+  assert results_metadata.read_metadata(path)["computation"] == [record, other]
