@@ -53,7 +53,7 @@ def get_config(arg: str | None = None):
   config.study.stability_noises = ("dssn", "uniform")
   config.study.stability_sigma = 0.5
   # Also tabulate the randomized runs at the paper's N, at the same empirical
-  # frequencies (an estimate; analysis.at_sample_size). 0: no such table.
+  # frequencies (an estimate; estimate.at_sample_size). 0: no such table.
   config.study.what_if_n = 100_000
   if arg == "smoke":
     common.smoke(config)

@@ -15,7 +15,8 @@ comparison. Writes tables.md and PNG plots into --outdir and prints the tables.
 from absl import app
 from absl import flags
 
-from dssn_jax.reports import analysis
+from dssn_jax.reports import analyze
+from dssn_jax.reports import tables
 
 _RESULTS = flags.DEFINE_list(
     "results", [], "Results files, directories or globs (comma-separated)."
@@ -33,7 +34,7 @@ _DATASET = flags.DEFINE_string(
 )
 _RADII = flags.DEFINE_list(
     "radii",
-    [str(r) for r in analysis.DEFAULT_RADII],
+    [str(r) for r in tables.DEFAULT_RADII],
     "l1 radii of the tables (comma-separated).",
 )
 _OUTDIR = flags.DEFINE_string(
@@ -57,7 +58,7 @@ def main(argv):
         f"--radii must be numbers, got {_RADII.value}"
     ) from None
   try:
-    markdown = analysis.analyze(
+    markdown = analyze.analyze(
         results=_RESULTS.value,
         reference=_REFERENCE.value,
         outdir=_OUTDIR.value,

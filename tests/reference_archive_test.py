@@ -1,15 +1,13 @@
-"""Tests of dssn_jax/reports/reference_archive.py on a small synthetic tree laid out
-like the authors' repository (checkpoints/<run>/*.npy)."""
+"""Tests of dssn_jax/reports/reference_archive.py on a small synthetic tree
+laid out like the authors' repository (checkpoints/<run>/*.npy)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from dssn_jax.reports import analysis
 from dssn_jax.reports import reference_archive
+from tests.conftest import run_python
 
 IMAGES, CLASSES = 12, 10
 
@@ -80,7 +78,7 @@ def test_archive_holds_every_run_as_the_analysis_reads_it(
       assert archive[f"{name}__predicted"].dtype == np.int16
       np.testing.assert_array_equal(archive[f"{name}__predicted"], predicted)
       np.testing.assert_array_equal(archive[f"{name}__radius_l1"], radius)
-  runs = analysis.load_reference_runs(tmp_path / "out")
+  runs = reference_archive.load_reference_runs(tmp_path / "out")
   assert sorted(runs) == sorted(written)
   dssn = runs["cifar_split_derandomized_0.25"]
   assert (dssn.method, dssn.sigma, dssn.stabilized) == ("dssn", 0.25, False)
@@ -102,9 +100,9 @@ def test_checkpoints_directory_itself_is_accepted(authors_repo, tmp_path):
   reference_archive.build_reference_archive(
       repo / "checkpoints", tmp_path / "out"
   )
-  assert sorted(analysis.load_reference_runs(tmp_path / "out")) == sorted(
-      written
-  )
+  assert sorted(
+      reference_archive.load_reference_runs(tmp_path / "out")
+  ) == sorted(written)
 
 
 def test_runs_with_different_labels_are_refused(authors_repo, tmp_path):
@@ -134,40 +132,33 @@ def test_no_runs_is_an_error(tmp_path):
 def test_cli_builds_what_analyze_reads(authors_repo, tmp_path):
   repo, _, _ = authors_repo
   out = tmp_path / "reference"
-  subprocess.run(
+  built = run_python(
       [
-          sys.executable,
           "-m",
           "experiments.build_reference",
           f"--authors_repo={repo}",
           f"--outdir={out}",
-      ],
-      check=True,
+      ]
   )
-  analyzed = subprocess.run(
+  assert built.returncode == 0, built.stderr
+  analyzed = run_python(
       [
-          sys.executable,
           "-m",
           "experiments.analyze",
           f"--reference={out}",
           "--dataset=cifar",
           f"--outdir={tmp_path / 'analysis'}",
-      ],
-      check=True,
-      capture_output=True,
-      text=True,
+      ]
   )
+  assert analyzed.returncode == 0, analyzed.stderr
   assert "published" in analyzed.stdout
-  missing = subprocess.run(
+  missing = run_python(
       [
-          sys.executable,
           "-m",
           "experiments.build_reference",
           f"--authors_repo={tmp_path / 'missing'}",
           f"--outdir={out}",
-      ],
-      capture_output=True,
-      text=True,
+      ]
   )
   assert missing.returncode == 1
   assert missing.stderr.strip().startswith("error:")

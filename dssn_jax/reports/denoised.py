@@ -6,7 +6,7 @@ group's sigmas, with the clean accuracy and sigma of the run that achieves
 it. Rows compare like with like: the main table holds the runs on the full
 image set, and runs on a subset of it get a table of their own on that
 subset, next to every other run restricted to the same images. JAX-free,
-like `dssn_jax.reports.analysis`.
+like the rest of `dssn_jax.reports`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from dssn_jax.reports import analysis
+from dssn_jax.reports import certified_runs
+from dssn_jax.reports import estimate
+from dssn_jax.reports import tables
+from dssn_jax.reports.certified_runs import CertifiedRun
+from dssn_jax.reports.certified_runs import format_sigma
 
 # The study's layout (experiments/denoised_study.sh).
 SIGMAS = ("0.25", "0.5")
@@ -68,7 +72,7 @@ def build_groups(results: str, reference: str) -> dict:
   }
 
 
-def load_group(directories: Sequence[str]) -> list[analysis.Run]:
+def load_group(directories: Sequence[str]) -> list[CertifiedRun]:
   """The runs of one row: each directory holds one run's results files.
 
   A directory that does not exist is a run not made (yet): it is left out,
@@ -79,8 +83,8 @@ def load_group(directories: Sequence[str]) -> list[analysis.Run]:
     if not os.path.isdir(directory):
       continue
     found = list(
-        analysis.load_result_runs(
-            analysis.expand_result_paths(directory)
+        certified_runs.load_result_runs(
+            certified_runs.expand_result_paths(directory)
         ).values()
     )
     if len(found) != 1:
@@ -89,7 +93,7 @@ def load_group(directories: Sequence[str]) -> list[analysis.Run]:
   return runs
 
 
-def _image_sets(groups: Mapping[str, Sequence[analysis.Run]]):
+def _image_sets(groups: Mapping[str, Sequence[CertifiedRun]]):
   """The full image set (the largest) and the smaller subsets of it that
   some runs cover; a run on images outside the full set is an error."""
   sets = {}
@@ -112,7 +116,7 @@ def _image_sets(groups: Mapping[str, Sequence[analysis.Run]]):
   return full, sorted(subsets, key=lambda idx: idx.size)
 
 
-def restrict(run: analysis.Run, images: np.ndarray) -> analysis.Run:
+def restrict(run: CertifiedRun, images: np.ndarray) -> CertifiedRun:
   """The run's rows for the given image indices only."""
   keep = np.isin(run.results["idx"], images)
   return dataclasses.replace(
@@ -126,16 +130,8 @@ def _pct(x: float) -> str:
   return f"{100 * x:.1f}%"
 
 
-def _table(header, rows) -> str:
-  lines = [
-      "| " + " | ".join(header) + " |",
-      "|" + "|".join("---" for _ in header) + "|",
-  ]
-  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-
-
 def table1(
-    groups: Mapping[str, Sequence[analysis.Run]],
+    groups: Mapping[str, Sequence[CertifiedRun]],
     radii,
     missing: Mapping[str, str] | None = None,
 ) -> str:
@@ -151,25 +147,24 @@ def table1(
       )
       continue
     cells = []
-    for best in analysis.best_over_sigma(runs, radii):
+    for best in tables.best_over_sigma(runs, radii):
       cells.append(
           _pct(0.0)
           if best.sigma is None
           else f"{_pct(best.accuracy)} ({_pct(best.clean_accuracy)} @ "
-          f"σ={analysis.format_sigma(best.sigma)})"
+          f"σ={format_sigma(best.sigma)})"
       )
     sigmas = ", ".join(
-        analysis.format_sigma(r.sigma)
-        for r in sorted(runs, key=lambda r: r.sigma)
+        format_sigma(r.sigma) for r in sorted(runs, key=lambda r: r.sigma)
     )
     rows.append([f"{label} (σ = {sigmas})"] + cells)
-  return _table(
+  return tables.markdown_table(
       ["Base classifier (σ run)"] + [f"r = {r:g}" for r in radii], rows
   )
 
 
 def per_run(
-    groups: Mapping[str, Sequence[analysis.Run]],
+    groups: Mapping[str, Sequence[CertifiedRun]],
     radii,
     flops: Mapping[str, float],
 ) -> str:
@@ -181,7 +176,7 @@ def per_run(
       rows.append(
           [
               label,
-              analysis.format_sigma(run.sigma),
+              format_sigma(run.sigma),
               str(run.num_images),
               f"{run.method}"
               + (f" N={run.metadata['n']}" if "n" in run.metadata else ""),
@@ -190,7 +185,7 @@ def per_run(
           ]
           + [_pct(a) for a in accuracy]
       )
-  return _table(
+  return tables.markdown_table(
       [
           "Base classifier",
           "σ",
@@ -206,7 +201,7 @@ def per_run(
 
 
 def report(
-    groups: Mapping[str, Sequence[analysis.Run]],
+    groups: Mapping[str, Sequence[CertifiedRun]],
     radii,
     flops: Mapping[str, float],
 ) -> str:
@@ -245,14 +240,14 @@ def report(
     )
   estimated = {}
   for label, runs in on_full.items():
-    scaled = [analysis.at_sample_size(r, WHAT_IF_N) for r in runs]
+    scaled = [estimate.at_sample_size(r, WHAT_IF_N) for r in runs]
     if scaled and all(r is not None for r in scaled):
       estimated[f"{label}, N = {WHAT_IF_N:,} (estimate)"] = scaled
   if estimated:
     text += (
         f"\n## The randomized rows at N = {WHAT_IF_N:,}, estimated\n\n"
         "The same empirical frequencies at the paper's sample size "
-        "(`analysis.at_sample_size`): an estimate of what N = 500 costs "
+        "(`estimate.at_sample_size`): an estimate of what N = 500 costs "
         "the uniform rows, not certificates.\n\n" + table1(estimated, radii)
     )
   return (

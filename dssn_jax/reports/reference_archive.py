@@ -8,7 +8,8 @@ prediction) or `preds.npy` ((images, classes) selection frequencies of a
 randomized run, whose argmax is its prediction) and `time_per.npy` (mean
 seconds per image). Their licence does not allow us to redistribute these
 files, so `build_reference_archive` repacks them from the user's own clone
-into the two files `analysis.load_reference_runs` reads:
+into the two files that `load_reference_runs` reads back as
+`certified_runs.CertifiedRun`s:
 
 - `levine_feizi_2021_certificates.npz`: per run NAME, `NAME__radius_l1`
   (float64) and `NAME__predicted` (int16); per dataset, `cifar__labels` or
@@ -16,8 +17,15 @@ into the two files `analysis.load_reference_runs` reads:
 - `levine_feizi_2021_runs.json`: per run, `images` and `seconds_per_image`.
 
 Run directories whose names are not `{cifar,imagenet}_{split_derandomized,
-split,uniform}_{sigma}[_stabilized]` (`analysis.parse_reference_run_name`)
-are skipped. Pure NumPy: no JAX, no TensorFlow.
+split,uniform}_{sigma}[_stabilized]` (`parse_reference_run_name`; the
+methods' names there are `core.methods`' `reference_name`s) are skipped.
+
+In the published runs, `predict` is the top class even where a randomized
+certifier abstained (its radius is then negative), so `correct.mean()` is
+the paper's "clean accuracy" of randomized runs, while certified accuracy at
+radius 0 excludes abstentions.
+
+Pure NumPy: no JAX, no TensorFlow.
 """
 
 from __future__ import annotations
@@ -25,14 +33,45 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import re
+from typing import Any
 
 from absl import logging
 import numpy as np
 
-from dssn_jax.reports import analysis
+from dssn_jax.core import methods
+from dssn_jax.reports.certified_runs import CertifiedRun
 
 ARCHIVE_NAME = "levine_feizi_2021_certificates.npz"
 RUNS_NAME = "levine_feizi_2021_runs.json"
+
+# The authors' method names, in the order of `core.methods`.
+_REFERENCE_METHODS = tuple(
+    methods.method(name).reference_name for name in methods.METHODS
+)
+_REFERENCE_NAME = re.compile(
+    r"^(?P<dataset>cifar|imagenet)_"
+    rf"(?P<method>{'|'.join(_REFERENCE_METHODS)})_"
+    r"(?P<sigma>\d+(?:\.\d+)?)(?P<stabilized>_stabilized)?$"
+)
+
+
+def parse_reference_run_name(name: str) -> dict[str, Any]:
+  """'cifar_split_derandomized_0.5_stabilized' -> dataset, method, sigma,
+  stabilized (the method as `core.methods` names it: 'dssn')."""
+  m = _REFERENCE_NAME.match(name)
+  if not m:
+    raise ValueError(
+        f"Unrecognised reference run name {name!r}; expected "
+        f"{{cifar,imagenet}}_{{{','.join(_REFERENCE_METHODS)}}}_{{sigma}}"
+        "[_stabilized]."
+    )
+  return {
+      "dataset": m["dataset"],
+      "method": methods.by_reference_name(m["method"]).name,
+      "sigma": float(m["sigma"]),
+      "stabilized": bool(m["stabilized"]),
+  }
 
 
 def _run_dirs(authors_repo: Path) -> list[Path]:
@@ -103,7 +142,7 @@ def build_reference_archive(
   for run_dir in _run_dirs(authors_repo):
     name = run_dir.name
     try:
-      dataset = analysis.parse_reference_run_name(name)["dataset"]
+      dataset = parse_reference_run_name(name)["dataset"]
     except ValueError:
       logging.info("Skipping %s: not a run name of the paper.", run_dir)
       continue
@@ -143,3 +182,102 @@ def build_reference_archive(
   os.replace(outdir / (RUNS_NAME + ".tmp"), outdir / RUNS_NAME)
   logging.info("Wrote %d runs to %s.", len(runs), archive)
   return archive
+
+
+def _find_one(directory: Path, pattern: str) -> Path:
+  found = sorted(directory.glob(pattern))
+  if len(found) != 1:
+    raise ValueError(
+        f"Expected exactly one {pattern} in {directory}, found {found}."
+    )
+  return found[0]
+
+
+def _runs_json_beside(npz_path: Path) -> Path | None:
+  """The runs .json written with the archive: its namesake, or the only
+  *runs.json in its directory; None without one."""
+  candidate = npz_path.with_name(
+      npz_path.name.replace("certificates.npz", "runs.json")
+  )
+  if candidate.exists():
+    return candidate
+  found = sorted(npz_path.parent.glob("*runs.json"))
+  return found[0] if len(found) == 1 else None
+
+
+def _reference_run(name, arrays, timing, npz_path, runs_json) -> CertifiedRun:
+  """Run `name` of the archive's arrays, with its entry of the runs .json."""
+  info = parse_reference_run_name(name)
+  label_key = f"{info['dataset']}__labels"
+  if label_key not in arrays or f"{name}__predicted" not in arrays:
+    raise ValueError(
+        f"{npz_path}: run {name} lacks {label_key} or {name}__predicted."
+    )
+  label = arrays[label_key].astype(np.int64)
+  predict = arrays[f"{name}__predicted"].astype(np.int64)
+  radius = arrays[f"{name}__radius_l1"].astype(np.float64)
+  if not label.shape == predict.shape == radius.shape:
+    raise ValueError(f"{npz_path}: run {name} has arrays of different lengths.")
+  seconds = timing.get(name, {}).get("seconds_per_image")
+  images = timing.get(name, {}).get("images")
+  if images is not None and images != label.size:
+    raise ValueError(
+        f"{runs_json}: {name} has {images} images, the archive {label.size}."
+    )
+  results = {
+      "idx": np.arange(label.size, dtype=np.int64),
+      "label": label,
+      "predict": predict,
+      "radius": radius,
+      "correct": predict == label,
+  }
+  return CertifiedRun(
+      name=name,
+      results=results,
+      source="reference",
+      seconds_per_image=None if seconds is None else float(seconds),
+      **info,
+  )
+
+
+def load_reference_runs(
+    npz_path: str | os.PathLike, runs_json: str | os.PathLike | None = None
+) -> dict[str, CertifiedRun]:
+  """The authors' published per-image certificates, as runs keyed by name.
+
+  Args:
+    npz_path: the certificates archive (ARCHIVE_NAME), or the directory
+      holding it.
+    runs_json: the seconds per image of the runs (RUNS_NAME); by default the
+      `*runs.json` beside the archive.
+
+  Returns:
+    Run name -> its `CertifiedRun` (source 'reference'); image i of a
+    dataset gets idx i (its position in the archive).
+
+  Raises:
+    ValueError: no runs in the archive, a run without its predictions or its
+      dataset's labels, or lengths that disagree.
+  """
+  npz_path = Path(npz_path)
+  if npz_path.is_dir():
+    npz_path = _find_one(npz_path, "*.npz")
+  if runs_json is None:
+    runs_json = _runs_json_beside(npz_path)
+  timing = {}
+  if runs_json is not None:
+    with open(runs_json) as f:
+      timing = json.load(f)
+  else:
+    logging.warning("No runs.json beside %s: no seconds per image.", npz_path)
+  with np.load(npz_path) as archive:
+    arrays = {k: archive[k] for k in archive.files}
+  names = sorted(
+      {k[: -len("__radius_l1")] for k in arrays if k.endswith("__radius_l1")}
+  )
+  if not names:
+    raise ValueError(f"{npz_path}: no runs (no NAME__radius_l1 arrays).")
+  return {
+      name: _reference_run(name, arrays, timing, npz_path, runs_json)
+      for name in names
+  }

@@ -2,11 +2,11 @@
 
 docs/fashion_mnist.md certifies the randomized baselines with N = 500
 estimation samples and estimates what N = 100,000 would give from the same
-empirical frequencies (`analysis.at_sample_size`). This report checks that
+empirical frequencies (`estimate.at_sample_size`). This report checks that
 estimate image for image: one classifier certified twice on the same images,
 at the small N and at the large one (same n0, alpha and seed, so the same
 selected classes), beside the estimate from the small run. JAX-free, like
-`dssn_jax.reports.analysis`.
+the rest of `dssn_jax.reports`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from dssn_jax.core import clopper_pearson
-from dssn_jax.runs import results
+from dssn_jax.core import methods
+from dssn_jax.reports import estimate
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +57,22 @@ def compare(small_path: str | os.PathLike, large_path: str | os.PathLike):
       method, sigma, alpha, n0 and seed on the same images, or their
       selections disagree (then they are not the same classifier).
   """
-  small, large = results.read_results(small_path), results.read_results(
-      large_path
-  )
-  meta_small = results.read_metadata(small_path)
-  meta_large = results.read_metadata(large_path)
+  small = results_reader.read_results(small_path)
+  large = results_reader.read_results(large_path)
+  meta_small = results_metadata.read_metadata(small_path)
+  meta_large = results_metadata.read_metadata(large_path)
   run_small, run_large = meta_small["run"], meta_large["run"]
   same = ("method", "sigma", "alpha", "n0", "seed", "checkpoint_step")
   differ = [k for k in same if run_small.get(k) != run_large.get(k)]
-  if differ or meta_small["method"] == "dssn":
+  if differ or methods.method(meta_small["method"]).exact:
+    why = (
+        f"they differ in {differ}"
+        if differ
+        else f"{meta_small['method']} certificates are exact"
+    )
     raise ValueError(
         f"{small_path} and {large_path} are not the same randomized run at "
-        f"two sample sizes (they differ in {differ or ['method: dssn']})."
+        f"two sample sizes ({why})."
     )
   if not np.array_equal(small["idx"], large["idx"]):
     raise ValueError(
@@ -85,7 +91,7 @@ def compare(small_path: str | os.PathLike, large_path: str | os.PathLike):
     )
   sigma, alpha = float(run_small["sigma"]), float(run_small["alpha"])
   n_small, n_large = int(run_small["n"]), int(run_large["n"])
-  estimate = clopper_pearson.radius_at_n(
+  radius_estimate = estimate.radius_at_n(
       small["p_lower"], n_small, n_large, alpha, math.sqrt(3) * sigma
   )
   return Comparison(
@@ -97,7 +103,7 @@ def compare(small_path: str | os.PathLike, large_path: str | os.PathLike):
       predict=np.maximum(chosen_small, chosen_large),
       p_lower_small=small["p_lower"],
       radius_small=small["radius"],
-      radius_estimate=estimate,
+      radius_estimate=radius_estimate,
       p_lower_large=large["p_lower"],
       radius_large=large["radius"],
   )
@@ -118,10 +124,10 @@ class ExactRun:
 
 def load_exact(path: str | os.PathLike) -> ExactRun:
   """A DSSN results file as an ExactRun (ValueError for other methods)."""
-  meta = results.read_metadata(path)
-  if meta["method"] != "dssn":
+  meta = results_metadata.read_metadata(path)
+  if not methods.method(meta["method"]).exact:
     raise ValueError(f"{path} is not an exact (dssn) run.")
-  rows = results.read_results(path)
+  rows = results_reader.read_results(path)
   radius = np.where(rows["predict"] == rows["label"], rows["radius"], -1.0)
   return ExactRun(float(meta["run"]["sigma"]), rows["idx"], radius)
 

@@ -1,19 +1,17 @@
-"""The report of a randomized run at two sample sizes (sample_size_report)."""
+"""reports/sample_size.py: a randomized run at two sample sizes, image for
+image."""
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from dssn_jax.core import clopper_pearson
-from dssn_jax.runs import results
+from dssn_jax.runs import results_writer
 from dssn_jax.reports import sample_size
+from tests.conftest import run_python
 
 ALPHA = 0.001
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_run(path, *, n, successes, sigma=0.5, skip=100, step=100):
@@ -37,7 +35,7 @@ def _write_run(path, *, n, successes, sigma=0.5, skip=100, step=100):
       "start": 0,
       "max_examples": int(successes.size),
   }
-  with results.ResultsWriter(path, "uniform", meta) as w:
+  with results_writer.ResultsWriter(path, "uniform", meta) as w:
     w.write_rows(
         {
             "idx": idx,
@@ -84,16 +82,13 @@ def test_other_images_or_classifier_are_refused(tmp_path):
       skip=10,
   )
   with pytest.raises(ValueError, match="other images"):
-    sample_size.compare(
-        tmp_path / "small.tsv", tmp_path / "other_images.tsv"
-    )
+    sample_size.compare(tmp_path / "small.tsv", tmp_path / "other_images.tsv")
   _write_run(tmp_path / "other_step.tsv", n=100_000, successes=SMALL, step=7)
   with pytest.raises(ValueError, match="checkpoint_step"):
-    sample_size.compare(
-        tmp_path / "small.tsv", tmp_path / "other_step.tsv"
-    )
+    sample_size.compare(tmp_path / "small.tsv", tmp_path / "other_step.tsv")
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(tmp_path):
   for sigma in (1.0, 0.5):
     run = tmp_path / "runs" / f"uniform_{sigma:g}"
@@ -107,34 +102,24 @@ def test_cli_writes_the_report(tmp_path):
         sigma=sigma,
     )
   out = tmp_path / "full_n.md"
-  done = subprocess.run(
+  done = run_python(
       [
-          sys.executable,
           "-m",
           "experiments.sample_size_table",
           f"--results={tmp_path / 'runs'}",
           f"--out={out}",
-      ],
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      check=False,
+      ]
   )
   assert done.returncode == 0, done.stderr
   text = out.read_text()
   assert text.index("### sigma = 0.5") < text.index("### sigma = 1")
-  missing = subprocess.run(
+  missing = run_python(
       [
-          sys.executable,
           "-m",
           "experiments.sample_size_table",
           f"--results={tmp_path / 'nothing'}",
           f"--out={out}",
-      ],
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      check=False,
+      ]
   )
   assert missing.returncode == 1
   assert missing.stderr.strip().count("\n") == 0, missing.stderr
@@ -153,7 +138,7 @@ def test_exact_run_row_on_the_same_images(tmp_path):
   radius = np.linspace(0.1, 1.0, 10)
   label = np.full(10, 3)
   predict = np.where(idx == 100, 2, 3)
-  with results.ResultsWriter(
+  with results_writer.ResultsWriter(
       tmp_path / "dssn.tsv", "dssn", {"sigma": 0.5, "skip": 50, "start": 0}
   ) as w:
     w.write_rows(
@@ -175,6 +160,8 @@ def test_exact_run_row_on_the_same_images(tmp_path):
   assert "| 0.5 | DSSN (exact), same images | 80 | 60 |" in table
   with pytest.raises(ValueError, match="not an exact"):
     sample_size.load_exact(tmp_path / "small.tsv")
+  with pytest.raises(ValueError, match="dssn certificates are exact"):
+    sample_size.compare(tmp_path / "dssn.tsv", tmp_path / "dssn.tsv")
   exact_elsewhere = sample_size.ExactRun(0.5, idx + 1, radius)
   with pytest.raises(ValueError, match="lacks images"):
     sample_size.summary_markdown([c], [0.0], [exact_elsewhere])
