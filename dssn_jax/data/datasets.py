@@ -1,8 +1,15 @@
-"""The datasets dssn-jax knows: shapes, classes, splits, normalization.
+"""The datasets dssn-jax knows: one table of every per-dataset fact.
 
-A table without TensorFlow, so that code which needs a dataset's facts but
-not its images (the converter, the benchmarks, model construction) imports
-no input pipeline. `input_pipeline` reads the images.
+Shapes, classes, splits and normalization (what models and converters
+need), and how the input pipeline reads each dataset: how it is prepared,
+whether its training split is held in memory, its shuffle buffer, its
+training augmentation, its evaluation resize and where an example's
+original index comes from. The pipeline modules read these fields instead
+of branching on dataset names, so adding a dataset is adding a row here.
+
+This module imports no TensorFlow, so that code which needs a dataset's facts
+but not its images (the converter, the benchmarks, model construction) stays
+free of it.
 """
 
 from __future__ import annotations
@@ -19,10 +26,24 @@ MODEL_DATASETS = {
     "resnet50": "imagenet2012",
 }
 
+# How a dataset that is not prepared in the data dir gets built
+# (`builders.get_builder`).
+PREPARATIONS = (
+    "download",  # TFDS downloads and prepares it.
+    "debian_package",  # From Debian's dataset-fashion-mnist (fashion_mnist.py).
+    "manual_tars",  # From the ILSVRC tars in TFDS's manual dir.
+)
+
+# Training augmentations (`transforms`). "none" and "crop_flip" act on decoded
+# uint8 batches in numpy; "random_resized_crop" acts on one JPEG in TensorFlow
+# (it decodes only the crop window), so only a streamed dataset can use it.
+BATCH_AUGMENTATIONS = ("none", "crop_flip")
+JPEG_AUGMENTATIONS = ("random_resized_crop",)
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """Static facts about a dataset, as the models and CLIs need them.
+  """Static facts about a dataset, as the models, CLIs and pipelines need them.
 
   Attributes:
     name: TFDS name.
@@ -32,6 +53,21 @@ class DatasetInfo:
       internal normalization (applied after the noise).
     train_split, eval_split: TFDS split names.
     num_eval: number of examples in ``eval_split``.
+    preparation: one of :data:`PREPARATIONS`.
+    in_memory: the decoded training split is small enough (<= 150 MB) to be
+      read once into host memory and batched by numpy; False: streamed by
+      tf.data, images still encoded until after the shuffle and the skip.
+    shuffle_buffer: default number of examples in the shuffle buffer of a
+      streamed epoch; None: the whole split (in memory).
+    train_augmentation: one of :data:`BATCH_AUGMENTATIONS` (applied in numpy
+      to each decoded batch) or :data:`JPEG_AUGMENTATIONS` (applied in
+      TensorFlow to each encoded image; needs ``in_memory=False``).
+    eval_resize: evaluation images are resized so that their shorter side
+      is this many pixels (then rounded to uint8) and centre-cropped to
+      ``input_shape``; None: stored at ``input_shape``, only decoded.
+    index_feature: string feature holding the original index of an example
+      as ``"<split>_<index>"`` (e.g. ``"test_00042"``); None: the index is
+      the position in the TFDS split.
   """
 
   name: str
@@ -42,6 +78,12 @@ class DatasetInfo:
   train_split: str
   eval_split: str
   num_eval: int
+  preparation: str
+  in_memory: bool
+  shuffle_buffer: int | None
+  train_augmentation: str
+  eval_resize: int | None = None
+  index_feature: str | None = None
 
 
 _DATASETS = {
@@ -55,6 +97,10 @@ _DATASETS = {
         train_split="train",
         eval_split="test",
         num_eval=10_000,
+        preparation="debian_package",
+        in_memory=True,  # 60,000 x 784 bytes = 47 MB.
+        shuffle_buffer=None,
+        train_augmentation="none",
     ),
     # The constants of Cohen et al. 2019, which the authors' code reuses.
     "cifar10": DatasetInfo(
@@ -66,6 +112,14 @@ _DATASETS = {
         train_split="train",
         eval_split="test",
         num_eval=10_000,
+        preparation="download",
+        in_memory=True,  # 50,000 x 3,072 bytes = 154 MB.
+        shuffle_buffer=None,
+        train_augmentation="crop_flip",
+        # The order of the CIFAR-10 binary batches (torchvision's CIFAR10,
+        # which the reference PyTorch code iterates); TFDS stores the
+        # examples shuffled.
+        index_feature="id",
     ),
     "imagenet2012": DatasetInfo(
         name="imagenet2012",
@@ -76,6 +130,11 @@ _DATASETS = {
         train_split="train",
         eval_split="validation",
         num_eval=50_000,
+        preparation="manual_tars",
+        in_memory=False,
+        shuffle_buffer=10_000,  # ~1 GB of JPEGs.
+        train_augmentation="random_resized_crop",
+        eval_resize=256,
     ),
 }
 

@@ -4,9 +4,9 @@
 (same version, features, splits and record order as a build from the
 upstream archives) from the four idx files of Debian's
 `dataset-fashion-mnist`, so the quickstart and the tests run without network.
-`input_pipeline` calls it when the dataset is not prepared yet, after hiding
-accelerators from TensorFlow; other callers on GPU or TPU machines should call
-`input_pipeline.hide_tf_from_accelerators()` first.
+`builders.get_builder` calls it when the dataset is not prepared yet, after
+hiding accelerators from TensorFlow; other callers on GPU or TPU machines
+should call `quiet_tensorflow.hide_tf_from_accelerators()` first.
 """
 
 from __future__ import annotations
