@@ -37,7 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 1e-4
-  config.shuffle_buffer = -1  # -1: the input pipeline's default.
+  # Examples in the training shuffle buffer. -1: the dataset's default
+  # (dssn_jax/data/datasets.py: the whole split, in memory, for the small
+  # datasets); fewer than the split streams it instead.
+  config.shuffle_buffer = -1
   # Disjoint shards the training data is read in; the batches depend on it,
   # not on the process count. -1: one per process (fixed at a run's start).
   config.data_shards = -1
