@@ -23,7 +23,8 @@ import jax
 import numpy as np
 
 from benchmarks import measure
-from dssn_jax.core import certify
+from dssn_jax.core import dssn
+from dssn_jax.core import placement
 from dssn_jax.core import smoothing
 
 
@@ -60,7 +61,7 @@ def split_report(
   dims = ",".join(str(n) for n in subject.input_shape)
 
   def program(rows, mesh, chunk):
-    lowered, _ = certify.lower_counts(
+    lowered = dssn.lower_counts(
         subject.apply_fn,
         x[:rows],
         v,
@@ -73,13 +74,13 @@ def split_report(
 
   for rows in (batch, 1):
     reference = np.asarray(
-        certify.dssn_counts(
+        dssn.dssn_counts(
             subject.apply_fn, x[:rows], v, spec, params=subject.variables
         )
     )
-    mesh = certify.make_mesh()
+    mesh = placement.make_mesh()
     counts = np.asarray(
-        certify.dssn_counts(
+        dssn.dssn_counts(
             subject.apply_fn,
             x[:rows],
             v,

@@ -19,14 +19,14 @@ distributed start-up), `data`, `training`, `runs` (workdirs and results
 files), `reports` (tables and plots of runs).
 """
 
-from dssn_jax.core.certify import certify_from_counts
-from dssn_jax.core.certify import certify_randomized
-from dssn_jax.core.certify import check_inputs
-from dssn_jax.core.certify import clopper_pearson_lower
-from dssn_jax.core.certify import dssn_counts
-from dssn_jax.core.certify import make_mesh
-from dssn_jax.core.certify import RandomizedCertificate
-from dssn_jax.core.certify import sample_counts
+from dssn_jax.core.clopper_pearson import clopper_pearson_lower
+from dssn_jax.core.dssn import certify_from_counts
+from dssn_jax.core.dssn import dssn_counts
+from dssn_jax.core.inputs import check_inputs
+from dssn_jax.core.placement import make_mesh
+from dssn_jax.core.randomized import certify_randomized
+from dssn_jax.core.randomized import RandomizedCertificate
+from dssn_jax.core.randomized import sample_counts
 from dssn_jax.core.smoothing import dssn_noise
 from dssn_jax.core.smoothing import make_offsets
 from dssn_jax.core.smoothing import NOISE_KINDS

@@ -7,6 +7,9 @@ import pytest
 from scipy import optimize, stats
 
 import dssn_jax
+from dssn_jax.core import dssn
+from dssn_jax.core import placement
+from dssn_jax.core import randomized
 
 SHAPE = (5, 5, 1)
 NUM_CLASSES = 4
@@ -195,9 +198,7 @@ def test_memory_bounded_by_one_chunk():
   def temp_bytes(sigma):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
-    lowered, _ = dssn_jax.core.certify.lower_counts(
-        apply_fn, x, v, spec, chunk_size=32
-    )
+    lowered = dssn.lower_counts(apply_fn, x, v, spec, chunk_size=32)
     compiled = lowered.compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
@@ -485,11 +486,15 @@ def test_dssn_counts_compiles_once_per_apply_fn_and_shapes():
   assert len(traces) == retraced
 
 
-@pytest.mark.parametrize("method", ["dssn", "uniform"])
-def test_compile_only_compiles_without_running(method):
-  """Inside compile_only the program is compiled, not run (its classifier
-  never executes) and the counts are placeholders; the real call after it
-  compiles nothing and gives the true counts."""
+@pytest.mark.parametrize("on_mesh", [False, True])
+@pytest.mark.parametrize("method", ["dssn", "uniform", "certify_randomized"])
+def test_lowering_from_abstract_inputs_compiles_without_running(
+    method, on_mesh
+):
+  """Lowered from abstract inputs (shapes and dtypes only) and compiled, the
+  programs do not run (their classifier never executes); the real call after
+  it compiles nothing and gives the true counts. With and without a mesh
+  (the arguments' shardings are part of the compiled program)."""
   runs = []
   linear = make_linear(7)
 
@@ -501,33 +506,74 @@ def test_compile_only_compiles_without_running(method):
   listener = lambda event, seconds, **kw: compiles.append(event)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
+    mesh = placement.make_mesh() if on_mesh else None
     spec = dssn_jax.SmoothingSpec(0.12)
     x = random_grid(jax.random.key(5), 3)
+    abstract_x = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    key = jax.random.key(2)
+    abstract_key = jax.eval_shape(jax.random.key, 2)
     v = dssn_jax.make_offsets(0, SHAPE, spec.levels)
     if method == "dssn":
-      count = lambda: dssn_jax.dssn_counts(apply_fn, x, v, spec)
+      lowered = [dssn.lower_counts(apply_fn, abstract_x, v, spec, mesh=mesh)]
+      count = lambda: dssn_jax.dssn_counts(apply_fn, x, v, spec, mesh=mesh)
       total = spec.levels
-    else:
+    elif method == "uniform":
+      lowered = [
+          randomized.lower_sample_counts(
+              apply_fn,
+              abstract_x,
+              spec,
+              abstract_key,
+              noise=method,
+              num_samples=40,
+              mesh=mesh,
+          )
+      ]
       count = lambda: dssn_jax.sample_counts(
-          apply_fn, x, spec, jax.random.key(2), noise=method, num_samples=40
+          apply_fn, x, spec, key, noise=method, num_samples=40, mesh=mesh
       )
       total = 40
-    with dssn_jax.core.certify.compile_only():
-      placeholder = np.asarray(count())
+    else:
+      programs = randomized.lower_randomized(
+          apply_fn,
+          abstract_x,
+          spec,
+          abstract_key,
+          noise="ssn",
+          n0=8,
+          n=40,
+          mesh=mesh,
+      )
+      lowered = list(programs)
+      assert programs.selection.out_info.shape == (3, NUM_CLASSES)
+      assert programs.estimation.out_info.shape == (3, NUM_CLASSES)
+      count = lambda: dssn_jax.certify_randomized(
+          apply_fn, x, spec, key, noise="ssn", n0=8, n=40, mesh=mesh
+      ).count_top
+    assert lowered[-1].out_info.dtype == jnp.int32
+    executables = [program.compile() for program in lowered]
     assert not runs
-    np.testing.assert_array_equal(placeholder[:, 0], total)
-    np.testing.assert_array_equal(placeholder[:, 1:], 0)
     compiled = sum("backend_compile" in e for e in compiles)
     assert compiled >= 1
     counts = np.asarray(count())
     assert runs  # It ran,
     assert sum("backend_compile" in e for e in compiles) == compiled  # cached.
+    if method == "certify_randomized":
+      assert ((0 <= counts) & (counts <= 40)).all()
+      return
+    assert counts.shape == lowered[0].out_info.shape
     np.testing.assert_array_equal(counts.sum(1), total)
     if method == "dssn":
       np.testing.assert_array_equal(counts, naive_counts(linear, x, v, spec))
+      # The executable is the program a call runs: the same counts.
+      program, args = dssn.dssn_program(apply_fn, x, v, spec, mesh=mesh)
+      np.testing.assert_array_equal(
+          executables[0](*program.place(*args)), counts
+      )
       # Under the caller's jit the call is part of its program: true counts.
-      with dssn_jax.core.certify.compile_only():
-        jitted = jax.jit(lambda x: dssn_jax.dssn_counts(linear, x, v, spec))
-        np.testing.assert_array_equal(jitted(x), counts)
+      jitted = jax.jit(
+          lambda x: dssn_jax.dssn_counts(linear, x, v, spec, mesh=mesh)
+      )
+      np.testing.assert_array_equal(jitted(x), counts)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)

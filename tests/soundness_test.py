@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import dssn_jax
+from dssn_jax.core import inputs
 from dssn_jax.core import smoothing
 
 SHAPE = (4, 4, 1)
@@ -224,7 +225,7 @@ def test_every_float32_value_of_a_16_bit_grid_is_accepted():
   for values in (correctly_rounded, reciprocal):
     x = values.reshape(-1, 16, 16, 1)
     dssn_jax.check_inputs(x, (16, 16, 1), q=q)
-    ok = jax.jit(lambda x: dssn_jax.core.certify.valid_rows(x, q))(x)
+    ok = jax.jit(lambda x: inputs.valid_rows(x, q))(x)
     assert bool(np.all(ok))
   del spec
 
@@ -239,7 +240,7 @@ def test_a_few_ulps_off_the_grid_is_rejected(q):
   x = off.reshape(-1, 1, 1, 1)
   with pytest.raises(ValueError, match="off the 1/"):
     dssn_jax.check_inputs(x, (1, 1, 1), q=q)
-  ok = np.asarray(jax.jit(lambda x: dssn_jax.core.certify.valid_rows(x, q))(x))
+  ok = np.asarray(jax.jit(lambda x: inputs.valid_rows(x, q))(x))
   assert not ok.any()
 
 

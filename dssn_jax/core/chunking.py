@@ -164,15 +164,21 @@ def _host_available_bytes() -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
 def device_memory_budget(device=None) -> int | None:
   """Bytes a forward pass may use on one device (None: unknown).
 
   `MEMORY_FRACTION` of the device's free memory when it is first asked
-  (cached, so that the chunk size, and with it the compiled program, stays
-  the same for the whole process). CPU devices share the host's memory.
+  (cached per device, so that the chunk size, and with it the compiled
+  program, stays the same for the whole process). CPU devices share the
+  host's memory. Default: the first local device.
   """
-  device = jax.local_devices()[0] if device is None else device
+  return _device_memory_budget(
+      jax.local_devices()[0] if device is None else device
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _device_memory_budget(device) -> int | None:
   try:
     stats = device.memory_stats()
   except Exception:  # pylint: disable=broad-except
@@ -255,9 +261,10 @@ def auto_chunk_size(
     num_items: int,
     *,
     devices: int = 1,
+    device=None,
     memory_budget: int | None | str = "device",
 ) -> int:
-  """The chunk size `certify.dssn_counts` and `sample_counts` use by default.
+  """The chunk size `dssn_counts` and `sample_counts` use by default.
 
   Each device evaluates `rows` inputs (its share of the batch, or the whole
   batch when the noise samples are split over devices) on `chunk` noise
@@ -270,6 +277,8 @@ def auto_chunk_size(
     batch: inputs per call.
     num_items: noise samples per input (L for DSSN).
     devices: devices of the mesh (1 without one).
+    device: a device of the mesh, whose kind and memory size the forward
+      batch (default: the first local device).
     memory_budget: bytes a forward pass may use per device; "device" asks
       the device (`device_memory_budget`), None means unlimited.
 
@@ -281,7 +290,7 @@ def auto_chunk_size(
   else:
     rows, items = batch, math.ceil(num_items / devices)
   if memory_budget == "device":
-    memory_budget = device_memory_budget()
+    memory_budget = device_memory_budget(device)
   facts = classifier_facts(apply_fn, params, tuple(input_shape))
   forward_batch = forward_batch_for_memory(
       apply_fn,
@@ -289,7 +298,8 @@ def auto_chunk_size(
       input_shape,
       memory_budget,
       default_forward_batch(
-          bytes_per_input=facts.intermediate_bytes + math.prod(input_shape) * 4
+          device,
+          bytes_per_input=facts.intermediate_bytes + math.prod(input_shape) * 4,
       ),
   )
   return min(default_chunk_size(rows, items, forward_batch), items)

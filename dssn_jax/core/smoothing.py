@@ -156,7 +156,7 @@ def dssn_noise(x: jax.Array, v: jax.Array, k, spec: SmoothingSpec) -> jax.Array:
   Args:
     x: inputs on the grid {0, 1/q, ..., 1}, any shape broadcastable with v.
       Off-grid values are rounded to the nearest grid point (callers that
-      certify must validate; see `certify.check_grid_inputs`).
+      certify must validate; see `inputs.check_inputs`).
     v: int offsets in {0, ..., L-1} (from `make_offsets`).
     k: sample index in {0, ..., L-1}; a scalar or an int array broadcastable
       with x (vmap over k for many samples).

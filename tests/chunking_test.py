@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import dssn_jax
-from dssn_jax.core import certify
 from dssn_jax.core import chunking
+from dssn_jax.core import dssn
+from dssn_jax.core import inputs
 
 
 def _mlp(width=64, classes=5):
@@ -41,7 +42,7 @@ def test_default_forward_batch_depends_on_the_backend():
 def test_auto_chunk_size_follows_the_memory_budget():
   apply_fn, params = _mlp()
   shape = (4, 4, 3)
-  facts = certify._classifier_facts(apply_fn, params, shape)
+  facts = inputs.check_classifier(apply_fn, params, shape)
   per_input = facts.intermediate_bytes + 4 * 48
   forward = chunking.default_forward_batch(  # These tests run on a CPU.
       bytes_per_input=per_input
@@ -57,7 +58,9 @@ def test_auto_chunk_size_follows_the_memory_budget():
   )
   assert 1 <= small < unlimited
   assert (
-      chunking.auto_chunk_size(apply_fn, params, shape, 4, 1000, memory_budget=1)
+      chunking.auto_chunk_size(
+          apply_fn, params, shape, 4, 1000, memory_budget=1
+      )
       == 1
   )
   # Over a mesh: each device's share of the batch, or of the samples.
@@ -91,7 +94,7 @@ def test_memory_of_the_vote_program_does_not_depend_on_levels():
   for sigma in (0.5, 3.5):
     spec = dssn_jax.SmoothingSpec(sigma)
     v = dssn_jax.make_offsets(0, (4, 4, 3), spec.levels)
-    lowered, _ = certify.lower_counts(
+    lowered = dssn.lower_counts(
         apply_fn, x, v, spec, params=params, chunk_size=32
     )
     compiled = lowered.compile()
