@@ -44,12 +44,12 @@ def train_step_images_per_second(config, rounds: int, steps: int):
   """Images/s of the jitted train step alone (median over rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dssn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dssn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from dssn_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import classifier  # pylint: disable=g-import-not-at-top
 
-  info = input_pipeline.dataset_info(config.dataset)
-  model, spec, offsets, _, init_state = train.classifier_setup(config)
-  state = init_state(1000)
+  info = datasets.dataset_info(config.dataset)
+  trainer = classifier.trainer(config)
+  state = trainer.init_state(1000)
   rng = np.random.RandomState(0)
   batch = jax.device_put(
       {
@@ -65,9 +65,7 @@ def train_step_images_per_second(config, rounds: int, steps: int):
           ),
       }
   )
-  step = jax.jit(
-      train.make_train_step(model, config, spec, offsets), donate_argnums=0
-  )
+  step = jax.jit(trainer.train_step, donate_argnums=0)
   key = jax.random.key(1)
   state, _ = jax.block_until_ready(step(state, batch, key))  # Compiles.
   rates = []
@@ -83,13 +81,14 @@ def train_step_images_per_second(config, rounds: int, steps: int):
 def _epoch_metrics(config, epochs: int) -> list[dict]:
   """The epoch-end metrics lines of a train_and_evaluate run of `epochs`
   epochs in a new workdir."""
-  from dssn_jax.training import train  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import classifier  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import metrics  # pylint: disable=g-import-not-at-top
 
   config = config.copy_and_resolve_references()
   config.num_epochs = epochs
   with tempfile.TemporaryDirectory() as workdir:
-    train.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    classifier.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, metrics.METRICS_FILE)) as f:
       lines = [json.loads(line) for line in f]
   return [m for m in lines if "epoch" in m]
 
@@ -101,7 +100,7 @@ def _loadavg() -> str:
 
 def main(argv):
   del argv
-  from dssn_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dssn_jax.data import train_input  # pylint: disable=g-import-not-at-top
   from dssn_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
 
   host_memory.reexec_with_huge_pages()  # As the training entry points do.
@@ -109,7 +108,7 @@ def main(argv):
   steps_per_epoch = (
       config.steps_per_epoch
       if config.steps_per_epoch > 0
-      else input_pipeline.train_steps_per_epoch(
+      else train_input.train_steps_per_epoch(
           config.dataset, batch_size=config.batch_size, data_dir=config.data_dir
       )
   )

@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dssn_jax.runtime import host_memory
-from dssn_jax.training import train
+from dssn_jax.training import classifier
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,7 +32,7 @@ def main(argv):
   # (dssn_jax/runtime/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
   host_memory.reexec_with_huge_pages()
   with experiments.user_errors():
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    classifier.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

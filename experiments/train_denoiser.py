@@ -18,7 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax.training import train_denoiser
+from dssn_jax.training import denoiser
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
-    train_denoiser.train_denoiser(_CONFIG.value, _WORKDIR.value)
+    denoiser.train_denoiser(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Tests for dssn_jax.training.convert and experiments/convert_torch.py.
 
 PyTorch models with the authors' key layout (their WRN-40-2, torchvision's
-ResNet-50, both wrapped as `model.module.` + `norm.module.{mu,log_sig}`) get
-random weights and perturbed BatchNorm statistics, are saved, converted, and
-must give our logits and our exact DSSN counts. torch is imported directly:
-CI installs it, and a missing torch must fail, not skip.
+ResNet-50, Idelbayev's option-A ResNet-110, all wrapped as `model.module.` +
+`norm.module.{mu,log_sig}`) get random weights and perturbed BatchNorm
+statistics, are saved, converted, and must give our logits and our exact
+DSSN counts. torch is imported directly: CI installs it, and a missing torch
+must fail, not skip.
 """
 
 import copy
@@ -24,6 +25,7 @@ from dssn_jax.training import convert
 from dssn_jax.models import layers
 
 from benchmarks import torch_models
+from tests import torch_reference
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SIGMA = 0.25  # L = 220 levels.
@@ -31,8 +33,10 @@ _CIFAR_MU = (0.4914, 0.4822, 0.4465)
 _CIFAR_SIG = (0.2023, 0.1994, 0.2010)
 
 
-# The authors' PyTorch networks (key layout as in their state_dicts) live in
-# benchmarks/torch_models.py, shared with the PyTorch peer benchmark.
+# The authors' PyTorch networks (key layout as in their state_dicts): the
+# WRN-40-2 of the PyTorch peer benchmark, its `Authors` wrapper and
+# `randomize` in benchmarks/torch_models.py, the others in
+# tests/torch_reference.py.
 
 
 def _grid_images(n, size, seed):
@@ -116,7 +120,9 @@ def torch_resnet50(tmp_path_factory):
   torch.manual_seed(1)
   model = torch_models.randomize(
       torch_models.Authors(
-          torch_models.ResNet50(), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+          torch_reference.ResNet50(),
+          (0.485, 0.456, 0.406),
+          (0.229, 0.224, 0.225),
       ),
       64,
       1,
@@ -360,7 +366,7 @@ def test_option_a_resnet110_logits_match_pytorch(tmp_path):
   torch.manual_seed(2)
   model = torch_models.randomize(
       torch_models.Authors(
-          torch_models.OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG
+          torch_reference.OptionAResNet110(), _CIFAR_MU, _CIFAR_SIG
       ),
       32,
       2,

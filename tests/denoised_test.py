@@ -16,14 +16,15 @@ from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax.runs import certify_workdir
 from dssn_jax.training import checkpoints
 from dssn_jax.data import datasets
-from dssn_jax.data import input_pipeline
+from dssn_jax.data import eval_input
 from dssn_jax.reports import denoised
 from dssn_jax.training import denoising
 from dssn_jax import models
-from dssn_jax.runs import results
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
 from dssn_jax.core import smoothing
-from dssn_jax.training import train
-from dssn_jax.training import train_denoiser
+from dssn_jax.training import denoiser as denoiser_training
+from dssn_jax.training import metrics as training_metrics
 from dssn_jax.models import dncnn
 
 
@@ -108,13 +109,7 @@ def save_classifier(config, workdir, seed=0):
   variables = model.init(
       jax.random.key(seed), jnp.zeros((1,) + tuple(info.input_shape))
   )
-  metadata = checkpoints.smoothing_metadata(
-      config,
-      input_shape=info.input_shape,
-      num_classes=info.num_classes,
-      mean=info.mean,
-      std=info.std,
-  )
+  metadata = checkpoints.smoothing_metadata(config)
   checkpointer = checkpoints.Checkpointer(workdir)
   checkpointer.save(1, dict(variables), metadata)
   checkpointer.close()
@@ -137,7 +132,7 @@ def save_denoiser(config, workdir, seed=1):
   offsets = smoothing.make_offsets(
       config.offsets_seed, info.input_shape, spec.levels, config.offsets_layout
   )
-  metadata = train_denoiser.denoiser_metadata(config, info, offsets, None)
+  metadata = denoiser_training.denoiser_metadata(config, offsets, None)
   checkpointer = checkpoints.Checkpointer(workdir)
   checkpointer.save(1, dict(variables), metadata)
   checkpointer.close()
@@ -215,7 +210,7 @@ def test_certify_workdir_records_both_and_refuses_another(
   config = certify_config(fashion_mnist_data_dir, str(pair / "den"))
   summary = certify_workdir.certify_workdir(config, clf)
   assert summary["images"] == 4
-  meta = results.read_metadata(summary["results"])["run"]
+  meta = results_metadata.read_metadata(summary["results"])["run"]
   denoised = meta["denoised"]
   assert (
       denoised["denoiser_sha256"]
@@ -227,14 +222,14 @@ def test_certify_workdir_records_both_and_refuses_another(
   assert denoised["denoiser_trained_for_this_classifier"] is None
   assert meta["training_noise"] == "dssn"
   # The rows are those of the library on the composed classifier.
-  rows = results.read_results(summary["results"])
+  rows = results_reader.read_results(summary["results"])
   composed = denoising.compose(
       checkpoints.load_classifier(clf),
       denoising.load_denoiser(str(pair / "den")),
   )
   batch = next(
       iter(
-          input_pipeline.eval_dataset(
+          eval_input.eval_dataset(
               "fashion_mnist",
               max_examples=4,
               batch_size=4,
@@ -319,7 +314,7 @@ def test_cli_certifies_from_two_workdirs(
   run = certify_cli(clf, pair / "den", fashion_mnist_data_dir)
   assert run.returncode == 0, run.stderr[-2000:]
   assert "2 images, dssn at sigma=0.5" in run.stdout
-  meta = results.read_metadata(f"{clf}/certify_dssn.tsv")["run"]
+  meta = results_metadata.read_metadata(f"{clf}/certify_dssn.tsv")["run"]
   assert meta["denoised"]["denoiser_step"] == 1
   # One refusal through the CLI (one line, exit 1); the library tests above
   # cover the others, each a ValueError that `user_errors` turns into one.
@@ -339,7 +334,7 @@ def test_a_classifier_is_not_a_denoiser(pair):
 
 
 def final_metrics(workdir):
-  with open(f"{workdir}/{train.METRICS_FILE}") as f:
+  with open(f"{workdir}/{training_metrics.METRICS_FILE}") as f:
     return [json.loads(line) for line in f][-1]
 
 
@@ -347,7 +342,7 @@ def final_metrics(workdir):
 def test_smoke_training_lowers_the_mse(tmp_path, fashion_mnist_data_dir):
   config = smoke_config(fashion_mnist_data_dir, steps_per_epoch=20)
   workdir = str(tmp_path / "den")
-  train_denoiser.train_denoiser(config, workdir)
+  denoiser_training.train_denoiser(config, workdir)
   metrics = final_metrics(workdir)
   # The untrained DnCNN is the identity, whose MSE is the noisy input's.
   assert metrics["eval_denoised_mse"] < 0.8 * metrics["eval_noisy_mse"]
@@ -379,7 +374,7 @@ def test_stability_training_moves_only_the_denoiser(
   config.denoiser.objective = "stability"
   config.denoiser.classifier_workdir = clf
   workdir = str(tmp_path / "den")
-  state = train_denoiser.train_denoiser(config, workdir)
+  state = denoiser_training.train_denoiser(config, workdir)
   assert "eval_classifier_accuracy" in final_metrics(workdir)
   assert float(jnp.abs(state.params["conv_out"]["kernel"]).max()) > 0
   meta = denoising.load_denoiser(workdir).metadata
@@ -407,7 +402,7 @@ def test_bad_denoiser_config(tmp_path, field, value, message):
   else:
     config[field] = value
   with pytest.raises(ValueError, match=message):
-    train_denoiser.train_denoiser(config, str(tmp_path / "run"))
+    denoiser_training.train_denoiser(config, str(tmp_path / "run"))
 
 
 class Killed(Exception):
@@ -419,7 +414,7 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
     tmp_path, fashion_mnist_data_dir, monkeypatch
 ):
   config = smoke_config(fashion_mnist_data_dir)
-  straight = train_denoiser.train_denoiser(config, str(tmp_path / "a"))
+  straight = denoiser_training.train_denoiser(config, str(tmp_path / "a"))
   original_save = checkpoints.Checkpointer.save
 
   def save_then_die(self, step, state, metadata):
@@ -429,7 +424,7 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   workdir = str(tmp_path / "b")
   monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
   with pytest.raises(Killed):
-    train_denoiser.train_denoiser(config, workdir)
+    denoiser_training.train_denoiser(config, workdir)
   monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
   assert checkpoints.Checkpointer(workdir).latest_step() == (
       config.steps_per_epoch
@@ -437,8 +432,8 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   other = smoke_config(fashion_mnist_data_dir)
   other.denoiser.width = 4
   with pytest.raises(ValueError, match="disagrees.*width"):
-    train_denoiser.train_denoiser(other, workdir)
-  resumed = train_denoiser.train_denoiser(config, workdir)
+    denoiser_training.train_denoiser(other, workdir)
+  resumed = denoiser_training.train_denoiser(config, workdir)
   jax.tree.map(
       np.testing.assert_array_equal,
       {"p": straight.params, "b": straight.batch_stats},
@@ -446,7 +441,7 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   )
   steps = [
       json.loads(line)["step"]
-      for line in open(f"{workdir}/{train.METRICS_FILE}")
+      for line in open(f"{workdir}/{training_metrics.METRICS_FILE}")
   ]
   assert steps == sorted(set(steps)), "no duplicated metric rows"
 
@@ -482,10 +477,10 @@ def test_committed_study_tables_regenerate_from_committed_results():
 
 
 def _run(name, sigma, idx, correct, radius):
-  from dssn_jax.reports import analysis  # pylint: disable=g-import-not-at-top
+  from dssn_jax.reports import certified_runs  # pylint: disable=g-import-not-at-top
 
   idx = np.asarray(idx)
-  return analysis.Run(
+  return certified_runs.CertifiedRun(
       name=name,
       dataset="fashion_mnist",
       method="dssn",

@@ -9,7 +9,7 @@ import pytest
 
 from configs import fashion_mnist
 from dssn_jax.runtime import distributed
-from dssn_jax.training import train
+from dssn_jax.training import batches
 
 
 def test_single_process_is_the_default_and_needs_nothing():
@@ -69,22 +69,22 @@ def _config(**fields):
 
 
 def test_data_shards_default_to_one_per_process_and_stick_to_the_run():
-  assert train.data_shards(_config(), None, "w") == 1
-  assert train.data_shards(_config(data_shards=2), None, "w") == 2
+  assert batches.data_shards(_config(), None, "w") == 1
+  assert batches.data_shards(_config(data_shards=2), None, "w") == 2
   # A resumed run keeps its checkpoint's shard count (the data order).
-  assert train.data_shards(_config(), {"data_shards": 4}, "w") == 4
-  assert train.data_shards(_config(), {}, "w") == 1  # Older checkpoints.
+  assert batches.data_shards(_config(), {"data_shards": 4}, "w") == 4
+  assert batches.data_shards(_config(), {}, "w") == 1  # Older checkpoints.
 
 
 def test_data_shards_mismatches_are_refused_with_the_fix(monkeypatch):
   with pytest.raises(ValueError, match="Resume with --config.data_shards=2"):
-    train.data_shards(_config(data_shards=4), {"data_shards": 2}, "w")
+    batches.data_shards(_config(data_shards=4), {"data_shards": 2}, "w")
   with pytest.raises(ValueError, match="multiple of the 3 training-data"):
-    train.data_shards(_config(data_shards=3), None, "w")
+    batches.data_shards(_config(data_shards=3), None, "w")
   monkeypatch.setattr(jax, "process_count", lambda: 4)
   with pytest.raises(
       ValueError,
       match="4 processes cannot split evenly. "
       "Run it with a number of processes that divides 2",
   ):
-    train.data_shards(_config(), {"data_shards": 2}, "w")
+    batches.data_shards(_config(), {"data_shards": 2}, "w")

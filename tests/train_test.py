@@ -15,7 +15,8 @@ from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
 from dssn_jax.training import checkpoints
 from dssn_jax.data import fashion_mnist
-from dssn_jax.training import train
+from dssn_jax.training import classifier as classifier_training
+from dssn_jax.training import metrics
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow
@@ -51,11 +52,15 @@ def test_stability_loss_hand_computed():
   ce = (-math.log(3 / 4) - math.log(1 / 3)) / 2
   kl_1 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
   kl_2 = (2 / 3) * math.log((2 / 3) / 0.5) + (1 / 3) * math.log((1 / 3) / 0.5)
-  loss, (got_ce, got_kl) = train.stability_loss(logits_1, logits_2, labels, 6.0)
+  loss, (got_ce, got_kl) = classifier_training.stability_loss(
+      logits_1, logits_2, labels, 6.0
+  )
   assert float(got_ce) == pytest.approx(ce, rel=1e-6)
   assert float(got_kl) == pytest.approx((kl_1 + kl_2) / 2, rel=1e-6)
   assert float(loss) == pytest.approx(ce + 6.0 * (kl_1 + kl_2) / 2, rel=1e-6)
-  same, (_, kl) = train.stability_loss(logits_1, logits_1, labels, 6.0)
+  same, (_, kl) = classifier_training.stability_loss(
+      logits_1, logits_1, labels, 6.0
+  )
   assert float(kl) == pytest.approx(0.0, abs=1e-7)
   assert float(same) == pytest.approx(ce, rel=1e-6)
 
@@ -69,18 +74,20 @@ def test_fashion_mnist_smoke_writes_restorable_checkpoint(
     tmp_path, fashion_mnist_data_dir, monkeypatch
 ):
   seen_offsets = []
-  original = train.smoothing.random_noise
+  original = classifier_training.smoothing.random_noise
 
   def recording_noise(kind, key, x, spec, v=None):
     seen_offsets.append(np.asarray(v))
     return original(kind, key, x, spec, v)
 
-  monkeypatch.setattr(train.smoothing, "random_noise", recording_noise)
+  monkeypatch.setattr(
+      classifier_training.smoothing, "random_noise", recording_noise
+  )
   config = smoke_config(
       fashion_mnist_config, fashion_mnist_data_dir, stability=True
   )
   workdir = str(tmp_path / "run")
-  state = train.train_and_evaluate(config, workdir)
+  state = classifier_training.train_and_evaluate(config, workdir)
   assert int(state.step) == config.num_epochs * config.steps_per_epoch
 
   classifier = checkpoints.load_classifier(workdir)
@@ -121,14 +128,14 @@ def check_mock_run(workdir, name, shape, noise):
 def test_cifar10_smoke_on_mock_data(tmp_path, mock_cifar10):
   del mock_cifar10
   config = smoke_config(cifar10_config, noise="ssn")
-  train.train_and_evaluate(config, str(tmp_path / "run"))
+  classifier_training.train_and_evaluate(config, str(tmp_path / "run"))
   check_mock_run(str(tmp_path / "run"), "cifar10", (32, 32, 3), "ssn")
 
 
 def test_imagenet_smoke_on_mock_data(tmp_path):
   config = smoke_config(imagenet_config)
   with tfds.testing.mock_data(num_examples=8):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    classifier_training.train_and_evaluate(config, str(tmp_path / "run"))
   check_mock_run(str(tmp_path / "run"), "imagenet2012", (224, 224, 3), "dssn")
 
 
@@ -146,7 +153,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
 ):
   config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir)
   uninterrupted = params_of(
-      train.train_and_evaluate(config, str(tmp_path / "straight"))
+      classifier_training.train_and_evaluate(config, str(tmp_path / "straight"))
   )
 
   original_save = checkpoints.Checkpointer.save
@@ -158,16 +165,16 @@ def test_resume_after_kill_matches_uninterrupted_run(
   workdir = str(tmp_path / "killed")
   monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
   with pytest.raises(Killed):
-    train.train_and_evaluate(config, workdir)
+    classifier_training.train_and_evaluate(config, workdir)
   assert checkpoints.Checkpointer(workdir).latest_step() == (
       config.steps_per_epoch
   )
   monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
-  resumed = params_of(train.train_and_evaluate(config, workdir))
+  resumed = params_of(classifier_training.train_and_evaluate(config, workdir))
   assert_trees_equal(resumed, uninterrupted)
   steps = [
       int(line.split('"step": ')[1].split(",")[0])
-      for line in open(f"{workdir}/{train.METRICS_FILE}")
+      for line in open(f"{workdir}/{metrics.METRICS_FILE}")
   ]
   assert steps == sorted(set(steps)), "no duplicated metric rows"
 
@@ -190,7 +197,7 @@ def test_bad_config(tmp_path, field, value, message):
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   config[field] = value
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    classifier_training.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 @pytest.mark.parametrize(
@@ -203,10 +210,10 @@ def test_workdir_with_other_smoothing_is_refused(
       fashion_mnist_config, fashion_mnist_data_dir, num_epochs=1
   )
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  classifier_training.train_and_evaluate(config, workdir)
   config[field] = value
   with pytest.raises(ValueError, match=f"disagrees.*{field}"):
-    train.train_and_evaluate(config, workdir)
+    classifier_training.train_and_evaluate(config, workdir)
 
 
 def test_offsets_fingerprint_mismatch_is_refused(
@@ -216,7 +223,7 @@ def test_offsets_fingerprint_mismatch_is_refused(
       fashion_mnist_config, fashion_mnist_data_dir, num_epochs=1
   )
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir)
+  classifier_training.train_and_evaluate(config, workdir)
   checkpointer = checkpoints.Checkpointer(workdir)
   meta = checkpointer.metadata()
   meta["offsets_sha256"] = "0" * 64  # As if another JAX drew other offsets.
@@ -244,4 +251,4 @@ def test_fashion_mnist_without_debian_files(tmp_path, monkeypatch):
   (tmp_path / "tfds").mkdir()  # An existing, empty TFDS data dir.
   config = smoke_config(fashion_mnist_config, str(tmp_path / "tfds"))
   with pytest.raises(FileNotFoundError, match="apt-get install"):
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    classifier_training.train_and_evaluate(config, str(tmp_path / "run"))

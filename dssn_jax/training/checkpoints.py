@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dssn_jax import models
+from dssn_jax.data import datasets
 from dssn_jax.core import smoothing
 
 CHECKPOINT_DIR = "checkpoints"
@@ -33,20 +34,30 @@ MODEL_FIELDS = ("model", "dataset")
 
 
 def smoothing_metadata(
-    config, *, input_shape, num_classes: int, mean, std, offsets=None
+    config, *, offsets=None, num_classes=None, mean=None, std=None
 ) -> dict[str, Any]:
   """The JSON record stored with each checkpoint of a run of `config`.
 
+  The input shape is the dataset's (`datasets.dataset_info(config.dataset)`);
+  so are the class count and the input normalization unless given, as
+  `models.create_model` gets them in training (a converted model passes its
+  own).
+
   Args:
     config: the run's config (fields of configs/common.py).
-    input_shape: (H, W, C) of one input.
-    num_classes: number of logits.
-    mean, std: the model's per-channel input normalization.
     offsets: the offsets used in training; default: regenerated from config.
+    num_classes: number of logits; default the dataset's.
+    mean, std: the model's per-channel input normalization, [0, 1] pixel
+      units; default the dataset's.
 
   Returns:
     A JSON-serializable dict.
   """
+  info = datasets.dataset_info(config.dataset)
+  input_shape = info.input_shape
+  num_classes = info.num_classes if num_classes is None else num_classes
+  mean = info.mean if mean is None else mean
+  std = info.std if std is None else std
   spec = smoothing.SmoothingSpec(config.sigma, config.q)
   if offsets is None:
     offsets = smoothing.make_offsets(

@@ -292,17 +292,13 @@ def convert_state_dict(
         f"Unknown dataset {dataset!r}; expected one of " f"{tuple(DATASETS)}."
     )
   info = datasets.dataset_info(dataset)
-  input_shape, dataset_classes = info.input_shape, info.num_classes
-  state_dict = unwrap_state_dict(state_dict)
-  net, names, norm, unknown = _split(state_dict)
+  net, names, norm, unknown = _split(unwrap_state_dict(state_dict))
   head = _TORCH_HEAD.get(arch, "fc")
   fc = net.get(f"{head}.weight")
   num_classes = (
-      fc.shape[0] if fc is not None and fc.ndim == 2 else dataset_classes
+      fc.shape[0] if fc is not None and fc.ndim == 2 else info.num_classes
   )
   expected = expected_state_dict(arch, num_classes)
-
-  problems = []
   # A BatchNorm's step counter is dropped; it is reported only when the
   # checkpoint has no such BatchNorm (else its statistics are reported).
   counters = {
@@ -316,6 +312,39 @@ def convert_state_dict(
   missing += [
       names_[0] for field, names_ in NORM_KEYS.items() if field not in norm
   ]
+  problems = _key_problems(
+      net, names, norm, expected, unknown, missing, info.input_shape[-1]
+  )
+  if not problems and num_classes != info.num_classes:
+    problems.append(
+        f"{head}.weight has {num_classes} classes but {dataset} "
+        f"has {info.num_classes} (pass the right --dataset)"
+    )
+  if problems:
+    hint = (
+        _architecture_hint(arch, set(net) - counters)
+        if (unknown or missing)
+        else ""
+    )
+    raise ValueError(
+        f"The checkpoint does not match the {arch} "
+        f"architecture.{hint} " + "; ".join(problems) + "."
+    )
+  mean, std = _normalization(norm)
+  return ConvertedModel(
+      arch,
+      _flax_variables(net, expected, head),
+      mean,
+      std,
+      int(num_classes),
+  )
+
+
+def _key_problems(
+    net, names, norm, expected, unknown, missing, channels: int
+) -> list[str]:
+  """One line per kind of problem (unknown and missing keys, shapes,
+  non-finite values) of a split state_dict, offending keys listed."""
   shapes = [
       f"{names[k]} {tuple(net[k].shape)} (expected {expected[k]})"
       for k in expected
@@ -328,34 +357,24 @@ def convert_state_dict(
       for key, a in values
       if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a))
   ]
-  channels = input_shape[-1]
   for key, a in norm.values():
     if a.size not in (1, channels):
       shapes.append(f"{key} {tuple(a.shape)} (expected {channels} values)")
-  for label, keys in (
-      ("unknown keys", unknown),
-      ("missing keys", missing),
-      ("shape mismatches", shapes),
-      ("non-numeric or non-finite values", non_finite),
-  ):
-    if keys:
-      problems.append(f"{label}: {_listing(keys)}")
-  if not problems and num_classes != dataset_classes:
-    problems.append(
-        f"{head}.weight has {num_classes} classes but {dataset} "
-        f"has {dataset_classes} (pass the right --dataset)"
-    )
-  if problems:
-    hint = (
-        _architecture_hint(arch, set(net) - counters)
-        if (unknown or missing)
-        else ""
-    )
-    raise ValueError(
-        f"The checkpoint does not match the {arch} "
-        f"architecture.{hint} " + "; ".join(problems) + "."
-    )
+  return [
+      f"{label}: {_listing(keys)}"
+      for label, keys in (
+          ("unknown keys", unknown),
+          ("missing keys", missing),
+          ("shape mismatches", shapes),
+          ("non-numeric or non-finite values", non_finite),
+      )
+      if keys
+  ]
 
+
+def _flax_variables(net, expected, head: str) -> dict[str, Any]:
+  """{"params", "batch_stats"} of the Flax model from the validated network
+  arrays (float32, HWIO kernels, the torch head renamed `fc`)."""
   variables = {"params": {}, "batch_stats": {}}
   for key in expected:
     array = np.asarray(net[key], np.float32)
@@ -365,6 +384,11 @@ def convert_state_dict(
     for name in parents:
       node = node.setdefault(name, {})
     node[leaf] = _to_flax(array)
+  return variables
+
+
+def _normalization(norm) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """(mean, std) per channel from the authors' `mu` and `log_sig`."""
   mean = np.asarray(norm["mu"][1], np.float32).reshape(-1)
   # The correctly rounded float32 exp(log_sig); torch's float32 exp is within
   # one ulp of it (identical for the CIFAR-10 and ImageNet statistics).
@@ -375,13 +399,7 @@ def convert_state_dict(
   )
   if np.any(std <= 0):
     raise ValueError(f"{norm['log_sig'][0]} gives a zero std.")
-  return ConvertedModel(
-      arch,
-      variables,
-      tuple(float(m) for m in mean),
-      tuple(float(s) for s in std),
-      int(num_classes),
-  )
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def check_target(
@@ -450,7 +468,6 @@ def write_checkpoint(
   )
   metadata = checkpoints.smoothing_metadata(
       config,
-      input_shape=datasets.dataset_info(dataset).input_shape,
       num_classes=converted.num_classes,
       mean=converted.mean,
       std=converted.std,

@@ -8,9 +8,9 @@ randomized baselines) hold for it unchanged:
 
   apply_fn = lambda p, x: f(p["clf"], D(p["den"], x))
 
-This module restores a denoiser trained by `dssn_jax.training.train_denoiser`, checks
-that its smoothing agrees with the classifier's (a classifier trained without
-noise has none to agree with), and composes the two into one
+This module restores a denoiser trained by `dssn_jax.training.denoiser`,
+checks that its smoothing agrees with the classifier's (a classifier trained
+without noise has none to agree with), and composes the two into one
 `checkpoints.Classifier` whose smoothing is the denoiser's.
 """
 
@@ -234,8 +234,8 @@ def forward_flops(groups, dataset: str = "fashion_mnist") -> dict[str, float]:
   """XLA's FLOPs of one forward of each row's base classifier.
 
   Args:
-    groups: row label -> runs (`analysis.Run`) of the small CNN, alone or
-      behind the denoiser their `denoised` metadata names.
+    groups: row label -> runs (`certified_runs.CertifiedRun`) of the small
+      CNN, alone or behind the denoiser their `denoised` metadata names.
     dataset: the runs' dataset (input shape and normalization).
 
   Returns:

@@ -13,11 +13,10 @@ the config's dataset under the config's noise (`dssn` with the offsets of
 The checkpoint carries the smoothing metadata of a classifier's checkpoint
 (noise, sigma, q, offsets seed, layout and fingerprint) plus `kind:
 denoiser`, the architecture, the objective and, for `stability`, the sha256
-of the classifier's weights. Every random choice is a function of the seed
-and the step, and the input pipeline skips to any step, so a run killed and
-resumed from its last checkpoint ends with the same parameters as an
-uninterrupted one. Adam with a cosine schedule, data parallel over all
-devices like `dssn_jax.training.train`.
+of the classifier's weights. Adam with a cosine schedule. The run itself
+(resume, data shards, the loop, metrics, checkpoints) is the skeleton of
+`loop`, shared with the classifiers, so a run killed and resumed from its
+last checkpoint ends with the same parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dssn_jax import models
+from dssn_jax.core import methods
+from dssn_jax.core import smoothing
 from dssn_jax.training import checkpoints
 from dssn_jax.training import denoising
-from dssn_jax.data import input_pipeline
-from dssn_jax.core import methods
-from dssn_jax import models
-from dssn_jax.core import smoothing
-from dssn_jax.training import train
+from dssn_jax.training import loop
 
 # A denoiser learns to undo noise: every noise kind but "none".
 TRAINING_NOISES = tuple(k for k in methods.NOISE_KINDS if k != "none")
@@ -45,8 +43,9 @@ RESUME_FIELDS = (
 )
 
 
-def _check_config(config) -> None:
-  train.check_training_config(config)
+def check_config(config) -> None:
+  """Checks a denoiser's training config (ValueError naming the fix)."""
+  loop.check_training_config(config)
   cfg = config.denoiser
   if config.noise not in TRAINING_NOISES:
     raise ValueError(
@@ -83,17 +82,16 @@ def _frozen_classifier(config, info):
   return classifier
 
 
-def denoiser_metadata(config, info, offsets, classifier) -> dict[str, Any]:
-  """The checkpoint's JSON record: smoothing metadata plus the denoiser's."""
+def denoiser_metadata(config, offsets, classifier) -> dict[str, Any]:
+  """The checkpoint's JSON record: smoothing metadata plus the denoiser's.
+
+  Args:
+    config: the run's config.
+    offsets: the DSSN offsets (H, W, C) of the training noise.
+    classifier: the stability objective's frozen classifier, or None.
+  """
   cfg = config.denoiser
-  metadata = checkpoints.smoothing_metadata(
-      config,
-      input_shape=info.input_shape,
-      num_classes=info.num_classes,
-      mean=info.mean,
-      std=info.std,
-      offsets=offsets,
-  )
+  metadata = checkpoints.smoothing_metadata(config, offsets=offsets)
   metadata.update(
       kind="denoiser",
       model=cfg.model,
@@ -182,12 +180,10 @@ def make_eval_step(model, config, spec, offsets, classifier_apply):
   return eval_step
 
 
-def evaluate(eval_step, state, config, sharding, key, clf_variables, cache):
+def eval_metrics(totals) -> dict[str, float]:
   """Noisy and denoised MSE (and the classifier's accuracy on denoised noisy
-  images) on (a prefix of) the evaluation split (`train.eval_sums`)."""
-  totals = train.eval_sums(
-      eval_step, state, config, sharding, key, clf_variables, cache=cache
-  )
+  images) on the evaluation split, from the sums of `make_eval_step` over
+  it (`batches.eval_sums`)."""
   count = max(totals["count"], 1)
   metrics = {
       "eval_noisy_mse": totals.get("noisy_se", 0.0) / count,
@@ -199,7 +195,53 @@ def evaluate(eval_step, state, config, sharding, key, clf_variables, cache):
   return metrics
 
 
-def train_denoiser(config, workdir: str) -> train.TrainState:
+def _epoch_message(summary) -> str:
+  return (
+      f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
+      f"eval MSE {summary['eval_denoised_mse']:.5f} (noisy input "
+      f"{summary['eval_noisy_mse']:.5f})"
+  )
+
+
+def trainer(config) -> loop.Trainer:
+  """The denoiser's part of a training run of `config`: its DnCNN, the
+  frozen classifier of the stability objective (restored here), the
+  checkpoints' record, Adam over the run's steps, and the steps under the
+  config's training noise."""
+  cfg = config.denoiser
+  info, spec, offsets = loop.training_noise(config)
+  model = models.create_denoiser(
+      cfg.model,
+      channels=info.input_shape[-1],
+      depth=cfg.depth,
+      width=cfg.width,
+      dtype=jnp.dtype(config.compute_dtype),
+  )
+  classifier = _frozen_classifier(config, info)
+  classifier_apply = classifier.apply_fn if classifier is not None else None
+
+  def init_state(total_steps: int) -> loop.TrainState:
+    schedule = optax.cosine_decay_schedule(
+        cfg.learning_rate, max(1, total_steps)
+    )
+    return loop.new_state(model, config, info.input_shape, optax.adam(schedule))
+
+  return loop.Trainer(
+      metadata=denoiser_metadata(config, offsets, classifier),
+      resume_fields=RESUME_FIELDS,
+      init_state=init_state,
+      train_step=make_train_step(
+          model, config, spec, offsets, classifier_apply
+      ),
+      eval_step=make_eval_step(model, config, spec, offsets, classifier_apply),
+      eval_metrics=eval_metrics,
+      epoch_message=_epoch_message,
+      description=f"train {cfg.model} {config.noise} {cfg.objective}",
+      inputs=(classifier.variables if classifier is not None else {},),
+  )
+
+
+def train_denoiser(config, workdir: str) -> loop.TrainState:
   """Trains (or resumes) the config's denoiser; checkpoints every epoch.
 
   Args:
@@ -211,65 +253,5 @@ def train_denoiser(config, workdir: str) -> train.TrainState:
   Returns:
     The final training state.
   """
-  _check_config(config)
-  input_pipeline.hide_tf_from_accelerators()
-  cfg = config.denoiser
-  info, spec, offsets = train.training_noise(config)
-  model = models.create_denoiser(
-      cfg.model,
-      channels=info.input_shape[-1],
-      depth=cfg.depth,
-      width=cfg.width,
-      dtype=jnp.dtype(config.compute_dtype),
-  )
-  classifier = _frozen_classifier(config, info)
-  classifier_apply = classifier.apply_fn if classifier is not None else None
-  metadata = denoiser_metadata(config, info, offsets, classifier)
-
-  def init_state(total_steps):
-    schedule = optax.cosine_decay_schedule(
-        cfg.learning_rate, max(1, total_steps)
-    )
-    return train.new_state(
-        model, config, info.input_shape, optax.adam(schedule)
-    )
-
-  run = train.start_run(config, workdir, metadata, RESUME_FIELDS, init_state)
-  clf_variables = jax.device_put(
-      classifier.variables if classifier is not None else {}, run.replicated
-  )
-  shardings = (run.replicated, run.batch_sharding) + (run.replicated,) * 2
-  train_step = jax.jit(
-      make_train_step(model, config, spec, offsets, classifier_apply),
-      in_shardings=shardings,
-      out_shardings=(run.replicated, run.replicated),
-      donate_argnums=0,
-  )
-  eval_step = jax.jit(
-      make_eval_step(model, config, spec, offsets, classifier_apply),
-      in_shardings=shardings,
-  )
-  eval_cache = {}
-  return train.run_steps(
-      run,
-      lambda state, batch: train_step(
-          state, batch, run.train_key, clf_variables
-      ),
-      config=config,
-      workdir=workdir,
-      desc=f"train {cfg.model} {config.noise} {cfg.objective}",
-      evaluate_epoch=lambda state, done: evaluate(
-          eval_step,
-          state,
-          config,
-          run.batch_sharding,
-          jax.random.fold_in(run.eval_key, done),
-          clf_variables,
-          eval_cache,
-      ),
-      epoch_message=lambda summary: (
-          f"epoch {summary['epoch']}: train loss {summary['train_loss']:.4f}, "
-          f"eval MSE {summary['eval_denoised_mse']:.5f} (noisy input "
-          f"{summary['eval_noisy_mse']:.5f})"
-      ),
-  )
+  check_config(config)
+  return loop.train(config, workdir, trainer(config))

@@ -1,0 +1,139 @@
+"""The batches of a training run: training-data shards, global batches and
+sums over the evaluation split.
+
+The training data is read in `data_shards` disjoint shards (default: one per
+process, fixed when a run starts and stored in its checkpoints); each process
+reads its share of the shards and its rows of every global batch, so the
+batches do not depend on how many processes read them. Evaluation sums a
+jitted step's masked per-batch sums on the device and reads them once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dssn_jax.data import datasets
+from dssn_jax.data import eval_input
+from dssn_jax.data import train_input
+
+# Evaluation splits up to this size (uint8 images) are decoded once per
+# training run and kept in host memory: decoding them every epoch costs more
+# than evaluating them (Fashion-MNIST's test split: 7.8 MB).
+EVAL_CACHE_BYTES = 256 * 2**20
+
+
+def data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
+  """The number of training-data shards of the run (see module doc).
+
+  A new run takes `config.data_shards` (-1: one per process); a resumed run
+  keeps the number its checkpoint was written with, since another number
+  would reorder the data. Every process must read whole shards.
+  """
+  shards = config.get("data_shards", -1)
+  shards = shards if shards > 0 else None
+  if stored is not None and stored.get("data_shards") is not None:
+    if shards is not None and shards != stored["data_shards"]:
+      raise ValueError(
+          f"The run in {workdir!r} reads its training data in "
+          f"{stored['data_shards']} shards, but the config asks for "
+          f"{shards}. Resume with --config.data_shards="
+          f"{stored['data_shards']} (or -1), or use a new --workdir."
+      )
+    shards = int(stored["data_shards"])
+  shards = shards or jax.process_count()
+  if shards % jax.process_count():
+    raise ValueError(
+        f"The run in {workdir!r} reads its training data in {shards} shards, "
+        f"which {jax.process_count()} processes cannot split evenly. Run it "
+        f"with a number of processes that divides {shards}, or start a new "
+        f"--workdir."
+    )
+  if config.batch_size % shards:
+    raise ValueError(
+        f"batch_size={config.batch_size} must be a multiple of the {shards} "
+        f"training-data shards (data_shards, default one per process)."
+    )
+  return shards
+
+
+def train_batches(config, shards: int, start_step: int):
+  """This process's rows of every global batch from `start_step` on: the
+  concatenated batches of its consecutive shards (numpy, uint8 images)."""
+  per_process = shards // jax.process_count()
+  first = jax.process_index() * per_process
+  streams = [
+      train_input.train_dataset(
+          config.dataset,
+          batch_size=config.batch_size,
+          seed=config.seed,
+          data_dir=config.data_dir,
+          start_step=start_step,
+          shuffle_buffer=(
+              config.shuffle_buffer if config.shuffle_buffer > 0 else None
+          ),
+          process_index=first + i,
+          process_count=shards,
+      )
+      for i in range(per_process)
+  ]
+  if per_process == 1:
+    yield from streams[0]
+    return
+  for parts in zip(*streams):
+    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def global_batch(sharding, batch):
+  """A process-local numpy batch as one global array split over devices."""
+  return jax.tree.map(
+      lambda a: jax.make_array_from_process_local_data(sharding, a), batch
+  )
+
+
+def eval_batches(config, cache: dict | None):
+  """The evaluation batches of the config, kept in `cache` (one training
+  run's dict) when they are small enough (`EVAL_CACHE_BYTES`)."""
+  max_examples = config.eval_max_examples
+  if cache is not None and "batches" in cache:
+    return cache["batches"]
+  batches = eval_input.eval_dataset(
+      config.dataset,
+      batch_size=config.eval_batch_size,
+      max_examples=None if max_examples < 0 else max_examples,
+      data_dir=config.data_dir,
+  )
+  info = datasets.dataset_info(config.dataset)
+  size = batches.num_examples * int(np.prod(info.input_shape))
+  kept = (
+      {k: batch[k] for k in ("image", "label", "mask")} for batch in batches
+  )
+  if cache is None or size > EVAL_CACHE_BYTES:
+    return kept
+  cache["batches"] = list(kept)
+  return cache["batches"]
+
+
+def eval_sums(
+    eval_step, state, config, sharding, key, *args, cache: dict | None = None
+) -> dict[str, int | float]:
+  """Sums of eval_step's outputs over (a prefix of) the evaluation split.
+
+  `eval_step(state, batch, key, *args)` returns masked per-batch sums (a
+  dict of scalars with a "count"); they are added on the device and read
+  once, so the batches are dispatched back to back. `cache`: a dict kept
+  across the evaluations of one run, which then decode small evaluation
+  splits only once. An empty split gives {"count": 0}.
+  """
+  totals = None
+  for i, batch in enumerate(eval_batches(config, cache)):
+    sums = eval_step(
+        state, global_batch(sharding, batch), jax.random.fold_in(key, i), *args
+    )
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    return {"count": 0}
+  return {k: np.asarray(v).item() for k, v in jax.device_get(totals).items()}
