@@ -15,15 +15,14 @@ import json
 
 from absl import app
 from absl import flags
-import jax
 from ml_collections import config_flags
 import numpy as np
 
 from benchmarks import measure
-from dssn_jax.core import certify
-from dssn_jax.training import checkpoints
-from dssn_jax.data import input_pipeline
 from dssn_jax import jobs
+from dssn_jax.data import eval_input
+from dssn_jax.runs import certify_batch
+from dssn_jax.training import checkpoints
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,28 +38,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def _certifier(config, workdir, x, index):
   """A call certifying x with the run's method, and its forwards per image."""
   c = checkpoints.load_classifier(workdir)
-  cfg = config.certify
-  if cfg.method == "dssn":
-    return (
-        lambda: certify.dssn_counts(
-            c.apply_fn, x, c.offsets, c.spec, params=c.variables
-        ),
-        c.spec.levels,
-    )
   return (
-      lambda: certify.certify_randomized(
-          c.apply_fn,
-          x,
-          c.spec,
-          jax.random.key(cfg.seed),
-          noise=cfg.method,
-          n0=cfg.n0,
-          n=cfg.n,
-          alpha=cfg.alpha,
-          params=c.variables,
-          row_ids=index,
-      ).p_lower,
-      cfg.n0 + cfg.n,
+      lambda: certify_batch.certify_batch(
+          config.certify, c, c.spec, c.offsets, x, index
+      ),
+      certify_batch.forward_passes_per_image(config.certify, c.spec),
   )
 
 
@@ -75,7 +57,7 @@ def _time_certifiers(config):
   cfg = config.certify
   batch = next(
       iter(
-          input_pipeline.eval_dataset(
+          eval_input.eval_dataset(
               config.dataset,
               split=cfg.split,
               start=cfg.start,
@@ -86,7 +68,7 @@ def _time_certifiers(config):
           )
       )
   )
-  x = batch["image"].astype(np.float32) / 255
+  x = certify_batch.to_inputs(batch["image"])
   calls, forwards = {}, {}
   for run in jobs.study_grid(config.study):
     calls[run.name], forwards[run.name] = _certifier(

@@ -16,10 +16,11 @@ from typing import Callable, Sequence
 
 from absl import logging
 
-from dssn_jax.reports import analysis
+from dssn_jax.reports import analyze
 from dssn_jax.runs import certify_workdir
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import run_files
 from dssn_jax.runtime import distributed
-from dssn_jax.runs import results
 from dssn_jax.training import classifier
 
 
@@ -80,8 +81,8 @@ def train_certify_analyze(
   summary = certify_workdir.certify_workdir(config, workdir)
   if not distributed.is_primary():
     return ""
-  report(certify_workdir.format_summary(summary))
-  return analysis.analyze(
+  report(run_files.format_summary(summary))
+  return analyze.analyze(
       results=summary["results_files"],
       outdir=os.path.join(workdir, "analysis"),
       radii=tuple(config.certify.radii),
@@ -122,14 +123,14 @@ def run_study(
     classifier.train_and_evaluate(run_config, run_dir)
     summary = certify_workdir.certify_workdir(run_config, run_dir)
     if distributed.is_primary():
-      report(certify_workdir.format_summary(summary))
+      report(run_files.format_summary(summary))
       copies.extend(
           _copy_results(path, os.path.join(outdir, "results", run.name))
           for path in summary["results_files"]
       )
   if not distributed.is_primary():
     return ""
-  return analysis.analyze(
+  return analyze.analyze(
       results=copies,
       outdir=outdir,
       radii=tuple(config.certify.radii),
@@ -143,8 +144,8 @@ def _copy_results(path: str, destination: str) -> str:
   os.makedirs(destination, exist_ok=True)
   for source in (
       path,
-      results.metadata_path(path),
-      path[: -len(".tsv")] + ".summary.json",
+      results_metadata.metadata_path(path),
+      run_files.summary_path(path),
   ):
     if os.path.exists(source):
       shutil.copy2(source, destination)

@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dssn_jax.runs import certify_workdir
+from dssn_jax.runs import run_files
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,7 +28,7 @@ def main(argv):
   experiments.start(argv)
   with experiments.user_errors():
     summary = certify_workdir.certify_workdir(_CONFIG.value, _WORKDIR.value)
-  print(certify_workdir.format_summary(summary))
+  print(run_files.format_summary(summary))
 
 
 if __name__ == "__main__":

@@ -19,22 +19,28 @@ import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
-from dssn_jax.runs import certify_workdir
-from dssn_jax.training import checkpoints
-from dssn_jax.data import input_pipeline
 from dssn_jax import models
-from dssn_jax.runs import results
+from dssn_jax.data import datasets
+from dssn_jax.data import eval_input
+from dssn_jax.runs import certify_batch
+from dssn_jax.runs import certify_workdir
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
+from dssn_jax.runs import run_files
+from dssn_jax.training import checkpoints
+from tests.conftest import cpu_subprocess_env
+from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow
 
-REPO = pathlib.Path(__file__).parents[1]
 ROW_COLUMNS = ("idx", "label", "predict", "radius", "correct")
 
 
 def save_untrained_checkpoint(config, workdir):
   """A freshly initialized classifier saved as a training run would save it."""
-  info = input_pipeline.dataset_info(config.dataset)
+  info = datasets.dataset_info(config.dataset)
   model = models.create_model(
       config.model, num_classes=info.num_classes, mean=info.mean, std=info.std
   )
@@ -59,13 +65,15 @@ def smoke(module, data_dir=None, **certify_overrides):
 
 
 def library_rows(config, workdir):
-  """The rows computed by calling dssn_counts / certify_randomized directly."""
+  """The rows of `certify_batch` called batch by batch outside a run: the
+  classifier, spec and offsets straight from the checkpoint, no mesh, no
+  results file, no resume."""
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=config.certify.compute_dtype or None
   )
   cfg = config.certify
   rows = {name: [] for name in ROW_COLUMNS}
-  for batch in input_pipeline.eval_dataset(
+  for batch in eval_input.eval_dataset(
       config.dataset,
       split=cfg.split,
       start=cfg.start,
@@ -75,32 +83,15 @@ def library_rows(config, workdir):
       data_dir=config.data_dir,
   ):
     keep = batch["mask"]
-    x = jnp.asarray(batch["image"][keep], jnp.float32) / 255
-    if cfg.method == "dssn":
-      counts = dssn_jax.dssn_counts(
-          classifier.apply_fn,
-          x,
-          classifier.offsets,
-          classifier.spec,
-          params=classifier.variables,
-      )
-      pred, _, radius = dssn_jax.certify_from_counts(
-          np.asarray(counts), classifier.spec
-      )
-    else:
-      cert = dssn_jax.certify_randomized(
-          classifier.apply_fn,
-          x,
-          classifier.spec,
-          jax.random.key(cfg.seed),
-          noise=cfg.method,
-          n0=cfg.n0,
-          n=cfg.n,
-          alpha=cfg.alpha,
-          params=classifier.variables,
-          row_ids=batch["index"][keep],
-      )
-      pred, radius = cert.pred, cert.radius
+    columns = certify_batch.certify_batch(
+        cfg,
+        classifier,
+        classifier.spec,
+        classifier.offsets,
+        certify_batch.to_inputs(batch["image"][keep]),
+        batch["index"][keep],
+    )
+    pred, radius = columns["predict"], columns["radius"]
     rows["idx"] += list(batch["index"][keep])
     rows["label"] += list(batch["label"][keep])
     rows["predict"] += list(pred)
@@ -149,7 +140,9 @@ def test_fashion_mnist_rows_match_library(
       skip=3,
   )
   summary = certify_workdir.certify_workdir(config, workdir)
-  rows = results.read_results(certify_workdir.results_path(workdir, config))
+  rows = results_reader.read_results(
+      run_files.results_path(workdir, config.certify)
+  )
   assert_rows_equal(rows, library_rows(config, workdir))
   np.testing.assert_array_equal(rows["idx"], [0, 3, 6, 9, 12])
   assert summary["images"] == 5
@@ -173,9 +166,13 @@ def test_bfloat16_certification_is_recorded_and_not_mixed(
       compute_dtype="bfloat16",
   )
   certify_workdir.certify_workdir(config, workdir)
-  path = certify_workdir.results_path(workdir, config)
-  assert results.read_metadata(path)["run"]["compute_dtype"] == "bfloat16"
-  assert_rows_equal(results.read_results(path), library_rows(config, workdir))
+  path = run_files.results_path(workdir, config.certify)
+  assert (
+      results_metadata.read_metadata(path)["run"]["compute_dtype"] == "bfloat16"
+  )
+  assert_rows_equal(
+      results_reader.read_results(path), library_rows(config, workdir)
+  )
   # Rows of a float32 classifier do not go into the bfloat16 file.
   config.certify.compute_dtype = "float32"
   with pytest.raises(ValueError, match="compute_dtype"):
@@ -188,7 +185,9 @@ def test_cifar10_rows_match_library(tmp_path, mock_cifar10):
   workdir = str(tmp_path / "run")
   save_untrained_checkpoint(config, workdir)
   certify_workdir.certify_workdir(config, workdir)
-  rows = results.read_results(certify_workdir.results_path(workdir, config))
+  rows = results_reader.read_results(
+      run_files.results_path(workdir, config.certify)
+  )
   assert_rows_equal(rows, library_rows(config, workdir))
   np.testing.assert_array_equal(rows["idx"], np.arange(2, 8))
 
@@ -200,7 +199,9 @@ def test_imagenet_rows_match_library(tmp_path):
   with tfds.testing.mock_data(num_examples=4):
     certify_workdir.certify_workdir(config, workdir)
     expected = library_rows(config, workdir)
-  rows = results.read_results(certify_workdir.results_path(workdir, config))
+  rows = results_reader.read_results(
+      run_files.results_path(workdir, config.certify)
+  )
   assert_rows_equal(rows, expected)
   assert rows["idx"].size == 2
 
@@ -211,14 +212,10 @@ def test_imagenet_rows_match_library(tmp_path):
 
 
 def cli(workdir, data_dir, *flags, devices=None, wait=True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  if devices:
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "")
-        + f" --xla_force_host_platform_device_count={devices}"
-    )
-  command = [
-      sys.executable,
+  """`python -m experiments.certify` on the smoke config, on `devices` fake
+  CPU devices; waited for (its output captured) unless not `wait`."""
+  env = cpu_subprocess_env(devices)
+  args = [
       "-m",
       "experiments.certify",
       "--config=configs/fashion_mnist.py:smoke",
@@ -228,25 +225,17 @@ def cli(workdir, data_dir, *flags, devices=None, wait=True):
   ]
   if not wait:
     return subprocess.Popen(
-        command,
-        cwd=REPO,
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-  return subprocess.run(
-      command,
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      check=False,
-  )
+  return run_python(args, env=env)
 
 
 def rows_of(workdir):
-  rows = results.read_results(f"{workdir}/certify_dssn.tsv")
+  rows = results_reader.read_results(f"{workdir}/certify_dssn.tsv")
   return {k: v for k, v in rows.items() if k != "time"}
 
 
@@ -273,7 +262,7 @@ def test_killed_run_resumes_to_the_uninterrupted_rows(
   assert process.poll() is None, "the run ended before it could be killed"
   process.send_signal(signal.SIGKILL)
   process.wait()
-  partial = results.read_results(str(path))["idx"].size
+  partial = results_reader.read_results(str(path))["idx"].size
   assert 4 <= partial < 24
   resumed = cli(killed, fashion_mnist_data_dir, *SUBSET)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -352,7 +341,7 @@ def test_off_grid_pixels_in_data(
     fmnist_workdir, tmp_path, fashion_mnist_data_dir, monkeypatch
 ):
   workdir = fresh_copy(fmnist_workdir, tmp_path)
-  original = input_pipeline.eval_dataset
+  original = eval_input.eval_dataset
 
   def off_grid(*args, **kwargs):
     for batch in original(*args, **kwargs):
@@ -371,9 +360,9 @@ def test_off_grid_pixels_in_data(
     def __iter__(self):
       return off_grid(*self._args[0], **self._args[1])
 
-  monkeypatch.setattr(input_pipeline, "eval_dataset", Batches)
+  monkeypatch.setattr(eval_input, "eval_dataset", Batches)
   config = smoke(fashion_mnist_config, fashion_mnist_data_dir)
   with pytest.raises(ValueError, match="quantized"):
     certify_workdir.certify_workdir(config, workdir)
-  rows = results.read_results(f"{workdir}/certify_dssn.tsv")
+  rows = results_reader.read_results(f"{workdir}/certify_dssn.tsv")
   assert rows["idx"].size == 0

@@ -2,21 +2,18 @@
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax.reports import analysis
 from dssn_jax import jobs
-from dssn_jax.runs import results
+from dssn_jax.reports import analyze
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
+from tests.conftest import run_python
 
 # Trains models or starts processes: the slow tier (`-m 'not slow'`).
 pytestmark = pytest.mark.slow
-
-REPO = pathlib.Path(__file__).parents[1]
 
 
 def smoke_config(data_dir):
@@ -46,7 +43,7 @@ def test_quickstart_main_job(tmp_path, fashion_mnist_data_dir):
   analysis = os.listdir(os.path.join(workdir, "analysis"))
   assert "tables.md" in analysis
   assert any(name.endswith(".png") for name in analysis)
-  rows = results.read_results(os.path.join(workdir, "certify_dssn.tsv"))
+  rows = results_reader.read_results(os.path.join(workdir, "certify_dssn.tsv"))
   assert rows["idx"].size == 6
 
 
@@ -58,7 +55,7 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   tables = jobs.run_study(config, runs, str(tmp_path / "runs"), outdir)
   assert "DSSN" in tables and "Uniform" in tables
   for run in runs:
-    meta = results.read_metadata(
+    meta = results_metadata.read_metadata(
         tmp_path / "runs" / run.name / f"certify_{run.noise}.tsv"
     )
     assert meta["run"]["training_noise"] == run.noise
@@ -68,8 +65,11 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
     copied = os.path.join(
         outdir, "results", run.name, f"certify_{run.noise}.tsv"
     )
-    assert results.read_metadata(copied)["run"]["training_noise"] == run.noise
-  again = analysis.analyze(
+    assert (
+        results_metadata.read_metadata(copied)["run"]["training_noise"]
+        == run.noise
+    )
+  again = analyze.analyze(
       results=[os.path.join(outdir, "results")],
       outdir=str(tmp_path / "again"),
       radii=tuple(config.certify.radii),
@@ -79,9 +79,8 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   assert "### Randomized runs at N = 100,000" in tables
   # Every run's certifier timed side by side.
   timing = tmp_path / "timing.json"
-  proc = subprocess.run(
+  proc = run_python(
       [
-          sys.executable,
           "-m",
           "benchmarks.time_certifiers",
           "--config=configs/fashion_mnist.py:smoke",
@@ -90,11 +89,7 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
           "--images=2",
           "--rounds=1",
           f"--output={timing}",
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=600,
+      ]
   )
   assert proc.returncode == 0, proc.stderr
   report = json.loads(timing.read_text())
@@ -105,18 +100,13 @@ def test_study_on_smoke_grid(tmp_path, fashion_mnist_data_dir):
   )
   assert all(r["seconds_per_image"] > 0 for r in report["runs"].values())
   assert "| dssn_0.5 | 441 |" in proc.stdout
-  missing = subprocess.run(
+  missing = run_python(
       [
-          sys.executable,
           "-m",
           "benchmarks.time_certifiers",
           "--config=configs/fashion_mnist.py:smoke",
           f"--workdir={tmp_path / 'nothing'}",
-      ],
-      cwd=REPO,
-      capture_output=True,
-      text=True,
-      timeout=600,
+      ]
   )
   assert missing.returncode == 1
   assert "No checkpoint" in missing.stderr and "Traceback" not in missing.stderr

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 import pytest
 
+from dssn_jax.runs import results_reader
 from dssn_jax.training import checkpoints
-from dssn_jax.runs import results
+from tests.conftest import cpu_subprocess_env
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 420
 CONFIG = "configs/fashion_mnist.py:smoke"
 # Small training run: 2 epochs of 2 steps, a learning rate at which SGD does
@@ -46,14 +47,7 @@ def _free_port() -> int:
 
 def _start(module, workdir, data_dir, *flags, processes=1, devices=2):
   """Starts `python -m experiments.<module>` on `processes` processes."""
-  env = dict(
-      os.environ,
-      JAX_PLATFORMS="cpu",
-      XLA_FLAGS=(
-          os.environ.get("XLA_FLAGS", "")
-          + f" --xla_force_host_platform_device_count={devices}"
-      ),
-  )
+  env = cpu_subprocess_env(devices)
   command = [
       sys.executable,
       "-m",
@@ -73,7 +67,7 @@ def _start(module, workdir, data_dir, *flags, processes=1, devices=2):
   return [
       subprocess.Popen(
           command + ([f"--process_id={i}"] if processes > 1 else []),
-          cwd=REPO,
+          cwd=REPO_ROOT,
           env=env,
           stdout=subprocess.PIPE,
           stderr=subprocess.STDOUT,
@@ -127,7 +121,7 @@ def _rows(workdir, method):
       for f in sorted(os.listdir(workdir))
       if f.startswith(f"certify_{method}") and f.endswith(".tsv")
   ]
-  rows = results.read_results(paths)
+  rows = results_reader.read_results(paths)
   del rows["time"]
   return rows, paths
 
@@ -338,7 +332,7 @@ def test_unreachable_coordinator_ends_with_one_line_not_a_hang(tmp_path):
   ]
   result = subprocess.run(
       command,
-      cwd=REPO,
+      cwd=REPO_ROOT,
       env=env,
       text=True,
       capture_output=True,

@@ -1,4 +1,4 @@
-"""Tests of the per-image results files (dssn_jax/runs/results.py)."""
+"""Tests of the per-image results files (dssn_jax/runs/results_*.py)."""
 
 import json
 import os
@@ -6,17 +6,22 @@ from pathlib import Path
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
-from dssn_jax.reports import analysis
-from dssn_jax.runs import results as results_lib
-from dssn_jax.runs.results import ResultsWriter
+from dssn_jax.core import methods
+from dssn_jax.reports import certified_runs
+from dssn_jax.runs import results_format
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
+from dssn_jax.runs.results_writer import ResultsWriter
+from tests.conftest import cpu_subprocess_env
+from tests.conftest import REPO_ROOT
+from tests.conftest import run_python
 
-RESULTS_PY = Path(results_lib.__file__)
+WRITER_LOOP = "tests.programs.results_writer_loop"
 META = {
     "sigma": 0.5,
     "q": 255,
@@ -81,13 +86,13 @@ def test_round_trip_rows_and_columns(tmp_path):
       "count_runner_up",
       "steps",
   ]
-  out = results_lib.read_results(path)
+  out = results_reader.read_results(path)
   for k in rows[0]:
     np.testing.assert_array_equal(out[k], [r[k] for r in rows])
   # Radii survive at full precision (steps / 255 is not a short decimal).
   assert out["radius"].tolist() == [r["radius"] for r in rows]
   assert out["correct"].dtype == bool and out["idx"].dtype == np.int64
-  meta = json.loads(results_lib.metadata_path(path).read_text())
+  meta = json.loads(results_metadata.metadata_path(path).read_text())
   assert meta["method"] == "dssn" and meta["run"] == META
 
 
@@ -106,7 +111,7 @@ def test_randomized_columns_and_abstention(tmp_path):
       {
           "idx": 3,
           "label": 2,
-          "predict": results_lib.ABSTAIN,
+          "predict": results_format.ABSTAIN,
           "radius": 0.0,
           "correct": 0,
           "time": 13.5,
@@ -120,11 +125,11 @@ def test_randomized_columns_and_abstention(tmp_path):
       writer.write_rows([bad])
     with pytest.raises(ValueError, match="missing"):
       writer.write_rows([{k: v for k, v in rows[0].items() if k != "p_lower"}])
-  out = results_lib.read_results(path)
+  out = results_reader.read_results(path)
   assert out["idx"].tolist() == [3, 7]  # Sorted by idx.
   assert out["predict"].tolist() == [-1, 1]
   assert out["p_lower"].tolist() == [0.4, 0.6]
-  assert list(out) == list(results_lib.columns_for("uniform"))
+  assert list(out) == list(results_format.columns_for("uniform"))
 
 
 def test_resume_skips_done_rows(tmp_path):
@@ -141,7 +146,7 @@ def test_resume_skips_done_rows(tmp_path):
     with pytest.raises(ValueError, match="already in"):
       writer.write_rows(dssn_rows([5, 6]))
     writer.write_rows(dssn_rows(todo))
-  assert results_lib.read_results(path)["idx"].tolist() == list(range(10))
+  assert results_reader.read_results(path)["idx"].tolist() == list(range(10))
 
 
 @pytest.mark.parametrize(
@@ -161,13 +166,13 @@ def test_torn_last_line_is_repaired(tmp_path, tail):
   with open(path, "ab") as f:
     f.write(tail)
   # A reader skips the torn row and leaves the file alone.
-  assert results_lib.read_results(path)["idx"].tolist() == list(range(6))
+  assert results_reader.read_results(path)["idx"].tolist() == list(range(6))
   assert read_bytes(path) == good + tail
   with ResultsWriter(path, "dssn", META) as writer:
     assert read_bytes(path) == good
     assert writer.done_indices == set(range(6))
     writer.write_rows(dssn_rows([6, 7]))
-  out = results_lib.read_results(path)
+  out = results_reader.read_results(path)
   assert out["idx"].tolist() == list(range(8))
   assert out["steps"].tolist() == [r["steps"] for r in dssn_rows(range(8))]
 
@@ -188,7 +193,7 @@ def test_complete_non_row_line_is_an_error_not_a_repair(tmp_path, tail):
     f.write(tail)
   before = read_bytes(path)
   with pytest.raises(ValueError, match="line 8 is corrupt, not a valid row"):
-    results_lib.read_results(path)
+    results_reader.read_results(path)
   with pytest.raises(ValueError, match="line 8 is corrupt, not a valid row"):
     ResultsWriter(path, "dssn", META).open()
   assert read_bytes(path) == before  # Nothing deleted.
@@ -200,7 +205,7 @@ def test_rows_outside_the_run_subset_are_refused(tmp_path):
   with ResultsWriter(path, "dssn", meta) as writer:
     writer.write_rows(dssn_rows([0, 10, 20]))
     assert writer.line_of(20) == 4
-  assert results_lib.read_results(path)["idx"].tolist() == [0, 10, 20]
+  assert results_reader.read_results(path)["idx"].tolist() == [0, 10, 20]
   with open(path, "ab") as f:  # A valid-looking row of image 41.
     f.write(
         read_bytes(path)
@@ -208,10 +213,10 @@ def test_rows_outside_the_run_subset_are_refused(tmp_path):
         .replace(b"20\t", b"41\t", 1)
     )
   with pytest.raises(ValueError, match="line 5 has idx 41"):
-    results_lib.read_results(path)
-  assert results_lib.subset_contains(meta, 30)
-  assert not results_lib.subset_contains(meta, 40)  # Past max_examples.
-  assert not results_lib.subset_contains(meta, 15)
+    results_reader.read_results(path)
+  assert results_reader.subset_contains(meta, 30)
+  assert not results_reader.subset_contains(meta, 40)  # Past max_examples.
+  assert not results_reader.subset_contains(meta, 15)
 
 
 def test_torn_header_is_rewritten(tmp_path):
@@ -237,7 +242,7 @@ def test_corruption_before_valid_rows_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="line 3 is corrupt"):
     ResultsWriter(path, "dssn", META).open()
   with pytest.raises(ValueError, match="corrupt"):
-    results_lib.read_results(path)
+    results_reader.read_results(path)
   assert read_bytes(path) == before
 
 
@@ -247,7 +252,9 @@ def test_metadata_mismatch_is_an_error_and_leaves_files_untouched(tmp_path):
     writer.write_rows(dssn_rows(range(3)))
   with open(path, "ab") as f:
     f.write(b"3\t3\t3\t0.1")  # A torn row: must survive a refused open.
-  data, meta = read_bytes(path), read_bytes(results_lib.metadata_path(path))
+  data, meta = read_bytes(path), read_bytes(
+      results_metadata.metadata_path(path)
+  )
   other = dict(META, sigma=0.75, checkpoint="def456")
   with pytest.raises(ValueError) as e:
     ResultsWriter(path, "dssn", other).open()
@@ -260,9 +267,9 @@ def test_metadata_mismatch_is_an_error_and_leaves_files_untouched(tmp_path):
   with pytest.raises(ValueError, match="extra"):
     ResultsWriter(path, "dssn", dict(META, extra=1)).open()
   assert read_bytes(path) == data
-  assert read_bytes(results_lib.metadata_path(path)) == meta
+  assert read_bytes(results_metadata.metadata_path(path)) == meta
   # A data file without its sidecar cannot be checked: also an error.
-  results_lib.metadata_path(path).unlink()
+  results_metadata.metadata_path(path).unlink()
   with pytest.raises(ValueError, match="metadata"):
     ResultsWriter(path, "dssn", META).open()
   assert read_bytes(path) == data
@@ -288,7 +295,7 @@ def test_duplicate_idx_is_an_error(tmp_path):
     writer.write_rows(dssn_rows([0, 1]))
     with pytest.raises(ValueError, match="already in"):
       writer.write_rows(dssn_rows([2, 1]))
-  assert results_lib.read_results(path)["idx"].tolist() == [0, 1]
+  assert results_reader.read_results(path)["idx"].tolist() == [0, 1]
 
 
 def test_second_writer_on_same_file_is_refused(tmp_path):
@@ -305,11 +312,13 @@ def test_multi_file_merge(tmp_path):
         p, "dssn", dict(META, process_index=paths.index(p))
     ) as w:
       w.write_rows(dssn_rows(indices))
-  out = results_lib.read_results(paths)
+  out = results_reader.read_results(paths)
   assert out["idx"].tolist() == list(range(20))
   assert out["steps"].tolist() == [r["steps"] for r in dssn_rows(range(20))]
   # Grouped by metadata into one run; per-process fields may differ.
-  runs = analysis.load_result_runs(analysis.expand_result_paths(str(tmp_path)))
+  runs = certified_runs.load_result_runs(
+      certified_runs.expand_result_paths(str(tmp_path))
+  )
   assert list(runs) == ["cifar_dssn_0.5"]
   assert runs["cifar_dssn_0.5"].num_images == 20
   # The same idx in two files: an error naming both.
@@ -317,107 +326,72 @@ def test_multi_file_merge(tmp_path):
   with ResultsWriter(dup, "dssn", META) as w:
     w.write_rows(dssn_rows([4]))
   with pytest.raises(ValueError, match="idx 4 is in both"):
-    results_lib.read_results(paths + [dup])
+    results_reader.read_results(paths + [dup])
   # Files of one (method, sigma) but of different checkpoints are not merged.
   other = tmp_path / "other" / "certify.tsv"
   with ResultsWriter(other, "dssn", dict(META, checkpoint="zzz")) as w:
     w.write_rows(dssn_rows([40]))
   with pytest.raises(ValueError, match="checkpoint"):
-    analysis.load_result_runs(paths + [other])
+    certified_runs.load_result_runs(paths + [other])
 
 
 def test_certified_accuracy_counts_abstentions_as_wrong():
   radius = np.array([0.0, 0.5, 1.0, 2.0, 3.0, -0.2, 0.7])
   correct = np.array([1, 1, 1, 0, 1, 1, 0], bool)
   predict = np.array([1, 1, 1, 2, 1, 1, -1])
-  acc = results_lib.certified_accuracy(
+  acc = results_reader.certified_accuracy(
       radius, correct, [0.0, 0.5, 1.0, 2.5, 3.5]
   )
   # A negative radius (the reference's abstention) never counts; r is inclusive.
   np.testing.assert_allclose(acc, np.array([4, 3, 2, 1, 0]) / 7)
-  assert results_lib.certified_accuracy(radius, correct, 1.0) == pytest.approx(
-      2 / 7
-  )
+  assert results_reader.certified_accuracy(
+      radius, correct, 1.0
+  ) == pytest.approx(2 / 7)
   # predict == -1 never counts even if `correct` claims otherwise.
   bad_correct = correct.copy()
   bad_correct[6] = True
-  assert results_lib.certified_accuracy(
+  assert results_reader.certified_accuracy(
       radius, bad_correct, 0.5, predict=predict
   ) == (pytest.approx(3 / 7))
   with pytest.raises(ValueError):
-    results_lib.certified_accuracy(radius, correct, [-1.0])
+    results_reader.certified_accuracy(radius, correct, [-1.0])
 
 
 @pytest.mark.slow
-def test_results_module_imports_no_jax_or_tensorflow():
-  code = textwrap.dedent(f"""
-      import importlib.util, sys
-      spec = importlib.util.spec_from_file_location(
-          "results", {str(RESULTS_PY)!r})
-      module = importlib.util.module_from_spec(spec)
-      sys.modules["results"] = module
-      spec.loader.exec_module(module)
-      heavy = [m for m in sys.modules
-               if m.split(".")[0] in ("jax", "tensorflow", "matplotlib")]
-      assert not heavy, heavy
-      """)
-  subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# A writer loop run in a subprocess and killed with SIGKILL. It loads
-# results.py by path, so it starts fast. With "slow", os.write writes at most
-# 1000 bytes per call (a partial write, as on a slow or network file system),
-# so a kill often lands in the middle of a batch and tears a row.
-_WRITER_LOOP = """
-import importlib.util, os, sys, time
-spec = importlib.util.spec_from_file_location("results", sys.argv[1])
-results = importlib.util.module_from_spec(spec)
-sys.modules["results"] = results
-spec.loader.exec_module(results)
-N, B = int(sys.argv[3]), int(sys.argv[4])
-if sys.argv[5] == "slow":
-  real_write = os.write
-  def slow_write(fd, data):
-    time.sleep(0.0002)
-    return real_write(fd, bytes(data[:1000]))
-  os.write = slow_write
-meta = {"sigma": 0.5, "q": 255}
-with results.ResultsWriter(sys.argv[2], "dssn", meta) as writer:
-  todo = [i for i in range(N) if i not in writer.done_indices]
-  for start in range(0, len(todo), B):
-    idx = todo[start:start + B]
-    steps = [i % 300 for i in idx]
-    writer.write_rows({
-        "idx": idx, "label": [i % 10 for i in idx],
-        "predict": [i % 10 for i in idx],
-        "radius": [s / 255 for s in steps], "correct": [1] * len(idx),
-        "time": [i / 1000 for i in idx],
-        "count_top": [100 + 2 * s for s in steps],
-        "count_runner_up": [100] * len(idx), "steps": steps})
-print("finished")
-"""
+def test_results_modules_import_no_jax_or_tensorflow():
+  """Reading and writing results needs NumPy alone: loaded without the
+  package's __init__ (which imports JAX), the results modules and what they
+  import bring in no JAX, TensorFlow or matplotlib."""
+  code = (
+      f"from {WRITER_LOOP} import load_results_modules; "
+      "load_results_modules(); import sys; "
+      "import dssn_jax.runs.results_format, dssn_jax.runs.results_metadata; "
+      "heavy = [m for m in sys.modules "
+      "if m.split('.')[0] in ('jax', 'tensorflow', 'matplotlib')]; "
+      "assert not heavy, heavy; "
+      "assert 'dssn_jax.runs.results_writer' in sys.modules; print('light')"
+  )
+  result = run_python(["-c", code], timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "light"
 
 
 @pytest.mark.slow
 def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   path = tmp_path / "certify.tsv"
-  script = tmp_path / "writer_loop.py"
-  script.write_text(_WRITER_LOOP)
   n, batch = 40_000, 2_000
-  cmd = [
-      sys.executable,
-      str(script),
-      str(RESULTS_PY),
-      str(path),
-      str(n),
-      str(batch),
-  ]
+  cmd = [sys.executable, "-m", WRITER_LOOP, str(path), str(n), str(batch)]
+  env = cpu_subprocess_env()
   rng = np.random.default_rng(0)
   kills, torn = 0, 0
   for _ in range(30):
     size_before = path.stat().st_size if path.exists() else 0
     proc = subprocess.Popen(
-        cmd + ["slow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd + ["slow"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     # Wait for the file to grow, then kill at a random moment while writing.
     deadline = time.monotonic() + 30
@@ -434,20 +408,18 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
     kills += 1
     torn += not read_bytes(path).endswith(b"\n")
     # A reader never sees a torn or duplicated row.
-    out = results_lib.read_results(path)
+    out = results_reader.read_results(path)
     assert len(np.unique(out["idx"])) == out["idx"].size
     np.testing.assert_array_equal(out["steps"], out["idx"] % 300)
     if kills >= 3 and torn:
       break
   assert kills >= 3 and torn, (kills, torn)
   # The next writer repairs the file and finishes the run.
-  proc = subprocess.run(
-      cmd + ["fast"], capture_output=True, text=True, timeout=120
-  )
+  proc = run_python(cmd[1:] + ["fast"], env=env, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert "finished" in proc.stdout
   data = read_bytes(path)
-  out = results_lib.read_results(path)
+  out = results_reader.read_results(path)
   idx = np.arange(n)
   np.testing.assert_array_equal(out["idx"], idx)
   np.testing.assert_array_equal(out["steps"], idx % 300)
@@ -459,7 +431,28 @@ def test_sigkill_while_writing_leaves_a_repairable_file(tmp_path):
   )  # Header + one line per image, no leftovers.
 
 
-def test_method_names_agree_with_their_home():
-  from dssn_jax.core import methods  # pylint: disable=g-import-not-at-top
-
-  assert results_lib.METHODS == methods.METHODS
+def test_results_files_know_exactly_the_methods_of_the_table(tmp_path):
+  """One list of methods (core/methods.py): a results file of each method
+  has the base columns and that method's result columns, each with a type,
+  writes and reads back; any other name is refused."""
+  assert not results_format.INT_COLUMNS & results_format.FLOAT_COLUMNS
+  for name in methods.METHODS:
+    columns = results_format.columns_for(name)
+    assert columns == (
+        results_format.BASE_COLUMNS + methods.method(name).result_columns
+    )
+    typed = results_format.INT_COLUMNS | results_format.FLOAT_COLUMNS
+    assert set(columns) <= typed, set(columns) - typed
+    path = tmp_path / f"{name}.tsv"
+    with ResultsWriter(path, name, META):
+      pass
+    assert tuple(results_reader.read_results(path)) == columns
+    assert results_metadata.read_metadata(path)["method"] == name
+  with pytest.raises(ValueError, match="Unknown method 'gaussian'"):
+    results_format.columns_for("gaussian")
+  with pytest.raises(ValueError, match="Unknown method"):
+    ResultsWriter(tmp_path / "g.tsv", "gaussian", META)
+  header = results_format.BASE_COLUMNS + ("votes",)
+  (tmp_path / "other.tsv").write_bytes(results_format.header(header))
+  with pytest.raises(ValueError, match="Unrecognised results header"):
+    results_reader.read_results(tmp_path / "other.tsv")

@@ -18,87 +18,151 @@ behind that workdir's denoiser (`denoising.compose`): smoothing is the
 denoiser's, and the results metadata records both checkpoints.
 
 Multi-host: every JAX process certifies its own contiguous slice of the
-subset on its local devices into its own file (`certify_dssn.tsv` for process
-0, `certify_dssn.process1.tsv`, ...), so no two processes ever append to one
-file and each file is resumable on its own. Before anyone writes, every
-process reads the rows of all files of the run (which must belong to the same
-run) and skips those images: a restart with another number of processes
-re-slices the subset but certifies every image exactly once. When all
-processes are done, process 0 writes the summary of the merged files;
-`read_results` and `experiments.analyze` merge them (an image in two files is
-an error).
+subset on its local devices into its own results file, after reading the
+rows of the other processes' files (run_files.py); process 0 writes the
+summary of the merged files.
+
+This module is the loop; the results files and their summary are in
+run_files.py, what their metadata records in run_records.py, and one batch's
+certification in certify_batch.py.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import glob
-import json
-import os
 import time
-from typing import Any
+from typing import Any, Callable
 
-from absl import logging
 import jax
 import numpy as np
 import tqdm
 
-from dssn_jax.core import certify
-from dssn_jax.training import checkpoints
-from dssn_jax.runtime import config_checks
-from dssn_jax.training import denoising
-from dssn_jax.runtime import distributed
-from dssn_jax.data import input_pipeline
-from dssn_jax.core import chunking
 from dssn_jax.core import methods
-from dssn_jax.runs import results
+from dssn_jax.core import placement
 from dssn_jax.core import smoothing
+from dssn_jax.data import builders
+from dssn_jax.data import eval_input
+from dssn_jax.data import quiet_tensorflow
+from dssn_jax.runs import certify_batch
+from dssn_jax.runs import results_writer
+from dssn_jax.runs import run_files
+from dssn_jax.runs import run_records
+from dssn_jax.runtime import config_checks
+from dssn_jax.runtime import distributed
 from dssn_jax.runtime import xla_options
+from dssn_jax.training import checkpoints
+from dssn_jax.training import denoising
 
 
-def results_path(workdir: str, config) -> str:
-  """This process's results file for the config's method."""
-  name = config.certify.results_name or f"certify_{config.certify.method}"
-  if jax.process_index() > 0:
-    name += f".process{jax.process_index()}"
-  return os.path.join(workdir, name + ".tsv")
+def certify_workdir(config, workdir: str) -> dict[str, Any]:
+  """Certifies the config's test subset with the workdir's classifier.
 
+  Args:
+    config: a config of configs/ (its `certify` fields choose method, subset,
+      batch and chunk sizes).
+    workdir: a training workdir; results go next to its checkpoints.
 
-def run_files(workdir: str, config) -> list[str]:
-  """The existing results files of the config's run, of every process."""
-  name = config.certify.results_name or f"certify_{config.certify.method}"
-  first = os.path.join(workdir, name + ".tsv")
-  others = glob.glob(
-      os.path.join(glob.escape(workdir), glob.escape(name) + ".process*.tsv")
+  Returns:
+    The summary, also written to `<results file>.summary.json`.
+  """
+  cfg = config.certify
+  _check_config(config)
+  classifier, spec, offsets = _load_classifier(config, workdir)
+  batches = eval_input.eval_dataset(
+      config.dataset,
+      split=cfg.split,
+      start=cfg.start,
+      skip=cfg.skip,
+      max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
+      batch_size=cfg.batch_size * jax.process_count(),
+      data_dir=config.data_dir,
   )
-  return ([first] if os.path.exists(first) else []) + sorted(others)
-
-
-def _done_in_other_files(workdir: str, config, metadata) -> np.ndarray:
-  """idx of the rows in the run's files of other processes (this process's
-  own file is its writer's business); refuses files of another run, whose
-  rows must not stand in for this run's."""
-  own = os.path.abspath(results_path(workdir, config))
-  others = [p for p in run_files(workdir, config) if os.path.abspath(p) != own]
-  for path in others:
-    stored = results.read_metadata(path)
-    problems = results.diff_metadata(
-        {"method": stored.get("method"), **(stored.get("run") or {})},
-        {"method": config.certify.method, **metadata},
-        ignore=("process_index",),
+  mesh = placement.make_mesh(jax.local_devices())
+  path = run_files.results_path(workdir, cfg)
+  metadata = run_records.run_metadata(config, classifier, spec, offsets)
+  subset = range(
+      cfg.start, cfg.start + cfg.skip * batches.num_examples, cfg.skip
+  )
+  try:
+    writer = results_writer.ResultsWriter(path, cfg.method, metadata).open()
+  except OSError as e:
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+      raise
+    return run_files.summarize_read_only(
+        workdir, cfg, spec.sigma, metadata, subset, e
     )
-    if problems:
-      raise ValueError(
-          f"Results file {path} of another process belongs to a different "
-          f"run; refusing to mix runs. Mismatching fields: "
-          + "; ".join(problems)
-          + ". Use another --workdir or "
-          "--config.certify.results_name, or delete that run's files."
-      )
-  if not others:
-    return np.zeros((0,), np.int64)
-  return results.read_results(others)["idx"]
+  done_elsewhere = run_files.done_in_other_files(workdir, cfg, metadata)
+  # Nobody writes before everyone has read the others' files.
+  distributed.barrier("certify: files read")
+  with writer:
+    run_files.check_rows_requested(writer, subset, path)
+    run_records.record_batching(
+        path, run_records.batching_record(cfg, classifier, spec, mesh)
+    )
+    run_records.check_computation(
+        path,
+        xla_options.computation_record(metadata["compute_dtype"]),
+        cfg.get("allow_other_computation", False),
+    )
+    done = np.concatenate(
+        [
+            np.fromiter(writer.done_indices, np.int64, writer.num_rows),
+            done_elsewhere,
+        ]
+    )
+    batch_args = (cfg, classifier, spec, offsets)
+    _certify_rows(
+        writer,
+        batches,
+        done,
+        functools.partial(certify_batch.certify_batch, *batch_args, mesh=mesh),
+        functools.partial(certify_batch.compile_batch, *batch_args, mesh=mesh),
+        desc=f"certify {cfg.method} sigma={spec.sigma}",
+    )
+  distributed.barrier("certify: all files complete")
+  return run_files.write_summary(workdir, cfg, spec.sigma)
+
+
+def _check_config(config) -> None:
+  """The method and the integer fields of `config.certify`."""
+  if config.certify.method not in methods.METHODS:
+    raise ValueError(
+        f"Unknown certification method {config.certify.method!r}; expected "
+        f"one of {methods.METHODS}."
+    )
+  config_checks.check_integer_fields(
+      config,
+      [
+          f
+          for f in (
+              config_checks.SENTINEL_FIELDS
+              + config_checks.POSITIVE_FIELDS
+              + config_checks.NON_NEGATIVE_FIELDS
+          )
+          if f.startswith("certify.")
+      ],
+  )
+  builders.check_data_dir(config.data_dir)
+
+
+def _load_classifier(config, workdir: str):
+  """The classifier to certify (behind the config's denoiser, if any), with
+  the smoothing spec and offsets to certify it with."""
+  cfg = config.certify
+  quiet_tensorflow.hide_tf_from_accelerators()
+  classifier = checkpoints.load_classifier(
+      workdir, compute_dtype=cfg.get("compute_dtype") or None
+  )
+  if cfg.get("denoiser_workdir"):  # Denoised smoothing: certify f o D.
+    classifier = denoising.compose(
+        classifier,
+        denoising.load_denoiser(
+            cfg.denoiser_workdir, compute_dtype=cfg.get("compute_dtype") or None
+        ),
+    )
+  spec, offsets = _resolve_smoothing(config, classifier)
+  return classifier, spec, offsets
 
 
 def _resolve_smoothing(config, classifier: checkpoints.Classifier):
@@ -142,401 +206,54 @@ def _resolve_smoothing(config, classifier: checkpoints.Classifier):
   return spec, offsets
 
 
-def run_metadata(config, classifier, spec, offsets) -> dict[str, Any]:
-  """What identifies a certification run (batching and chunking excluded:
-  they do not change any row)."""
-  cfg = config.certify
-  meta = {
-      "method": cfg.method,
-      "dataset": config.dataset,
-      "split": cfg.split,
-      "start": cfg.start,
-      "skip": cfg.skip,
-      "max_examples": cfg.max_examples,
-      "sigma": spec.sigma,
-      "q": spec.q,
-      "levels": spec.levels,
-      "offsets_sha256": smoothing.offsets_fingerprint(offsets),
-      "model": classifier.metadata["model"],
-      "training_noise": classifier.metadata["noise"],
-      "stabilized": bool(classifier.metadata.get("stability", False)),
-      "checkpoint_step": classifier.step,
-      "compute_dtype": (
-          cfg.get("compute_dtype")
-          or classifier.metadata.get("compute_dtype", "float32")
-      ),
-      # Names the file, not the run: a run may be resumed on another
-      # number of processes.
-      "process_index": jax.process_index(),
-  }
-  if cfg.method != "dssn":
-    meta.update(n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed)
-  return meta
-
-
-def batching_record(config, classifier, spec, mesh) -> dict[str, Any]:
-  """How the rows are computed: batch, chunk and forward-pass sizes.
-
-  Counts do not depend on them for a classifier whose logits for an input do
-  not depend on the rest of its batch (ours, in eval mode), so they are not
-  part of what identifies a run; they are recorded in the results metadata,
-  and a resume under other values is logged, so that it is visible.
-  """
-  cfg = config.certify
-  devices = mesh.size
-  num_items = spec.levels if cfg.method == "dssn" else cfg.n
-  chunk = (
-      cfg.chunk_size
-      if cfg.chunk_size > 0
-      else chunking.auto_chunk_size(
-          classifier.apply_fn,
-          classifier.variables,
-          tuple(classifier.metadata["input_shape"]),
-          cfg.batch_size,
-          num_items,
-          devices=devices,
-      )
-  )
-  rows = (
-      -(-cfg.batch_size // devices)
-      if cfg.batch_size >= devices
-      else (cfg.batch_size)
-  )
-  return {
-      "batch_size": cfg.batch_size,
-      "chunk_size": chunk,
-      "forward_batch": rows * chunk,
-      "devices": devices,
-      "backend": jax.default_backend(),
-  }
-
-
-def _certify_batch(config, classifier, spec, offsets, mesh, x, index):
-  """Columns of one batch: predict, radius and the method's own columns."""
-  cfg = config.certify
-  chunk = cfg.chunk_size if cfg.chunk_size > 0 else None
-  if cfg.method == "dssn":
-    counts = np.asarray(
-        certify.dssn_counts(
-            classifier.apply_fn,
-            x,
-            offsets,
-            spec,
-            params=classifier.variables,
-            chunk_size=chunk,
-            mesh=mesh,
-        )
-    )
-    failed = np.flatnonzero(counts[:, 0] < 0)
-    if failed.size:  # Inputs were checked: the logits were not finite.
-      raise ValueError(
-          certify.failed_rows_message(
-              [int(i) for i in np.asarray(index)[failed]]
-          ).replace("at rows", "of images")
-      )
-    pred, steps, radius = certify.certify_from_counts(counts, spec)
-    ordered = np.sort(counts, axis=1)
-    return {
-        "predict": pred,
-        "radius": radius,
-        "steps": steps,
-        "count_top": ordered[:, -1],
-        "count_runner_up": ordered[:, -2],
-    }
-  cert = certify.certify_randomized(
-      classifier.apply_fn,
-      x,
-      spec,
-      jax.random.key(cfg.seed),
-      noise=cfg.method,
-      n0=cfg.n0,
-      n=cfg.n,
-      alpha=cfg.alpha,
-      params=classifier.variables,
-      row_ids=index,
-      chunk_size=chunk,
-      mesh=mesh,
-  )
-  return {"predict": cert.pred, "radius": cert.radius, "p_lower": cert.p_lower}
-
-
-def _to_inputs(images: np.ndarray) -> np.ndarray:
-  """uint8 images to [0, 1] floats on the 1/255 grid (others pass through to
-  the certifier's checks, which reject off-grid or out-of-range pixels)."""
-  if images.dtype == np.uint8:
-    return images.astype(np.float32) / 255
-  return images.astype(np.float32)
-
-
-def summarize(path, radii) -> dict[str, Any]:
-  """Clean and certified accuracy, seconds per image of a results file (or
-  of the merged files of a multi-process run)."""
-  rows = results.read_results(path)
-  accuracy = results.certified_accuracy(
-      rows["radius"], rows["correct"], radii, predict=rows["predict"]
-  )
-  return {
-      "images": int(rows["idx"].size),
-      "clean_accuracy": float(np.mean(rows["correct"])),
-      "certified_accuracy": {str(r): float(a) for r, a in zip(radii, accuracy)},
-      "seconds_per_image": float(np.mean(rows["time"])),
-  }
-
-
-def certify_workdir(config, workdir: str) -> dict[str, Any]:
-  """Certifies the config's test subset with the workdir's classifier.
+def _certify_rows(
+    writer: results_writer.ResultsWriter,
+    batches: eval_input.EvalBatches,
+    done: np.ndarray,
+    certify_fn: Callable[..., dict[str, Any]],
+    compile_fn: Callable[..., None],
+    desc: str,
+) -> None:
+  """Certifies the images of `batches` not in `done` and appends their rows.
 
   Args:
-    config: a config of configs/ (its `certify` fields choose method, subset,
-      batch and chunk sizes).
-    workdir: a training workdir; results go next to its checkpoints.
-
-  Returns:
-    The summary, also written to `<results file>.summary.json`.
+    writer: the open results file.
+    batches: this process's batches (`image`, `label`, `index`, `mask`).
+    done: idx of the images that already have a row, in any file of the run.
+    certify_fn: `certify_fn(x, index)` -> the batch's certificate columns.
+    compile_fn: `compile_fn(x)` compiles what certify_fn runs on batches
+      shaped like x (a `jax.ShapeDtypeStruct`), without running it.
+    desc: the progress bar's label.
   """
-  cfg = config.certify
-  if cfg.method not in methods.METHODS:
-    raise ValueError(
-        f"Unknown certification method {cfg.method!r}; expected "
-        f"one of {methods.METHODS}."
-    )
-  config_checks.check_integer_fields(
-      config,
-      [
-          f
-          for f in (
-              config_checks.SENTINEL_FIELDS
-              + config_checks.POSITIVE_FIELDS
-              + config_checks.NON_NEGATIVE_FIELDS
-          )
-          if f.startswith("certify.")
-      ],
+  progress = tqdm.tqdm(
+      total=batches.num_local_examples,
+      unit="img",
+      desc=desc,
+      disable=jax.process_index() > 0,
   )
-  input_pipeline.check_data_dir(config.data_dir)
-  input_pipeline.hide_tf_from_accelerators()
-  classifier = checkpoints.load_classifier(
-      workdir, compute_dtype=cfg.get("compute_dtype") or None
-  )
-  if cfg.get("denoiser_workdir"):  # Denoised smoothing: certify f o D.
-    classifier = denoising.compose(
-        classifier,
-        denoising.load_denoiser(
-            cfg.denoiser_workdir, compute_dtype=cfg.get("compute_dtype") or None
-        ),
-    )
-  spec, offsets = _resolve_smoothing(config, classifier)
-  batches = input_pipeline.eval_dataset(
-      config.dataset,
-      split=cfg.split,
-      start=cfg.start,
-      skip=cfg.skip,
-      max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
-      batch_size=cfg.batch_size * jax.process_count(),
-      data_dir=config.data_dir,
-  )
-  mesh = certify.make_mesh(jax.local_devices())
-  path = results_path(workdir, config)
-  metadata = run_metadata(config, classifier, spec, offsets)
-  metadata.update(denoising.run_metadata(classifier))
-  subset = range(
-      cfg.start, cfg.start + cfg.skip * batches.num_examples, cfg.skip
-  )
-  try:
-    writer = results.ResultsWriter(path, cfg.method, metadata).open()
-  except OSError as e:
-    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-      raise
-    return _summarize_read_only(config, spec, workdir, metadata, subset, e)
-  done_elsewhere = _done_in_other_files(workdir, config, metadata)
-  # Nobody writes before everyone has read the others' files.
-  distributed.barrier("certify: files read")
-  with writer:
-    _check_rows_requested(writer, subset, path)
-    _record_batching(path, batching_record(config, classifier, spec, mesh))
-    _check_computation(
-        path,
-        xla_options.computation_record(metadata["compute_dtype"]),
-        cfg.get("allow_other_computation", False),
-    )
-    done = np.concatenate(
-        [
-            np.fromiter(writer.done_indices, np.int64, writer.num_rows),
-            done_elsewhere,
-        ]
-    )
-    progress = tqdm.tqdm(
-        total=batches.num_local_examples,
-        unit="img",
-        desc=f"certify {cfg.method} sigma={spec.sigma}",
-        disable=jax.process_index() > 0,
-    )
-    warm = False
-    for batch in batches:
-      index = batch["index"]
-      todo = batch["mask"] & ~np.isin(index, done)
-      progress.update(int(batch["mask"].sum() - todo.sum()))  # Done before.
-      if not todo.any():
-        continue
-      certify_batch = functools.partial(
-          _certify_batch,
-          config,
-          classifier,
-          spec,
-          offsets,
-          mesh,
-          _to_inputs(batch["image"]),
-          index,
-      )
-      if not warm:  # Compile outside the timed region: time is per image.
-        with certify.compile_only():  # Without certifying the batch twice.
-          certify_batch()
-        warm = True
-      start = time.perf_counter()
-      columns = certify_batch()
-      seconds = (time.perf_counter() - start) / todo.sum()
-      label = batch["label"]
-      rows = {
-          "idx": index,
-          "label": label,
-          "correct": (columns["predict"] == label).astype(int),
-          "time": np.full(index.shape, seconds),
-          **columns,
-      }
-      writer.write_rows({k: np.asarray(v)[todo] for k, v in rows.items()})
-      progress.update(int(todo.sum()))
-      progress.set_postfix(img_s=f"{1 / seconds:.2f}")
-    progress.close()
-  distributed.barrier("certify: all files complete")
-  return _write_summary(config, spec, workdir)
-
-
-def _write_summary(config, spec, workdir: str) -> dict[str, Any]:
-  """The summary of the run's results files (of every process), also
-  written next to the first one by process 0 when possible."""
-  cfg = config.certify
-  files = run_files(workdir, config)
-  summary = {
-      "results": files[0],
-      "results_files": files,
-      "method": cfg.method,
-      "sigma": spec.sigma,
-      **summarize(files, tuple(cfg.radii)),
-  }
-  if distributed.is_primary():
-    try:
-      with open(files[0][: -len(".tsv")] + ".summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
-    except OSError as e:
-      logging.warning(
-          "Summary not written next to %s (%s).", files[0], e.strerror
-      )
-  return summary
-
-
-def _summarize_read_only(
-    config, spec, workdir: str, metadata, subset: range, error: OSError
-) -> dict[str, Any]:
-  """A finished run whose results file we cannot write (read-only storage)
-  is summarized; an unfinished one is an error that says what to do."""
-  path = results_path(workdir, config)
-  if not os.path.exists(path):
-    raise ValueError(
-        f"Cannot create {path} ({error.strerror}): the workdir is not "
-        f"writable. Certify into a writable copy of the workdir."
-    ) from error
-  results.check_metadata(path, config.certify.method, metadata)
-  done = set(results.read_results(run_files(workdir, config))["idx"].tolist())
-  missing = set(subset) - done
-  if missing:
-    raise ValueError(
-        f"{path} cannot be opened for writing ({error.strerror}) and "
-        f"{len(missing)} of the requested images have no row yet. Certify "
-        f"into a writable copy of the workdir, or make it writable."
-    ) from error
-  logging.warning(
-      "%s is read-only; every requested image has a row, so it "
-      "is only summarized.",
-      path,
-  )
-  return _write_summary(config, spec, workdir)
-
-
-def _check_rows_requested(writer, subset: range, path: str) -> None:
-  """Refuses a results file holding rows of images this run does not ask
-  for (appended by hand, or another subset's): they would be counted."""
-  extra = sorted(i for i in writer.done_indices if i not in subset)
-  if extra:
-    raise ValueError(
-        f"{path}: line {writer.line_of(extra[0])} has idx {extra[0]}, which "
-        f"is not among the images this run certifies ({len(extra)} such "
-        f"rows); they would be counted in the summary. Delete those lines, "
-        f"or the file to start over."
-    )
-
-
-def _record_batching(path: str, record: dict[str, Any]) -> None:
-  """Adds the batching of this run to the results metadata (once per
-  distinct record) and logs a resume under different batching."""
-  meta = results.read_metadata(path)
-  history = meta.get("batching", [])
-  if history and history[-1] != record:
-    logging.warning(
-        "%s: resumed with other batching than its earlier rows (%s, now %s); "
-        "counts do not change for a classifier whose logits do not depend "
-        "on the rest of its batch.",
-        path,
-        history[-1],
-        record,
-    )
-  if record not in history:
-    results.update_metadata(path, batching=history + [record])
-
-
-def _check_computation(
-    path: str, record: dict[str, Any], allow_other: bool
-) -> None:
-  """Records how the classifier is computed (backend, jax and jaxlib
-  versions, compute dtype, XLA flags) and refuses to resume a results file
-  under another computation: it may change low bits of the logits, and so
-  votes at near ties, making the file's rows certificates of two different
-  classifiers. `allow_other` turns the refusal into a warning (recorded)."""
-  history = results.read_metadata(path).get("computation", [])
-  if history and history[-1] != record:
-    before = history[-1]
-    changes = "; ".join(
-        f"{k}: {before.get(k)!r} then, {record.get(k)!r} now"
-        for k in sorted(set(before) | set(record))
-        if before.get(k) != record.get(k)
-    )
-    if not allow_other:
-      raise ValueError(
-          f"{path} was computed differently ({changes}). Resume with the "
-          f"recorded settings (XLA_FLAGS; DSSN_JAX_XLA_DEFAULTS=0 turns off "
-          f"dssn-jax's default XLA options), certify into a new results "
-          f"file, or pass --config.certify.allow_other_computation=True to "
-          f"add rows of the classifier as computed now."
-      )
-    logging.warning(
-        "%s: resumed under another computation (%s), as "
-        "allowed by certify.allow_other_computation.",
-        path,
-        changes,
-    )
-  if record not in history:
-    results.update_metadata(path, computation=history + [record])
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-  """A few human-readable lines of a summary."""
-  lines = [
-      f"{summary['images']} images, {summary['method']} at sigma="
-      f"{summary['sigma']}: clean accuracy "
-      f"{100 * summary['clean_accuracy']:.2f}%, "
-      f"{summary['seconds_per_image']:.4f} s/image",
-      "certified accuracy: "
-      + ", ".join(
-          f"r={r}: {100 * a:.2f}%"
-          for r, a in summary["certified_accuracy"].items()
-      ),
-  ]
-  return "\n".join(lines)
+  warm = False
+  for batch in batches:
+    index = batch["index"]
+    todo = batch["mask"] & ~np.isin(index, done)
+    progress.update(int(batch["mask"].sum() - todo.sum()))  # Done before.
+    if not todo.any():
+      continue
+    x = certify_batch.to_inputs(batch["image"])
+    if not warm:  # Compile outside the timed region: time is per image.
+      compile_fn(jax.ShapeDtypeStruct(x.shape, x.dtype))  # Runs nothing.
+      warm = True
+    start = time.perf_counter()
+    columns = certify_fn(x, index)
+    seconds = (time.perf_counter() - start) / todo.sum()
+    label = batch["label"]
+    rows = {
+        "idx": index,
+        "label": label,
+        "correct": (columns["predict"] == label).astype(int),
+        "time": np.full(index.shape, seconds),
+        **columns,
+    }
+    writer.write_rows({k: np.asarray(v)[todo] for k, v in rows.items()})
+    progress.update(int(todo.sum()))
+    progress.set_postfix(img_s=f"{1 / seconds:.2f}")
+  progress.close()
