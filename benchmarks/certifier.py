@@ -1,8 +1,9 @@
 """Throughput of the certifier measured against the machine's own limits.
 
 `run_benchmark(config, workdir)` measures, in one process on the current
-backend, and writes `benchmark.json` and `benchmark.md` into workdir (after
-every section, so a long run leaves partial results):
+backend, and writes `benchmark.json` and `benchmark.md` (rendered by
+`certifier_markdown`) into workdir after every section, so that a long run
+leaves partial results:
 
 - peak: FLOP/s of a large jitted matrix product, float32 and bfloat16;
 - per model and compute dtype: FLOPs per forward pass (XLA cost analysis of
@@ -26,7 +27,7 @@ that drifts during the run affects numerator and denominator alike. Every
 figure is reported as the median with min and max over the rounds.
 
 What the certification time covers. The certification program is exactly the
-jitted computation that `dssn_counts` runs (`certify.lower_counts` with the
+jitted computation that `dssn_counts` runs (`dssn.dssn_program` with the
 same noise, chunk size and batch), but over a prefix k = 0..n-1 of the L
 noise samples, with n = `timed_chunks` full chunks, because one ResNet-50
 image at sigma = 3.5 is 3,091 forward passes. The lax.scan body is the same
@@ -55,10 +56,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import certifier_markdown
 from benchmarks import measure
 from benchmarks import tuning
-from dssn_jax.core import certify
 from dssn_jax.core import chunking
+from dssn_jax.core import dssn
 from dssn_jax.core import smoothing
 from dssn_jax.training import classifier
 from dssn_jax.training import loop
@@ -92,7 +94,7 @@ def certification_program(
   """
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
   start = time.perf_counter()
-  lowered, args = certify.lower_counts(
+  program, args = dssn.dssn_program(
       subject.apply_fn,
       x,
       v,
@@ -101,9 +103,10 @@ def certification_program(
       chunk_size=chunk_size,
       num_items=num_items,
   )
+  lowered = program.lower(*args)
   compiled = lowered.compile()
   compile_seconds = time.perf_counter() - start
-  run = functools.partial(compiled, *args)
+  run = functools.partial(compiled, *program.place(*args))
   return run, compiled, compile_seconds
 
 
@@ -157,6 +160,118 @@ def _setting(config, name: str, field: str):
   return config[field]
 
 
+def _chunk_sizes(
+    config, name: str, subject: measure.Subject, images: int, specs
+) -> tuple[dict[float, int], dict[str, Any]]:
+  """The chunk timed at each sigma, and the row's fields about the choice.
+
+  The chunk is the one dssn_counts would pick for this batch, or a config
+  override (e.g. to keep ResNet-50 short on a CPU).
+  """
+  chunk_override = _setting(config, name, "chunk_size")
+  overridden = bool(chunk_override and chunk_override > 0)
+  chunks, auto = {}, {}
+  for spec in specs:
+    auto[spec.sigma] = measure.auto_chunk(subject, images, spec.levels)
+    if overridden:
+      chunks[spec.sigma] = min(chunk_override, spec.levels)
+    else:
+      chunks[spec.sigma] = auto[spec.sigma]
+  return chunks, {
+      "auto_chunk_size": {str(k): c for k, c in auto.items()},
+      "chunk_size_overridden": overridden,
+      "memory_budget_bytes": chunking.device_memory_budget(),
+  }
+
+
+def _raw_forward(
+    subject: measure.Subject, forward_batch: int
+) -> tuple[Callable[[], Any], dict[str, Any]]:
+  """The jitted forward at the certification forward batch, compiled: its
+  call on a fixed batch, and its XLA costs."""
+  batch = jnp.asarray(
+      measure.grid_images(subject.input_shape, forward_batch, seed=2)
+  )
+  forward = jax.jit(subject.apply_fn).lower(subject.variables, batch).compile()
+  return (
+      functools.partial(forward, subject.variables, batch),
+      measure.compiled_costs(forward),
+  )
+
+
+def _forward_figures(
+    seconds, forward_batch: int, flops_per_forward: float, peak_flops: float
+) -> tuple[list[float], list[float], dict[str, Any]]:
+  """Per-round raw forwards/s and matmul FLOP/s, and the row's fields."""
+  raw_rate = [forward_batch / s for s in seconds["raw"]]
+  peak_rate = [peak_flops / s for s in seconds["peak"]]
+  raw_flops = [r * flops_per_forward for r in raw_rate]
+  return (
+      raw_rate,
+      peak_rate,
+      {
+          "peak_flops_per_second": measure.summarize(peak_rate),
+          "raw_forwards_per_second": measure.summarize(raw_rate),
+          "raw_flops_per_second": measure.summarize(raw_flops),
+          "raw_utilization": measure.per_round(raw_flops, peak_rate),
+      },
+  )
+
+
+def _certification_figures(
+    spec: smoothing.SmoothingSpec,
+    images: int,
+    timed: tuple,
+    seconds: Sequence[float],
+    raw_rate: Sequence[float],
+    peak_rate: Sequence[float],
+    flops_per_forward: float,
+) -> dict[str, Any]:
+  """Throughput of the timed certification program at one sigma, against
+  the raw forward and the matmul peak of the same rounds."""
+  _, compiled, num_items, chunk = timed
+  evaluated = evaluated_items(spec.levels, chunk)
+  timed_rate = [images * num_items / s for s in seconds]
+  # Useful forward passes per second over the whole certification: the
+  # padding of the last chunk is evaluated but does not count.
+  rate = [r * spec.levels / evaluated for r in timed_rate]
+  return {
+      "levels": spec.levels,
+      "chunk_size": chunk,
+      "timed_items": num_items,
+      "timed_forwards": images * num_items,
+      "evaluated_items": evaluated,
+      "timed_forwards_per_second": measure.summarize(timed_rate),
+      "forwards_per_second": measure.summarize(rate),
+      "seconds_per_image": measure.summarize([spec.levels / r for r in rate]),
+      "ratio_to_raw": measure.per_round(rate, raw_rate),
+      "utilization": measure.per_round(
+          [r * flops_per_forward for r in rate], peak_rate
+      ),
+      "timed_program": measure.compiled_costs(compiled),
+  }
+
+
+def _full_program_figures(
+    subject: measure.Subject, x, spec: smoothing.SmoothingSpec, chunk: int
+) -> dict[str, Any]:
+  """Memory of the whole certification program at the full L (compiled,
+  not run): XLA's temporaries, arguments and outputs; and whether its noise
+  is made inside the loop's fusions."""
+  _, full, compile_seconds = certification_program(
+      subject, x, spec, chunk_size=chunk, num_items=spec.levels
+  )
+  full_costs = measure.compiled_costs(full)
+  return {
+      "full_program": full_costs,
+      "full_program_compile_seconds": compile_seconds,
+      "peak_bytes": measure.footprint_bytes(full_costs),
+      "noise_fusion": noise_fusion_report(
+          full.as_text(), spec, x.shape[0], subject.input_shape
+      ),
+  }
+
+
 def benchmark_model(
     config,
     name: str,
@@ -170,7 +285,6 @@ def benchmark_model(
   sigma is also traced there and broken down by XLA operation.
   """
   repeats = _setting(config, name, "repeats")
-  warmup = config.warmup
   images = _setting(config, name, "images")
   subject = measure.make_subject(name, compute_dtype)
   specs = [smoothing.SmoothingSpec(s, config.q) for s in config.sigmas]
@@ -181,103 +295,50 @@ def benchmark_model(
       "images": images,
       "sigmas": {},
   }
-
   x = measure.grid_images(subject.input_shape, images)
-  chunk_override = _setting(config, name, "chunk_size")
-  # The chunk dssn_counts would pick for this batch (per sigma), and the one
-  # timed (a config override, e.g. to keep ResNet-50 short on a CPU).
-  chunks, auto = {}, {}
-  for spec in specs:
-    auto[spec.sigma] = measure.auto_chunk(subject, images, spec.levels)
-    if chunk_override and chunk_override > 0:
-      chunks[spec.sigma] = min(chunk_override, spec.levels)
-    else:
-      chunks[spec.sigma] = auto[spec.sigma]
-  row["auto_chunk_size"] = {str(k): c for k, c in auto.items()}
-  row["chunk_size_overridden"] = bool(chunk_override and chunk_override > 0)
-  row["memory_budget_bytes"] = chunking.device_memory_budget()
+  chunks, chunk_fields = _chunk_sizes(config, name, subject, images, specs)
+  row.update(chunk_fields)
   forward_batch = max(chunks.values()) * images
   row["forward_batch"] = forward_batch
-
-  # Raw forward at the certification forward batch.
-  batch = jnp.asarray(
-      measure.grid_images(subject.input_shape, forward_batch, seed=2)
-  )
-  forward = jax.jit(subject.apply_fn).lower(subject.variables, batch).compile()
-  forward_costs = measure.compiled_costs(forward)
+  raw, forward_costs = _raw_forward(subject, forward_batch)
   row["forward"] = forward_costs
   flops_per_forward = (forward_costs["flops"] or 0.0) / forward_batch
   row["flops_per_forward"] = flops_per_forward
-  fns = {
-      "peak": measure.matmul(config.peak_size, jnp.float32)[0],
-      "raw": functools.partial(forward, subject.variables, batch),
-  }
-  peak_flops = 2.0 * config.peak_size**3
-
-  programs = {}
+  fns = {"peak": measure.matmul(config.peak_size, jnp.float32)[0], "raw": raw}
+  timed = {}  # sigma -> (run, compiled, num_items, chunk)
   for spec in specs:
     chunk = chunks[spec.sigma]
     num_items = min(spec.levels, _setting(config, name, "timed_chunks") * chunk)
     run, compiled, _ = certification_program(
         subject, x, spec, chunk_size=chunk, num_items=num_items
     )
-    programs[spec.sigma] = (run, compiled, num_items, chunk)
+    timed[spec.sigma] = (run, compiled, num_items, chunk)
     fns[f"cert_{spec.sigma}"] = run
 
   log(
       f"  {name} {compute_dtype}: timing (forward batch {forward_batch}, "
       f"{repeats} rounds)"
   )
-  seconds = measure.timed_rounds(fns, repeats=repeats, warmup=warmup)
-  raw_rate = [forward_batch / s for s in seconds["raw"]]
-  peak_rate = [peak_flops / s for s in seconds["peak"]]
-  row["peak_flops_per_second"] = measure.summarize(peak_rate)
-  row["raw_forwards_per_second"] = measure.summarize(raw_rate)
-  row["raw_flops_per_second"] = measure.summarize(
-      [r * flops_per_forward for r in raw_rate]
+  seconds = measure.timed_rounds(fns, repeats=repeats, warmup=config.warmup)
+  raw_rate, peak_rate, forward_fields = _forward_figures(
+      seconds, forward_batch, flops_per_forward, 2.0 * config.peak_size**3
   )
-  row["raw_utilization"] = measure.per_round(
-      [r * flops_per_forward for r in raw_rate], peak_rate
-  )
-
+  row.update(forward_fields)
   for spec in specs:
-    run, compiled, num_items, chunk = programs[spec.sigma]
-    evaluated = evaluated_items(spec.levels, chunk)
-    timed_rate = [images * num_items / s for s in seconds[f"cert_{spec.sigma}"]]
-    # Useful forward passes per second over the whole certification: the
-    # padding of the last chunk is evaluated but does not count.
-    rate = [r * spec.levels / evaluated for r in timed_rate]
-    entry = {
-        "levels": spec.levels,
-        "chunk_size": chunk,
-        "timed_items": num_items,
-        "timed_forwards": images * num_items,
-        "evaluated_items": evaluated,
-        "timed_forwards_per_second": measure.summarize(timed_rate),
-        "forwards_per_second": measure.summarize(rate),
-        "seconds_per_image": measure.summarize([spec.levels / r for r in rate]),
-        "ratio_to_raw": measure.per_round(rate, raw_rate),
-        "utilization": measure.per_round(
-            [r * flops_per_forward for r in rate], peak_rate
-        ),
-        "timed_program": measure.compiled_costs(compiled),
-    }
-    # Memory of the whole certification program at the full L (compiled,
-    # not run): XLA's temporaries, arguments and outputs.
-    _, full, compile_seconds = certification_program(
-        subject, x, spec, chunk_size=chunk, num_items=spec.levels
+    entry = _certification_figures(
+        spec,
+        images,
+        timed[spec.sigma],
+        seconds[f"cert_{spec.sigma}"],
+        raw_rate,
+        peak_rate,
+        flops_per_forward,
     )
-    full_costs = measure.compiled_costs(full)
-    entry["full_program"] = full_costs
-    entry["full_program_compile_seconds"] = compile_seconds
-    entry["peak_bytes"] = _footprint(full_costs)
-    entry["noise_fusion"] = noise_fusion_report(
-        full.as_text(), spec, images, subject.input_shape
-    )
+    entry.update(_full_program_figures(subject, x, spec, timed[spec.sigma][3]))
     row["sigmas"][str(spec.sigma)] = entry
   if profile_dir:
     row["profile"] = measure.profile_breakdown(
-        programs[specs[0].sigma][0],
+        timed[specs[0].sigma][0],
         os.path.join(profile_dir, f"{name}_{compute_dtype}"),
     )
   peaks = [e["peak_bytes"] for e in row["sigmas"].values()]
@@ -285,7 +346,6 @@ def benchmark_model(
       max(peaks) / max(1, min(peaks)) if None not in peaks else None
   )
   row["process_peak_rss_bytes"] = measure.peak_rss_bytes()
-
   if f"{name}:{compute_dtype}" in config.end_to_end:
     row["end_to_end"] = _end_to_end(
         subject, x, specs[0], repeats=config.end_to_end_repeats
@@ -309,7 +369,7 @@ def _end_to_end(subject: measure.Subject, x, spec, *, repeats: int) -> dict:
   without the host.
   """
   v = smoothing.make_offsets(0, subject.input_shape, spec.levels)
-  call = lambda: certify.dssn_counts(
+  call = lambda: dssn.dssn_counts(
       subject.apply_fn, x, v, spec, params=subject.variables
   )
   jax.block_until_ready(call())  # Compile.
@@ -553,185 +613,11 @@ def run_benchmark(
 # ----------------------------------------------------------------------------
 
 
-def _fmt(value, digits=3) -> str:
-  if value is None:
-    return "n/a"
-  if isinstance(value, dict):
-    return (
-        f"{_fmt(value['median'], digits)} "
-        f"[{_fmt(value['min'], digits)}, {_fmt(value['max'], digits)}]"
-    )
-  if abs(value) >= 1000:
-    return f"{value:,.0f}"
-  return f"{value:.{digits}g}"
-
-
-def _footprint(costs: Mapping[str, Any]) -> int | None:
-  """Bytes XLA holds during a program: arguments + outputs + temporaries,
-  minus the outputs that alias (reuse) donated arguments."""
-  if costs.get("temp_bytes") is None:
-    return None
-  return (
-      costs["argument_bytes"]
-      + costs["output_bytes"]
-      + costs["temp_bytes"]
-      - (costs["alias_bytes"] or 0)
-  )
-
-
-def _mib(value) -> str:
-  return "n/a" if value is None else f"{value / 2**20:,.1f}"
-
-
-def to_markdown(report: Mapping[str, Any]) -> str:
-  """The report as Markdown tables (medians, [min, max] over the rounds)."""
-  env = report["environment"]
-  lines = [
-      "# Certifier benchmark",
-      "",
-      f"Backend `{env['backend']}` ({env['device_kind']}, "
-      f"{env['device_count']} device(s), {env['processor']}, "
-      f"{env['cpu_count']} CPUs), JAX {env['jax_version']}, XLA_FLAGS "
-      f"`{env['xla_flags'] or '(none)'}`. Load average at start "
-      f"{report.get('load_average_start')}, at the end "
-      f"{report.get('load_average_now')}; {report.get('elapsed_seconds')} s.",
-      "",
-      "Medians over the timed rounds, [min, max] in brackets; ratios are per "
-      "round (see benchmarks/certifier.py for the protocol).",
-      "",
-      "## Peak: square matrix product",
-      "",
-      "| dtype | size | GFLOP/s |",
-      "|---|---|---|",
-  ]
-  for row in report["peak"]:
-    if row.get("supported"):
-      rate = {
-          k: v / 1e9 if isinstance(v, float) else v
-          for k, v in row["flops_per_second"].items()
-      }
-      lines.append(f"| {row['dtype']} | {row['size']} | {_fmt(rate)} |")
-    else:
-      lines.append(f"| {row['dtype']} | {row['size']} | unsupported |")
-  lines += [
-      "",
-      "## Forward pass and certification",
-      "",
-      "Certification = the jitted vote-counting program of `dssn_counts`, "
-      "timed over the first `timed` noise samples (same chunk and batch) and "
-      "extrapolated to all L (padded last chunk included; cert fwd/s counts "
-      "the L useful forward passes per image). MFU = model FLOP/s over the "
-      "float32 matmul peak of the same round. XLA peak = temporaries + "
-      "arguments + outputs of the program compiled for the full L.",
-      "",
-      "| model | dtype | MFLOP/fwd | fwd batch (images x chunk) | raw fwd/s "
-      "| raw MFU | sigma | L | timed | cert fwd/s | cert/raw | cert MFU "
-      "| s/image | XLA peak MiB (full L) | compile s |",
-      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-  ]
-  for row in report["models"]:
-    for sigma, entry in row["sigmas"].items():
-      lines.append(
-          f"| {row['model']} | {row['compute_dtype']} | "
-          f"{_fmt(row['flops_per_forward'] / 1e6)} | {row['forward_batch']} "
-          f"({row['images']} x {entry['chunk_size']}) | "
-          f"{_fmt(row['raw_forwards_per_second'])} | "
-          f"{_fmt(row['raw_utilization'], 2)} | {sigma} | {entry['levels']} | "
-          f"{entry['timed_items']} | {_fmt(entry['forwards_per_second'])} | "
-          f"{_fmt(entry['ratio_to_raw'])} | {_fmt(entry['utilization'], 2)} | "
-          f"{_fmt(entry['seconds_per_image'])} | "
-          f"{_mib(entry['peak_bytes'])} | "
-          f"{_fmt(entry['full_program_compile_seconds'], 2)} |"
-      )
-  end_to_end = [
-      (r, r[k])
-      for k in ("end_to_end", "host_overhead")
-      for r in report["models"]
-      if k in r
-  ]
-  if end_to_end:
-    lines += [
-        "",
-        "Full `dssn_counts` calls (all L samples, host checks "
-        "included; host s/call = until the call returns, before its "
-        "result is ready):",
-        "",
-        "| model | dtype | sigma | L | images | s/call | host s/call "
-        "| s/image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row, e in end_to_end:
-      lines.append(
-          f"| {row['model']} | {row['compute_dtype']} | {e['sigma']} "
-          f"| {e['levels']} | {e['images']} | "
-          f"{_fmt(e['seconds_per_call'])} | "
-          f"{_fmt(e['host_seconds_per_call'])} | "
-          f"{_fmt(e['seconds_per_image'])} |"
-      )
-  profiled = [r for r in report["models"] if "top" in r.get("profile", {})]
-  if profiled:
-    lines += [
-        "",
-        "## Where certification time goes (jax.profiler trace, "
-        "exclusive thread time per XLA operation)",
-        "",
-        "| model | dtype | top operations (share of thread time) |",
-        "|---|---|---|",
-    ]
-    for row in profiled:
-      ops = ", ".join(
-          f"{op['op']} {op['share']:.1%}" for op in row["profile"]["top"][:6]
-      )
-      lines.append(f"| {row['model']} | {row['compute_dtype']} | {ops} |")
-  if report["training"]:
-    lines += [
-        "",
-        "## Training step (DSSN noise, SGD, donated state)",
-        "",
-        "| model | batch | images/s | GFLOP/step | MFU | XLA MiB "
-        "(donated) | XLA MiB (not donated) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in report["training"]:
-      lines.append(
-          f"| {row['model']} | {row['batch']} | "
-          f"{_fmt(row['images_per_second'])} | "
-          f"{_fmt(row['flops_per_step'] / 1e9)} | "
-          f"{_fmt(row['utilization'], 2)} | "
-          f"{_mib(_footprint(row['step_program']))} | "
-          f"{_mib(_footprint(row['step_program_without_donation']))}"
-          f" |"
-      )
-  if report["device_split"]:
-    lines += [
-        "",
-        "## Work split over fake CPU devices",
-        "",
-        "| devices | batch | split | chunk/device | per-device input "
-        "batches | per-device FLOPs / one device's | identical counts |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in report["device_split"]:
-      if "error" in row:
-        lines.append(f"| {row['devices']} | error | | | | | |")
-        continue
-      for case in row["cases"]:
-        lines.append(
-            f"| {row['devices']} | {case['batch']} | {case['split']} | "
-            f"{case['chunk_per_device']} | "
-            f"{case['per_device_input_batches']} | "
-            f"{_fmt(case['per_device_share'])} | "
-            f"{case['identical_to_one_device']} |"
-        )
-  lines += tuning.to_markdown(report)
-  return "\n".join(lines) + "\n"
-
-
 def write_report(report: Mapping[str, Any], workdir: str) -> None:
   """Writes benchmark.json and benchmark.md atomically into workdir."""
   for name, text in (
       (RESULTS_JSON, json.dumps(report, indent=2, default=str)),
-      (RESULTS_MARKDOWN, to_markdown(report)),
+      (RESULTS_MARKDOWN, certifier_markdown.to_markdown(report)),
   ):
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:

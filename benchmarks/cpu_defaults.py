@@ -2,11 +2,11 @@ r"""The measurements behind dssn-jax's CPU defaults.
 
   python -m benchmarks.cpu_defaults --outdir=runs/cpu_defaults
 
-1. XLA options (`dssn_jax.runtime.xla_options.DEFAULT_FLAGS`): the float32 matmul
-   peak and each model's raw forward pass in a fresh process with and
+1. XLA options (`dssn_jax.runtime.xla_options.DEFAULT_FLAGS`): the float32
+   matmul peak and each model's raw forward pass in a fresh process with and
    without them, alternated; model FLOP utilization = forward FLOP/s over
    the matmul's FLOP/s of the same trial.
-2. Forward batch (`memory.default_forward_batch`): each model's raw forward
+2. Forward batch (`chunking.default_forward_batch`): each model's raw forward
    throughput per batch size, under the default options, interleaved rounds.
 3. bfloat16: forward passes per second in bfloat16 over float32, same
    batch, interleaved rounds (worth offering where the CPU has native

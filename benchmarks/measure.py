@@ -133,6 +133,20 @@ def compiled_costs(compiled) -> dict[str, float | None]:
   return out
 
 
+def footprint_bytes(costs: Mapping[str, Any]) -> int | None:
+  """Bytes XLA holds during a program (`compiled_costs`): arguments + outputs
+  + temporaries, minus the outputs that alias (reuse) donated arguments;
+  None where the backend has no memory analysis."""
+  if costs.get("temp_bytes") is None:
+    return None
+  return (
+      costs["argument_bytes"]
+      + costs["output_bytes"]
+      + costs["temp_bytes"]
+      - (costs["alias_bytes"] or 0)
+  )
+
+
 # Runtime events that wait rather than compute.
 _PROFILE_WAITS = ("ThunkExecutor::Execute", "SlinkyThreadPool::Await", "end: ")
 

@@ -42,11 +42,12 @@ def main(argv):
   experiments.start(argv)
   # pylint: disable=g-import-not-at-top
   from benchmarks import certifier
-  from dssn_jax.data import input_pipeline
+  from benchmarks import certifier_markdown
+  from dssn_jax.data import quiet_tensorflow
   # pylint: enable=g-import-not-at-top
-  input_pipeline.hide_tf_from_accelerators()
+  quiet_tensorflow.hide_tf_from_accelerators()
   report = certifier.run_benchmark(config, _WORKDIR.value, log=print)
-  print(certifier.to_markdown(report))
+  print(certifier_markdown.to_markdown(report))
   if config.get("torch_peer"):
     from benchmarks import torch_peer  # pylint: disable=g-import-not-at-top
 

@@ -3,7 +3,7 @@
 `forward_batch_sweep` times the raw jitted forward pass of a model at several
 batch sizes, interleaved with the float32 matmul peak in every round, and
 reports forward passes per second and the fraction of the best batch size: the
-evidence for `memory.DEFAULT_FORWARD_BATCH`.
+evidence for `chunking.DEFAULT_FORWARD_BATCH`.
 
 `xla_flag_trials` runs a small measurement (matmul peak, raw forward) in a
 fresh process per XLA_FLAGS setting (`python -m benchmarks.flag_trial`),
@@ -13,7 +13,7 @@ and each
 setting's throughput is reported relative to the first (the baseline) setting
 of the same alternation. Each trial also records the first logit of a fixed
 batch: options that change it change the classifier that gets certified (see
-README, "Performance").
+docs/performance.md).
 """
 
 from __future__ import annotations

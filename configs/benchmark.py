@@ -20,29 +20,14 @@ import ml_collections
 
 # Lets XLA:CPU hand BatchNorm, ReLU, residual adds and pooling to the same
 # YNNPACK fusions as the convolutions (an xla_cpu_* option: no effect on GPU or
-# TPU). It changes the low bits of the logits; see README "Performance".
+# TPU). It changes the low bits of the logits; see docs/performance.md.
 CPU_FUSION_FLAGS = "--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce"
 
 
-def get_config(arg: str | None = None):
-  config = ml_collections.ConfigDict()
-  config.models = ("small_cnn", "wrn_40_2", "resnet50")
-  config.train_models = ("small_cnn", "wrn_40_2", "resnet50")
-  # bfloat16 rows (where the backend has bfloat16 convolutions) for these.
-  config.compute_dtypes = ("float32", "bfloat16")
-  config.reduced_precision_models = ("small_cnn", "wrn_40_2")
-  config.sigmas = (0.5, 3.5)
-  config.q = 255
-  config.repeats = 5  # Timed rounds (after warm-up) per measurement.
-  config.warmup = 1
-  config.peak_sizes = (1024, 2048, 4096)  # Square matmuls of the peak table.
-  config.peak_size = 2048  # The matmul interleaved with every measurement.
-  # Per-model overrides; -1 inherits the top-level value (or automatic).
-  config.images = 32  # Images per certification batch (configs' default).
-  config.chunk_size = -1  # -1: what dssn_counts picks.
-  config.timed_chunks = 3  # Chunks of noise samples timed per call.
-  config.train_batch = 64
-  config.model_settings = ml_collections.ConfigDict(
+def _model_settings() -> ml_collections.ConfigDict:
+  """Per-model overrides of images, chunk_size, timed_chunks, train_batch and
+  repeats (a missing field or -1 inherits the top-level value)."""
+  return ml_collections.ConfigDict(
       {
           "small_cnn": {
               "images": 16,
@@ -67,13 +52,11 @@ def get_config(arg: str | None = None):
           },
       }
   )
-  # "model:dtype" pairs also timed as one full dssn_counts call (first sigma).
-  config.end_to_end = ("small_cnn:float32",)
-  config.end_to_end_repeats = 2
-  # Every model: full dssn_counts calls at this sigma (L = 8) measure the
-  # host's share of a call.
-  config.host_sigma = 0.01
-  config.train = ml_collections.ConfigDict(
+
+
+def _train_config() -> ml_collections.ConfigDict:
+  """The training step timed by benchmark_training (DSSN noise, SGD)."""
+  return ml_collections.ConfigDict(
       {
           "noise": "dssn",
           "sigma": 0.5,
@@ -86,13 +69,13 @@ def get_config(arg: str | None = None):
           "weight_decay": 1e-4,
       }
   )
-  config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
-  # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
-  # measures what the other entry points get by default (which includes
-  # dssn_jax.runtime.xla_options.DEFAULT_FLAGS unless DSSN_JAX_XLA_DEFAULTS=0).
-  config.xla_flags = ""
-  # Tuning trials (benchmarks/tuning.py). Raw forward throughput per forward
-  # batch size (the evidence for memory.DEFAULT_FORWARD_BATCH):
+
+
+def _add_tuning(config: ml_collections.ConfigDict) -> None:
+  """The tuning trials (benchmarks/tuning.py), the PyTorch peer and the
+  profile."""
+  # Raw forward throughput per forward batch size (the evidence for
+  # chunking.DEFAULT_FORWARD_BATCH):
   config.sweep = ml_collections.ConfigDict(
       {
           "small_cnn": (64, 128, 256, 512, 1024, 2048),
@@ -113,40 +96,92 @@ def get_config(arg: str | None = None):
   # Trace one certification call per model into workdir/profile and break
   # its time down by XLA operation.
   config.profile = True
-  if arg == "smoke":
-    config.models = ("small_cnn",)
-    config.train_models = ("small_cnn",)
-    config.compute_dtypes = ("float32",)
-    config.sigmas = (0.05, 0.1)  # L = 44 and 88.
-    config.repeats = 2
-    config.peak_sizes = (256,)
-    config.peak_size = 256
-    config.model_settings = ml_collections.ConfigDict(
-        {
-            "small_cnn": {
-                "images": 2,
-                "chunk_size": 8,
-                "timed_chunks": 2,
-                "train_batch": 8,
-            }
-        }
-    )
-    config.end_to_end = ("small_cnn:float32",)
-    config.end_to_end_repeats = 1
-    config.split_devices = ()
-    config.profile = False
-    config.sweep = ml_collections.ConfigDict({"small_cnn": (8, 16)})
-    config.flag_trials = ()
-    config.torch_peer = ml_collections.ConfigDict()
-  elif arg == "cpu_quick":
-    config.models = ("small_cnn", "wrn_40_2")
-    config.train_models = ("small_cnn", "wrn_40_2")
-    config.repeats = 3
-    config.sweep = ml_collections.ConfigDict(
-        {"small_cnn": (128, 256, 512, 1024), "wrn_40_2": (64, 128, 256, 512)}
-    )
-  elif arg:
-    raise ValueError(
-        f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'."
-    )
+
+
+def _full() -> ml_collections.ConfigDict:
+  """The full benchmark: every section, every model."""
+  config = ml_collections.ConfigDict()
+  config.models = ("small_cnn", "wrn_40_2", "resnet50")
+  config.train_models = ("small_cnn", "wrn_40_2", "resnet50")
+  # bfloat16 rows (where the backend has bfloat16 convolutions) for these.
+  config.compute_dtypes = ("float32", "bfloat16")
+  config.reduced_precision_models = ("small_cnn", "wrn_40_2")
+  config.sigmas = (0.5, 3.5)
+  config.q = 255
+  config.repeats = 5  # Timed rounds (after warm-up) per measurement.
+  config.warmup = 1
+  config.peak_sizes = (1024, 2048, 4096)  # Square matmuls of the peak table.
+  config.peak_size = 2048  # The matmul interleaved with every measurement.
+  # Per-model overrides; -1 inherits the top-level value (or automatic).
+  config.images = 32  # Images per certification batch (configs' default).
+  config.chunk_size = -1  # -1: what dssn_counts picks.
+  config.timed_chunks = 3  # Chunks of noise samples timed per call.
+  config.train_batch = 64
+  config.model_settings = _model_settings()
+  # "model:dtype" pairs also timed as one full dssn_counts call (first sigma).
+  config.end_to_end = ("small_cnn:float32",)
+  config.end_to_end_repeats = 2
+  # Every model: full dssn_counts calls at this sigma (L = 8) measure the
+  # host's share of a call.
+  config.host_sigma = 0.01
+  config.train = _train_config()
+  config.split_devices = (4,)  # Fake CPU device counts to check; () skips.
+  # Appended to XLA_FLAGS by benchmarks/run.py before JAX starts. ""
+  # measures what the other entry points get by default (which includes
+  # dssn_jax.runtime.xla_options.DEFAULT_FLAGS unless DSSN_JAX_XLA_DEFAULTS=0).
+  config.xla_flags = ""
+  _add_tuning(config)
+  return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """The small CNN only, at tiny sizes: seconds, for tests."""
+  config.models = ("small_cnn",)
+  config.train_models = ("small_cnn",)
+  config.compute_dtypes = ("float32",)
+  config.sigmas = (0.05, 0.1)  # L = 44 and 88.
+  config.repeats = 2
+  config.peak_sizes = (256,)
+  config.peak_size = 256
+  config.model_settings = ml_collections.ConfigDict(
+      {
+          "small_cnn": {
+              "images": 2,
+              "chunk_size": 8,
+              "timed_chunks": 2,
+              "train_batch": 8,
+          }
+      }
+  )
+  config.end_to_end = ("small_cnn:float32",)
+  config.end_to_end_repeats = 1
+  config.split_devices = ()
+  config.profile = False
+  config.sweep = ml_collections.ConfigDict({"small_cnn": (8, 16)})
+  config.flag_trials = ()
+  config.torch_peer = ml_collections.ConfigDict()
+
+
+def _cpu_quick(config: ml_collections.ConfigDict) -> None:
+  """No ResNet-50, fewer rounds, a shorter sweep."""
+  config.models = ("small_cnn", "wrn_40_2")
+  config.train_models = ("small_cnn", "wrn_40_2")
+  config.repeats = 3
+  config.sweep = ml_collections.ConfigDict(
+      {"small_cnn": (128, 256, 512, 1024), "wrn_40_2": (64, 128, 256, 512)}
+  )
+
+
+_VARIANTS = {"smoke": _smoke, "cpu_quick": _cpu_quick}
+
+
+def get_config(arg: str | None = None):
+  """The full benchmark, or the variant `arg` names ('smoke', 'cpu_quick')."""
+  config = _full()
+  if arg:
+    if arg not in _VARIANTS:
+      raise ValueError(
+          f"Unknown variant {arg!r} of benchmark; use 'smoke' or 'cpu_quick'."
+      )
+    _VARIANTS[arg](config)
   return config

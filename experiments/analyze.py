@@ -7,7 +7,7 @@ comparison. Writes tables.md and PNG plots into --outdir and prints the tables.
   python -m experiments.analyze \
       --results=workdir/certify_sigma0.5,workdir/certify_sigma1.0 \
       --reference=reference_results --dataset=cifar \
-      --outdir=/tmp/analysis
+      --outdir=runs/analysis
 
 --results takes files, directories (every *.tsv below them) and globs.
 """

@@ -7,17 +7,17 @@ tests check that the report is complete and sane.
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
 
 from benchmarks import certifier
+from benchmarks import certifier_markdown
 from benchmarks import measure
 from benchmarks import tuning
 from configs import benchmark as benchmark_config
 import dssn_jax
+from tests.conftest import run_python
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +172,8 @@ def test_train_ratio_reports_where_the_epoch_went(
     tmp_path, fashion_mnist_data_dir
 ):
   outdir = str(tmp_path / "out")
-  subprocess.run(
+  done = run_python(
       [
-          sys.executable,
           "-m",
           "benchmarks.train_ratio",
           "--config=configs/fashion_mnist.py:smoke",
@@ -182,11 +181,9 @@ def test_train_ratio_reports_where_the_epoch_went(
           f"--outdir={outdir}",
           "--step_rounds=1",
           "--steps=2",
-      ],
-      check=True,
-      capture_output=True,
-      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      ]
   )
+  assert done.returncode == 0, done.stderr[-2000:]
   with open(os.path.join(outdir, "train_ratio.json")) as f:
     report = json.load(f)
   assert report["steps_per_epoch"] == 3 and report["steady_epochs"] == 1
@@ -198,3 +195,42 @@ def test_train_ratio_reports_where_the_epoch_went(
       + report["other_seconds"]
   )
   assert abs(parts - report["steady_seconds"]) < 1e-6
+
+
+def test_markdown_of_the_device_split_and_its_errors():
+  report = {
+      "environment": {
+          "backend": "cpu",
+          "device_kind": "cpu",
+          "device_count": 1,
+          "processor": "x86_64",
+          "cpu_count": 2,
+          "jax_version": jax.__version__,
+          "xla_flags": "",
+      },
+      "peak": [{"dtype": "bfloat16", "size": 64, "supported": False}],
+      "models": [],
+      "training": [],
+      "device_split": [
+          {"devices": 2, "error": "Traceback ..."},
+          {
+              "devices": 4,
+              "cases": [
+                  {
+                      "batch": 8,
+                      "split": "batch",
+                      "chunk_per_device": 44,
+                      "per_device_input_batches": [2, 88],
+                      "per_device_share": 0.25,
+                      "identical_to_one_device": True,
+                  }
+              ],
+          },
+      ],
+  }
+  markdown = certifier_markdown.to_markdown(report)
+  assert "XLA_FLAGS `(none)`" in markdown
+  assert "| bfloat16 | 64 | unsupported |" in markdown
+  assert "| 2 | error | | | | | |" in markdown
+  assert "| 4 | 8 | batch | 44 | [2, 88] | 0.25 | True |" in markdown
+  assert "## Training step" not in markdown  # Sections not measured.
