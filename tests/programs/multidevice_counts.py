@@ -11,6 +11,7 @@ whose counts differ from the one-device counts, and the row sums of those.
 import json
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
@@ -98,6 +99,26 @@ def _lowered_first_cases(apply_fn, x, v, reference):
     yield ("dssn_lowered_first", devices, batch), same and not compiled
 
 
+def _abstract_sharding_case(apply_fn, v):
+  """An abstract batch may carry the sharding the program runs it with (split
+  over the mesh when the batch divides), and no other."""
+  mesh = _mesh(8)
+  split = jax.ShapeDtypeStruct(
+      (8,) + SHAPE, jnp.float32, sharding=NamedSharding(mesh, P("data"))
+  )
+  lowered = dssn.lower_counts(apply_fn, split, v, SPEC, mesh=mesh)
+  accepted = lowered.out_info.shape == (8, 5)
+  replicated = jax.ShapeDtypeStruct(
+      (8,) + SHAPE, jnp.float32, sharding=NamedSharding(mesh, P())
+  )
+  try:
+    dssn.lower_counts(apply_fn, replicated, v, SPEC, mesh=mesh)
+    refused = False
+  except ValueError as e:
+    refused = "runs it with" in str(e)
+  yield ("abstract_sharding",), accepted and refused
+
+
 def main() -> None:
   assert jax.device_count() == 8, jax.devices()
   apply_fn = _classifier()
@@ -116,6 +137,7 @@ def main() -> None:
       *_sampling_cases(apply_fn, x, key, sampled),
       *_invalid_row_cases(apply_fn, x, v, reference),
       *_lowered_first_cases(apply_fn, x, v, reference),
+      *_abstract_sharding_case(apply_fn, v),
   ]
   print(
       json.dumps(
