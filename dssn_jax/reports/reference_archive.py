@@ -46,12 +46,12 @@ ARCHIVE_NAME = "levine_feizi_2021_certificates.npz"
 RUNS_NAME = "levine_feizi_2021_runs.json"
 
 # The authors' method names, in the order of `core.methods`.
-_REFERENCE_METHODS = tuple(
+_AUTHORS_METHOD_NAMES = tuple(
     methods.method(name).reference_name for name in methods.METHODS
 )
 _REFERENCE_NAME = re.compile(
     r"^(?P<dataset>cifar|imagenet)_"
-    rf"(?P<method>{'|'.join(_REFERENCE_METHODS)})_"
+    rf"(?P<method>{'|'.join(_AUTHORS_METHOD_NAMES)})_"
     r"(?P<sigma>\d+(?:\.\d+)?)(?P<stabilized>_stabilized)?$"
 )
 
@@ -63,7 +63,7 @@ def parse_reference_run_name(name: str) -> dict[str, Any]:
   if not m:
     raise ValueError(
         f"Unrecognised reference run name {name!r}; expected "
-        f"{{cifar,imagenet}}_{{{','.join(_REFERENCE_METHODS)}}}_{{sigma}}"
+        f"{{cifar,imagenet}}_{{{','.join(_AUTHORS_METHOD_NAMES)}}}_{{sigma}}"
         "[_stabilized]."
     )
   return {
