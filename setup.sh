@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up: a virtualenv in .venv with dssn-jax and its test
 # dependencies, plus Debian's Fashion-MNIST files (the only real dataset that
-# can be installed offline). Safe to rerun.
+# can be installed offline). Safe to rerun. Every Python package is installed
+# at the version in constraints.txt (README, "A reproducible environment").
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
@@ -9,10 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
 # torch only serves the converter of the authors' checkpoints and its tests;
-# pinned, since an unpinned torch resolves to a multi-GB CUDA build.
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
+# its version comes from constraints.txt, since an unpinned torch resolves
+# to a multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet -c constraints.txt torch
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
