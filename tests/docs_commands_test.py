@@ -334,6 +334,38 @@ def test_dotted_names_in_the_docs_exist():
   assert not missing, "\n".join(missing)
 
 
+def design_module_map() -> set[str]:
+  """The modules docs/design.md's module map lists, as paths."""
+  text = (REPO_ROOT / "docs" / "design.md").read_text()
+  section = text[text.index("### Module map") :]
+  body = next(b for _, lang, b in _fenced_blocks(section) if lang == "")
+  listed, folders = set(), []
+  for line in body.splitlines():
+    m = re.match(r"( *)(\w+(?:/|\.py))(?: |$)", line)
+    if not m or len(m.group(1)) % 2:
+      continue  # A continuation of the previous line's description.
+    depth = len(m.group(1)) // 2
+    folders = folders[:depth]
+    if m.group(2).endswith("/"):
+      folders.append(m.group(2))
+    elif folders[:1] == ["dssn_jax/"]:
+      listed.add("".join(folders) + m.group(2))
+  return listed
+
+
+def test_design_module_map_lists_every_module():
+  """docs/design.md, section 5, maps every module of the package, and no
+  module that is gone."""
+  modules = {
+      _rel(p)
+      for p in PACKAGE.rglob("*.py")
+      if p.name != "__init__.py" or p.parent == PACKAGE
+  }
+  listed = design_module_map()
+  assert not modules - listed, f"not in the map: {sorted(modules - listed)}"
+  assert not listed - modules, f"gone: {sorted(listed - modules)}"
+
+
 def python_blocks():
   """(doc, line, body) of every ```python block of README and docs."""
   for doc in DOCS:

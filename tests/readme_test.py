@@ -1,4 +1,5 @@
-"""README.md's library example runs as written."""
+"""README.md's library example runs as written (the other commands, code
+and references of README.md and docs/: tests/docs_commands_test.py)."""
 
 import pathlib
 import re
