@@ -237,6 +237,13 @@ _PATH = re.compile(
 
 
 def test_repository_paths_in_the_docs_exist():
+  """Paths under the repository's folders, bare module file names
+  (`checkpoints.py`) and relative links name files that exist."""
+  python_files = {
+      p.name
+      for folder in ("dssn_jax", "experiments", "benchmarks", "configs")
+      for p in (REPO_ROOT / folder).rglob("*.py")
+  } | {p.name for p in (REPO_ROOT / "tests").rglob("*.py")}
   missing = []
   for doc in DOCS:
     text = doc.read_text()
@@ -244,6 +251,9 @@ def test_repository_paths_in_the_docs_exist():
       path = m.group(1).split(":")[0]  # configs/x.py:variant
       if not (REPO_ROOT / path).exists():
         missing.append(f"{_rel(doc)}: {path}")
+    for m in re.finditer(r"(?<![\w/*.-])(\w+\.py)\b", text):
+      if m.group(1) not in python_files:
+        missing.append(f"{_rel(doc)}: {m.group(1)} (no such file)")
     for m in re.finditer(r"\]\(([^)\s#]+)\)", text):
       link = m.group(1)
       if "://" not in link and not (doc.parent / link).exists():
