@@ -2,8 +2,8 @@
 
 The derivations are in docs/design.md, section 6 (after Voracek & Hein,
 ICML 2023). For uniform noise x + U(-lam, lam)^d and for splitting noise with
-independent splits (SSN, s_i ~ U(0, 2 lam)), moving x by delta leaves the
-noisy input of the two points equal with probability
+independent splits (SSN, s_i ~ U(0, 2 lam)), the noisy inputs of x and
+x + delta can be coupled to agree with probability
 
     ov(delta) = prod_i max(0, 1 - |delta_i| / (2 lam)),
 
@@ -138,8 +138,10 @@ def _check_bounds(p_a, p_b, lam):
 def overlap(delta, lam: float):
   """ov(delta) = prod_i max(0, 1 - |delta_i| / (2 lam)) over the last axis.
 
-  The probability that x and x + delta get the same noisy input under the
-  natural coupling of uniform noise (the same u) or of SSN (the same splits).
+  For uniform noise the fraction of the noise box of x that the box of
+  x + delta covers (the two noisy inputs agree with this probability under a
+  maximal coupling); for SSN the probability that the same splits give x and
+  x + delta the same noisy input (both in [0, 1]^d).
   """
   xp = _xp(delta)
   delta = xp.asarray(delta)
