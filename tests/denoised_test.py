@@ -446,18 +446,18 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
 
 
 @pytest.mark.slow
-def test_readme_denoised_example_runs(capsys):
-  import pathlib  # pylint: disable=g-import-not-at-top
+def test_docs_denoised_example_runs(capsys):
   import re  # pylint: disable=g-import-not-at-top
 
-  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  doc = (pathlib.Path(__file__).parents[1] / "docs" / "denoised.md").read_text()
   blocks = [
       b
-      for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+      for b in re.findall(r"```python\n(.*?)```", doc, re.S)
       if 'p["clf"]' in b
   ]
-  assert len(blocks) == 1, "README.md shows the composed apply_fn once"
-  exec(compile(blocks[0], "README.md", "exec"), {})  # pylint: disable=exec-used
+  assert len(blocks) == 1, "docs/denoised.md shows the composed apply_fn once"
+  code = compile(blocks[0], "docs/denoised.md", "exec")
+  exec(code, {})  # pylint: disable=exec-used
   assert capsys.readouterr().out.strip(), "the example prints certificates"
 
 
