@@ -23,7 +23,7 @@ def test_jaxlib_knows_its_flags_and_not_others():
 
 def test_tested_flags_table_holds_for_the_installed_jaxlib():
   """Each flag the table says this jaxlib accepts does start a backend
-  (the check to rerun when setup.sh's jaxlib pin moves)."""
+  (the check to rerun when constraints.txt's jaxlib pin moves)."""
   version = xla_options._jaxlib_version()  # pylint: disable=protected-access
   tested = [
       flag

@@ -12,9 +12,9 @@ once, before the first computation. It appends `DEFAULT_FLAGS` to
   user set it (`--flag=...` there wins);
 - a flag the installed jaxlib does not know is skipped, since XLA aborts the
   whole process on an unknown flag. `TESTED_FLAGS` says which jaxlib
-  versions are known to accept each flag (setup.sh pins jaxlib to one of
-  them, and tests/xla_options_test.py starts a backend with every default
-  flag, so the table is checked whenever the pin moves); for another
+  versions are known to accept each flag (constraints.txt pins jaxlib to
+  one of them, and tests/xla_options_test.py starts a backend with every
+  default flag, so the table is checked whenever the pin moves); for another
   jaxlib the flag is tried once in a child process that starts a CPU
   backend with it (about 2 s), rather than guessed;
 - `DSSN_JAX_XLA_DEFAULTS=0` in the environment opts out of all of them.
