@@ -214,16 +214,21 @@ def compose(
           None if trained_for is None else trained_for == clf_sha256
       ),
   }
-  f, d = classifier.apply_fn, denoiser.apply_fn
-  apply_fn = lambda p, x: f(p["clf"], d(p["den"], x))
   return checkpoints.Classifier(
-      apply_fn,
+      composed_apply(classifier.apply_fn, denoiser.apply_fn),
       {"clf": classifier.variables, "den": denoiser.variables},
       denoiser.spec,
       denoiser.offsets,
       metadata,
       classifier.step,
   )
+
+
+def composed_apply(classifier_apply, denoiser_apply):
+  """`f o D` as an apply_fn: (variables {"clf": ..., "den": ...}, x) ->
+  f(variables["clf"], D(variables["den"], x)); `compose` certifies with it
+  and `dssn_jax.runs.aot` compiles it."""
+  return lambda p, x: classifier_apply(p["clf"], denoiser_apply(p["den"], x))
 
 
 def _flops(fn, *args) -> float:

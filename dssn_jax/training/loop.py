@@ -159,16 +159,7 @@ def train(config, workdir: str, trainer: Trainer) -> TrainState:
       trainer.init_state,
   )
   inputs = jax.device_put(trainer.inputs, run.replicated)
-  shardings = (run.replicated, run.batch_sharding, run.replicated) + (
-      run.replicated,
-  ) * len(inputs)
-  train_step = jax.jit(
-      trainer.train_step,
-      in_shardings=shardings,
-      out_shardings=(run.replicated, run.replicated),
-      donate_argnums=0,
-  )
-  eval_step = jax.jit(trainer.eval_step, in_shardings=shardings)
+  train_step, eval_step = jit_steps(trainer, run.batch_sharding.mesh)
   eval_cache = {}
   return run_steps(
       run,
@@ -189,6 +180,25 @@ def train(config, workdir: str, trainer: Trainer) -> TrainState:
       ),
       epoch_message=trainer.epoch_message,
   )
+
+
+def jit_steps(trainer: Trainer, mesh) -> tuple[Any, Any]:
+  """The trainer's (train_step, eval_step), jitted as `train` runs them on
+  the mesh: the state, key and inputs replicated, the batch split along
+  "data", the state donated. Nothing is placed or compiled: AOT compilation
+  (`dssn_jax.runs.aot`) lowers the same jitted step for compile-only
+  devices."""
+  replicated = NamedSharding(mesh, P())
+  shardings = (replicated, NamedSharding(mesh, P("data")), replicated) + (
+      replicated,
+  ) * len(trainer.inputs)
+  train_step = jax.jit(
+      trainer.train_step,
+      in_shardings=shardings,
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+  )
+  return train_step, jax.jit(trainer.eval_step, in_shardings=shardings)
 
 
 def make_workdir(workdir: str) -> None:
