@@ -1,4 +1,4 @@
-"""The XLA options dssn-jax's command-line tools run with, and what was in force.
+"""The XLA options the command-line tools run with, and what was in force.
 
 XLA reads `XLA_FLAGS` once, when JAX starts its first backend. Importing
 `dssn_jax` changes nothing in the process. The entry points of experiments/
