@@ -75,19 +75,69 @@ def _exit_now(message: str) -> None:
   os._exit(1)  # pylint: disable=protected-access
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def _multi_process() -> bool:
+  if "jax" not in sys.modules:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _end(message: str, exit_code: int = 1, prefix: str = "error: "):
+  """Ends the program with `error: message`: on several processes at once
+  (the others are told and stop; no exit handler waits for them)."""
+  if _multi_process():
+    from dssn_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+
+    distributed.fail(message, exit_code, prefix)
+  sys.stderr.write(f"{prefix}{message}\n")
+  sys.stderr.flush()
+  raise SystemExit(exit_code)
+
+
 @contextlib.contextmanager
 def user_errors():
-  """Ends the program with the message and exit code 1 on a user error (bad
-  input, mismatched metadata, missing files): the message names the fix, a
-  traceback would only hide it."""
+  """Ends the program with one line on a user error (bad input, mismatched
+  metadata, missing files: exit code 1, the message names the fix; a
+  traceback would only hide it) and on Ctrl-C (exit code 130, the run
+  resumes). On several processes every error, expected or not, ends all of
+  them within about a second (`distributed.fail`), never a hang."""
   try:
     yield
+  except KeyboardInterrupt:
+    _end(INTERRUPTED, 130, prefix="")
   except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+    _end(str(e))
   except OSError as e:  # E.g. a read-only or full disk under --workdir.
     where = f" {e.filename!r}" if e.filename else ""
-    sys.exit(
-        f"error: cannot write or read{where}: {e.strerror or e}. Check "
+    _end(
+        f"cannot write or read{where}: {e.strerror or e}. Check "
         f"that the path exists and that you may write there (a "
         f"read-only or full file system?)."
     )
+  except SystemExit as e:
+    if e.code in (0, None) or not _multi_process():
+      raise
+    _end(str(e.code).removeprefix("error: "))
+  except Exception as e:  # pylint: disable=broad-except
+    if not _multi_process():
+      raise
+    if type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError"):
+      # A collective whose peer ended (gloo: connection closed).
+      _end(
+          "a collective with the other processes failed (did one of them "
+          f"end?): {_one_line(e)[:300]}. Rerun the same command on every "
+          "process to resume."
+      )
+    import traceback  # pylint: disable=g-import-not-at-top
+
+    traceback.print_exc()  # Not a user error: the stack helps its report.
+    _end(f"{type(e).__name__}: {_one_line(e)}")

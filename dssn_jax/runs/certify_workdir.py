@@ -81,6 +81,13 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   mesh = placement.make_mesh(jax.local_devices())
   path = run_files.results_path(workdir, cfg)
   metadata = run_records.run_metadata(config, classifier, spec, offsets)
+  # All processes certify one run: same settings, computation, checkpoint.
+  distributed.agree_on_run(
+      "certification start",
+      config,
+      xla_options.computation_record(metadata["compute_dtype"]),
+      run={k: v for k, v in metadata.items() if k != "process_index"},
+  )
   subset = range(
       cfg.start, cfg.start + cfg.skip * batches.num_examples, cfg.skip
   )

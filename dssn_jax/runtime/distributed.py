@@ -13,14 +13,37 @@ thing every entry point of experiments/ does) and chooses one of three modes:
 
 CPU processes exchange collectives through gloo. A coordinator that cannot be
 reached, or processes that disagree on the process count, end with a
-ValueError naming the fix after `timeout_s` instead of hanging.
+ValueError naming the fix after `timeout_s` instead of hanging; a coordinator
+port in use and a process id given twice are refused with one line.
+
+Once joined, the processes trust nothing about each other:
+
+- `agree(what, record)` compares a record (the effective config, the
+  computation record, the checkpoint step) across processes; a difference
+  is a ValueError on every process naming the field, the processes and
+  their values.
+- `fail(message)` ends this process at once (no shutdown barrier that would
+  wait for the others) after publishing its one-line error; every process
+  runs a watcher thread that ends its own process with "process i failed:
+  <message>; stopping" when it sees one. So an error on one process ends
+  all of them within about a second, never a hang.
+
+Both use the key-value store of JAX's coordination service, which only a
+private attribute exposes (`_coordination_client`, the one place that
+touches it).
 """
 
 from __future__ import annotations
 
+import atexit
+import errno
+import json
 import os
+import socket
+import sys
 import threading
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -34,6 +57,18 @@ HEARTBEAT_TIMEOUT_S = 60
 # JAX's own start-up deadline is later than ours: when it passes, the XLA
 # runtime aborts the process with a C++ stack trace; ours ends it cleanly.
 _JAX_DEADLINE_MARGIN_S = 60
+# Seconds between two looks of the watcher at the failures of other processes.
+WATCH_INTERVAL_S = 0.25
+# Seconds a failing process 0 (whose exit takes the coordination service
+# down) waits for the other processes to see its failure.
+_ACKNOWLEDGE_S = 5.0
+# Seconds without an answer from the coordination service after which the
+# watcher of a process other than 0 concludes that process 0 is gone.
+_COORDINATOR_LOST_S = 3.0
+_PREFIX = "dssn_jax"
+
+_state: dict[str, Any] = {"timeout_s": DEFAULT_TIMEOUT_S, "agreements": {}}
+_exiting = threading.Lock()  # Held by the one thread that ends the process.
 
 
 def _exit_with(message: str) -> None:
@@ -104,6 +139,8 @@ def initialize(
       "--num_processes and distinct --process_id values 0 .. N-1 (process "
       "0 hosts the coordinator), or raise --distributed_timeout."
   )
+  if process_id == 0 and coordinator_address:
+    _check_port_free(coordinator_address)
   watchdog = threading.Timer(
       timeout_s,
       on_timeout,
@@ -131,6 +168,15 @@ def initialize(
     ) from None
   finally:
     watchdog.cancel()
+  _state["timeout_s"] = int(timeout_s)
+  watch_for_failures()
+  _claim_process_id()
+  if num_processes is not None and num_processes != jax.process_count():
+    fail(
+        f"--num_processes={num_processes} on process {jax.process_index()}, "
+        f"but the coordinator started a job of {jax.process_count()} "
+        "processes; give every process the same --num_processes."
+    )
   logging.info(
       "Process %d of %d: %d local, %d global devices.",
       jax.process_index(),
@@ -150,3 +196,288 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier `name` (no-op alone)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _check_port_free(coordinator_address: str) -> None:
+  """Raises ValueError when the coordinator's port is taken (JAX's service
+  would crash the process with a segmentation fault)."""
+  port = coordinator_address.rsplit(":", 1)[-1]
+  try:
+    port_number = int(port)
+  except ValueError:
+    raise ValueError(
+        f"--coordinator_address={coordinator_address!r} must be host:port."
+    ) from None
+  # SO_REUSEADDR as the service itself binds: a closed socket still in
+  # TIME_WAIT does not count, a listening one does.
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # No IPv6 on this machine.
+      continue
+    with probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      try:
+        probe.bind((host, port_number))
+      except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+          continue
+        raise ValueError(
+            f"Port {port_number} of --coordinator_address="
+            f"{coordinator_address} is already in use on this machine "
+            "(another job, or a process of this one still running?); "
+            "choose a free port for every process."
+        ) from None
+      return  # The dual-stack IPv6 bind covers IPv4 as well.
+
+
+def _coordination_client():
+  """JAX's client of the coordination service (None outside a multi-process
+  run).
+
+  Private API: `jax.distributed` offers no public handle on the service's
+  key-value store, which is the only channel that works while a process is
+  blocked in a collective or has not reached one. Kept here alone; a JAX
+  without it makes `agree` and the watcher fall back to nothing (a clear
+  error rather than silence).
+  """
+  try:
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return getattr(jax_distributed.global_state, "client", None)
+
+
+def _claim_process_id() -> None:
+  """Refuses a second process with this process's id (without it two
+  processes would train the same data shard, or JAX aborts later)."""
+  client = _coordination_client()
+  if client is None or jax.process_count() == 1:
+    return
+  me = jax.process_index()
+  token = f"{socket.gethostname()}:{os.getpid()}"
+  key = f"{_PREFIX}/process_id/{me}"
+  try:
+    client.key_value_set(key, token)
+  except Exception:  # pylint: disable=broad-except
+    try:
+      other = client.key_value_try_get(key)
+    except Exception:  # pylint: disable=broad-except
+      other = "another process"
+    if other != token:
+      message = (
+          f"Two processes were started with --process_id={me} (this one, "
+          f"{token}, and {other}); give the processes the ids 0 .. "
+          f"{jax.process_count() - 1}, each once."
+      )
+      fail(message)
+
+
+def fail(message: str, exit_code: int = 1, prefix: str = "error: ") -> None:
+  """Ends this process now with `error: message`, after telling the others.
+
+  Skips Python's exit handlers: JAX's shutdown barrier would wait for
+  processes that the failure is about to stop. Process 0 hosts the
+  coordination service, so it waits (at most a few seconds) until every
+  other process has seen the failure before its exit takes the service down.
+
+  Args:
+    message: one line, the error.
+    exit_code: the process's exit status.
+    prefix: what the line starts with.
+  """
+  if not _exiting.acquire(blocking=False):
+    time.sleep(60)  # Another thread is ending the process already.
+  _write_line(f"{prefix}{message}")
+  client = _coordination_client()
+  if client is not None and jax.process_count() > 1:
+    me = jax.process_index()
+    try:
+      client.key_value_set(
+          f"{_PREFIX}/failed/{me}", message[:2000], allow_overwrite=True
+      )
+      if me == 0:
+        _wait_for_acknowledgements(client)
+    except Exception:  # pylint: disable=broad-except
+      pass  # The service is gone already: the others see that instead.
+  os._exit(exit_code)  # pylint: disable=protected-access
+
+
+def _wait_for_acknowledgements(client) -> None:
+  deadline = time.monotonic() + _ACKNOWLEDGE_S
+  others = jax.process_count() - 1
+  while time.monotonic() < deadline:
+    if len(client.key_value_dir_get(f"{_PREFIX}/stopping/")) >= others:
+      return
+    time.sleep(WATCH_INTERVAL_S / 2)
+
+
+def _write_line(line: str) -> None:
+  sys.stdout.flush()
+  sys.stderr.write(line.rstrip("\n") + "\n")
+  sys.stderr.flush()
+
+
+def watch_for_failures() -> threading.Thread | None:
+  """Starts the daemon thread that stops this process when another fails
+  (see `fail`) or, on processes other than 0, when process 0 is gone."""
+  if _state.get("watcher") is not None:
+    return _state["watcher"]
+  client = _coordination_client()
+  if client is None or jax.process_count() == 1:
+    return None
+  thread = threading.Thread(
+      target=_watch, args=(client,), name="dssn_jax failures", daemon=True
+  )
+  _state["watcher"] = thread
+  # Before JAX's own exit handler (registered earlier, run later), which
+  # shuts the coordination service down.
+  atexit.register(stop_watching)
+  thread.start()
+  return thread
+
+
+def _watch(client) -> None:
+  me = jax.process_index()
+  unanswered_since = None
+  while True:
+    time.sleep(WATCH_INTERVAL_S)
+    if _state.get("stopped"):
+      return
+    try:
+      failed = client.key_value_dir_get(f"{_PREFIX}/failed/")
+    except Exception:  # pylint: disable=broad-except
+      if _state.get("stopped") or me == 0:
+        continue
+      unanswered_since = unanswered_since or time.monotonic()
+      if time.monotonic() - unanswered_since > _COORDINATOR_LOST_S:
+        _stop(
+            "process 0 (the coordinator) is gone; stopping. Rerun the same "
+            "command on every process to resume."
+        )
+      continue
+    unanswered_since = None
+    failed = [(k, v) for k, v in failed if not k.endswith(f"/{me}")]
+    if failed:
+      key, message = sorted(failed)[0]
+      other = key.rsplit("/", 1)[-1]
+      try:
+        client.key_value_set(f"{_PREFIX}/stopping/{me}", "1")
+      except Exception:  # pylint: disable=broad-except
+        pass
+      _stop(f"process {other} failed: {message.rstrip('.')}; stopping")
+
+
+def _stop(message: str) -> None:
+  if not _exiting.acquire(blocking=False):
+    return  # The main thread is ending the process with its own error.
+  _write_line(f"error: {message}")
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def stop_watching() -> None:
+  """Stops the watcher before a normal exit (the coordination service shuts
+  down then, which the watcher would take for a lost coordinator)."""
+  _state["stopped"] = True
+
+
+def agree(what: str, record: dict[str, Any]) -> None:
+  """Checks that every process has the same `record`; a no-op alone.
+
+  Args:
+    what: names the check in the error (e.g. "training start").
+    record: JSON-serializable; nested dicts are compared field by field.
+
+  Raises:
+    ValueError: on every process alike, naming the first field (in sorted
+      order) that differs, the processes and their values; or when a
+      process does not reach the check within the start-up timeout.
+  """
+  if jax.process_count() == 1:
+    return
+  client = _coordination_client()
+  if client is None:
+    raise ValueError(
+        "This JAX has no coordination-service client to compare the "
+        "processes' settings with; use the JAX version of constraints.txt."
+    )
+  count = _state["agreements"].get(what, 0)
+  _state["agreements"][what] = count + 1
+  prefix = f"{_PREFIX}/agree/{what}/{count}/"
+  me = jax.process_index()
+  client.key_value_set(prefix + str(me), json.dumps(record, sort_keys=True))
+  records = {}
+  for i in range(jax.process_count()):
+    try:
+      records[i] = _flatten(
+          json.loads(
+              client.blocking_key_value_get(
+                  prefix + str(i), _state["timeout_s"] * 1000
+              )
+          )
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"Process {i} did not reach the {what} check within "
+          f"{_state['timeout_s']} s ({type(e).__name__}); is it running the "
+          "same command?"
+      ) from None
+  _compare(what, records)
+
+
+def _flatten(record, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(record, dict):
+    return {prefix: record}
+  flat = {}
+  for key, value in record.items():
+    flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+  return flat
+
+
+def _compare(what: str, records: dict[int, dict[str, Any]]) -> None:
+  fields = sorted(set().union(*records.values()))
+  missing = object()
+  for field in fields:
+    values = {i: r.get(field, missing) for i, r in records.items()}
+    if (
+        len(
+            {
+                json.dumps(v, sort_keys=True, default=str)
+                for v in values.values()
+            }
+        )
+        > 1
+    ):
+      shown = ", ".join(
+          f"process {i} has "
+          + ("no such field" if v is missing else json.dumps(v))
+          for i, v in values.items()
+      )
+      raise ValueError(
+          f"The processes disagree on {field} at the {what}: {shown}. Start "
+          "every process with the same command, environment and workdir."
+      )
+
+
+# Config fields that name a host's own copy of shared inputs: processes on
+# different hosts may spell them differently.
+HOST_LOCAL_FIELDS = ("data_dir",)
+
+
+def agree_on_run(what: str, config, computation: dict[str, str], **facts):
+  """`agree` on the run's effective config (less HOST_LOCAL_FIELDS), its
+  computation record (`xla_options.computation_record`) and `facts` (e.g.
+  the checkpoint step a process resumes from).
+
+  Args:
+    what: names the check in the error ("training start").
+    config: an ml_collections ConfigDict.
+    computation: backend, versions, compute dtype and XLA options.
+    **facts: JSON-serializable values every process must share.
+  """
+  if jax.process_count() == 1:
+    return
+  settings = json.loads(config.to_json_best_effort())
+  for field in HOST_LOCAL_FIELDS:
+    settings.pop(field, None)
+  agree(what, {"config": settings, "computation": computation, **facts})

@@ -38,6 +38,7 @@ from dssn_jax.data import quiet_tensorflow
 from dssn_jax.data import train_input
 from dssn_jax.runtime import config_checks
 from dssn_jax.runtime import distributed
+from dssn_jax.runtime import xla_options
 from dssn_jax.training import batches
 from dssn_jax.training import checkpoints
 from dssn_jax.training import metrics as metrics_lib
@@ -270,6 +271,13 @@ def start_run(
       checkpointer.metadata()
       if checkpointer.latest_step() is not None
       else None
+  )
+  # All processes train one run: same settings, computation and step.
+  distributed.agree_on_run(
+      "training start",
+      config,
+      xla_options.computation_record(config.get("compute_dtype", "float32")),
+      checkpoint_step=checkpointer.latest_step(),
   )
   if stored is not None:
     checkpoints.check_matches(
