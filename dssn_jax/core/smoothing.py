@@ -25,6 +25,9 @@ import numpy as np
 
 from dssn_jax.core.methods import NOISE_KINDS
 
+# The largest value of the int32 arithmetic of the noise kernels.
+INT32_MAX = 2**31 - 1
+
 OFFSET_LAYOUTS = ("jax", "torch")
 
 
@@ -59,6 +62,29 @@ class SmoothingSpec:
           f"sigma={sigma} is too small for q={self.q}: it gives "
           f"L = floor(2 * sigma * sqrt(3) * q) = {self.levels} noise levels, "
           f"and DSSN needs at least one. Use sigma >= {min_sigma:.6g}."
+      )
+    self._check_int32()
+
+  def _check_int32(self) -> None:
+    """Refuses sizes whose noise the int32 kernels cannot compute.
+
+    `dssn_noise` works in units of 1/(2q) and 1/(4q): its largest
+    intermediates are t2 < 2q + 2L (the cut above x) and 4q * xt <= 4q, and
+    the offsets and counts hold values up to L. All must stay below 2**31.
+    """
+    if 4 * self.q > INT32_MAX:
+      raise ValueError(
+          f"q={self.q} is too large: the integer DSSN noise kernels compute "
+          f"4 * q = {4 * self.q}, which must fit in int32 (q <= "
+          f"{INT32_MAX // 4})."
+      )
+    if 2 * self.q + 2 * self.levels > INT32_MAX:
+      max_sigma = (INT32_MAX // 2 - self.q) / (2 * math.sqrt(3) * self.q)
+      raise ValueError(
+          f"sigma={self.sigma} is too large for q={self.q}: it gives L = "
+          f"{self.levels} noise levels, and the integer DSSN noise kernels "
+          f"compute 2 * q + 2 * L = {2 * self.q + 2 * self.levels}, which "
+          f"must fit in int32 (< 2**31). Use sigma <= {max_sigma:.6g}."
       )
 
   @property

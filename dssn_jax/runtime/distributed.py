@@ -365,7 +365,9 @@ def _watch(client) -> None:
         client.key_value_set(f"{_PREFIX}/stopping/{me}", "1")
       except Exception:  # pylint: disable=broad-except
         pass
-      _stop(f"process {other} failed: {message.rstrip('.')}; stopping")
+      if message.endswith(".") and not message.endswith(".."):
+        message = message[:-1]  # The line goes on.
+      _stop(f"process {other} failed: {message}; stopping")
 
 
 def _stop(message: str) -> None:

@@ -260,6 +260,30 @@ def build_model(metadata: Mapping[str, Any], compute_dtype: str | None = None):
   )
 
 
+def _check_model_fits(apply_fn, variables, metadata, workdir, step) -> None:
+  """Raises ValueError when the stored parameters do not fit the model that
+  the stored metadata describes (an edited num_classes, model or shape)."""
+  batch = jax.ShapeDtypeStruct((1, *metadata["input_shape"]), jnp.float32)
+  try:
+    logits = jax.eval_shape(apply_fn, variables, batch)
+  except Exception as e:  # pylint: disable=broad-except
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    reason = reason.split(" (https://")[0].rstrip(".")[:300]  # No doc link.
+    raise ValueError(
+        f"The checkpoint at step {step} in {workdir!r} does not fit the "
+        f"model its metadata describes ({metadata['model']}, "
+        f"{metadata['num_classes']} classes, input {metadata['input_shape']}"
+        f"): {type(e).__name__}: {reason}. Its metadata was edited or "
+        "comes from another checkpoint; restore the original or retrain."
+    ) from None
+  if logits.shape[-1] != metadata["num_classes"]:
+    raise ValueError(
+        f"The checkpoint at step {step} in {workdir!r} gives "
+        f"{logits.shape[-1]} logits, but its metadata says "
+        f"{metadata['num_classes']} classes; restore the original or retrain."
+    )
+
+
 def load_classifier(
     workdir: str, *, step: int | None = None, compute_dtype: str | None = None
 ) -> Classifier:
@@ -283,6 +307,7 @@ def load_classifier(
     variables["batch_stats"] = state["batch_stats"]
   model = build_model(metadata, compute_dtype)
   apply_fn = lambda variables, batch: model.apply(variables, batch, train=False)
+  _check_model_fits(apply_fn, variables, metadata, workdir, step)
   spec = smoothing.SmoothingSpec(metadata["sigma"], metadata["q"])
   if spec.levels != metadata["levels"]:
     raise ValueError(
