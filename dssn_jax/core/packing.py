@@ -110,11 +110,12 @@ def _step(
 
 @jax.jit
 def _reset_rows(pool, pool_ids, counts, slots, x_new, ids_new):
-  """Loads new inputs into pool rows `slots`, their counts zeroed."""
+  """Loads new inputs into pool rows `slots` (entries past the pool are
+  padding, dropped), their counts zeroed; one shape, one compilation."""
   return (
-      pool.at[slots].set(x_new),
-      pool_ids.at[slots].set(ids_new),
-      counts.at[slots].set(0),
+      pool.at[slots].set(x_new, mode="drop"),
+      pool_ids.at[slots].set(ids_new, mode="drop"),
+      counts.at[slots].set(0, mode="drop"),
   )
 
 
@@ -223,13 +224,16 @@ def run_packed(
     if free_rows.size:
       new = np.arange(queue, queue + free_rows.size)
       queue += free_rows.size
+      pad = pool_size - free_rows.size
       pool, pool_ids, counts = _reset_rows(
           pool,
           pool_ids,
           counts,
-          jnp.asarray(free_rows, jnp.int32),
-          jnp.asarray(x[new]),
-          jnp.asarray(row_ids[new], jnp.int32),
+          jnp.asarray(np.r_[free_rows, np.full(pad, pool_size)], jnp.int32),
+          jnp.asarray(
+              np.concatenate([x[new], np.zeros((pad,) + x.shape[1:], x.dtype)])
+          ),
+          jnp.asarray(np.r_[row_ids[new], np.zeros(pad)], jnp.int32),
       )
       member[free_rows], next_item[free_rows] = new, 0
     snapshot = None
