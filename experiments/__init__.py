@@ -75,6 +75,16 @@ def _exit_now(message: str) -> None:
   os._exit(1)  # pylint: disable=protected-access
 
 
+def check_directory_flag(name: str, path: str) -> None:
+  """Raises ValueError when --name names an existing file (a directory, or
+  nothing yet, is fine)."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(
+        f"--{name}={path} is a file, not a directory; name a directory "
+        "(made if missing)."
+    )
+
+
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 

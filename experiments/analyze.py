@@ -12,6 +12,8 @@ comparison. Writes tables.md and PNG plots into --outdir and prints the tables.
 --results takes files, directories (every *.tsv below them) and globs.
 """
 
+import os
+
 from absl import app
 from absl import flags
 
@@ -57,6 +59,11 @@ def main(argv):
     raise app.UsageError(
         f"--radii must be numbers, got {_RADII.value}"
     ) from None
+  if os.path.exists(_OUTDIR.value) and not os.path.isdir(_OUTDIR.value):
+    raise SystemExit(
+        f"analyze: error: --outdir={_OUTDIR.value} is a file, not a "
+        "directory; name a directory (made if missing)."
+    )
   try:
     markdown = analyze.analyze(
         results=_RESULTS.value,
@@ -68,6 +75,11 @@ def main(argv):
     )
   except (ValueError, FileNotFoundError) as e:  # User errors: no traceback.
     raise SystemExit(f"analyze: error: {e}") from None
+  except OSError as e:  # E.g. a read-only --outdir.
+    raise SystemExit(
+        f"analyze: error: cannot write {e.filename or _OUTDIR.value!r}: "
+        f"{e.strerror or e}."
+    ) from None
   print(markdown)
 
 

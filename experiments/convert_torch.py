@@ -48,6 +48,8 @@ flags.mark_flags_as_required(["checkpoint", "arch", "sigma", "workdir"])
 
 def main(argv):
   experiments.start(argv)
+  with experiments.user_errors():
+    experiments.check_directory_flag("workdir", _WORKDIR.value)
   try:
     metadata = convert.convert_checkpoint(
         _CHECKPOINT.value,

@@ -150,6 +150,7 @@ def _check_config(config) -> None:
           if f.startswith("certify.")
       ],
   )
+  config_checks.check_certify_fields(config)
   builders.check_data_dir(config.data_dir)
 
 

@@ -8,6 +8,7 @@ naming the field and its allowed values, never a silent fallback.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 # Integer fields whose documented values are -1 (all / automatic) or >= 1.
@@ -82,4 +83,51 @@ def check_integer_fields(config, fields: Iterable[str] | None = None) -> None:
       raise ValueError(
           f"config.{name} must be {allowed}, got {value!r}; set it with "
           f"--config.{name}=..."
+      )
+
+
+# Dtypes the models compute in ("" for certify.compute_dtype: the
+# checkpoint's own).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_compute_dtype(config, field: str = "compute_dtype") -> None:
+  """Raises ValueError when config.<field> names no dtype the models use."""
+  value = _get(config, field)
+  allowed = COMPUTE_DTYPES + (("",) if field.startswith("certify.") else ())
+  if value is not None and value not in allowed:
+    raise ValueError(
+        f"config.{field} must be one of {allowed}, got {value!r}; set it "
+        f"with --config.{field}=..."
+    )
+
+
+def check_certify_fields(config) -> None:
+  """Raises ValueError for certify fields no run could use, before any work
+  starts: compute dtype, alpha (a probability in (0, 1)) and the radii of
+  the summary (finite, >= 0)."""
+  check_compute_dtype(config, "certify.compute_dtype")
+  alpha = _get(config, "certify.alpha")
+  if alpha is not None and (
+      not isinstance(alpha, (int, float))
+      or isinstance(alpha, bool)
+      or not 0 < alpha < 1
+  ):
+    raise ValueError(
+        f"config.certify.alpha must be in (0, 1) (the certificates' failure "
+        f"probability), got {alpha!r}; set it with --config.certify.alpha=..."
+    )
+  radii = _get(config, "certify.radii")
+  if radii is not None:
+    values = list(radii) if isinstance(radii, (list, tuple)) else [radii]
+    if not values or any(
+        not isinstance(r, (int, float))
+        or isinstance(r, bool)
+        or not math.isfinite(r)
+        or r < 0
+        for r in values
+    ):
+      raise ValueError(
+          f"config.certify.radii must be finite l1 radii >= 0, got "
+          f"{radii!r}; set them with --config.certify.radii=..."
       )

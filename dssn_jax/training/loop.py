@@ -87,6 +87,7 @@ def check_training_config(config) -> None:
           if not f.startswith("certify.")
       ],
   )
+  config_checks.check_compute_dtype(config)
   if config.q != 255:
     raise ValueError(
         f"q={config.q}, but the input pipelines yield 8-bit "
