@@ -51,9 +51,15 @@ def _load_runs(results, reference, dataset) -> list[CertifiedRun]:
     results = [results]
   results = [s for s in results if os.fspath(s).strip()]
   if results:
-    runs += certified_runs.load_result_runs(
+    ours = certified_runs.load_result_runs(
         certified_runs.expand_result_paths(results)
     ).values()
+    if not ours:  # Files without rows are skipped (with a warning).
+      raise ValueError(
+          f"No rows in the results files of {list(results)}: nothing to "
+          "analyse. Certify first, or leave them out of --results."
+      )
+    runs += ours
   if not results and not reference:
     raise ValueError(
         "Nothing to analyse: pass results files and/or the reference."
