@@ -8,6 +8,14 @@ The core API (docs/design.md, section 1):
   counts = dssn_jax.dssn_counts(apply_fn, x, v, spec)
   pred, steps, radius = dssn_jax.certify_from_counts(counts, spec)
 
+The randomized baselines (`certify_randomized`) also give their estimation
+counts, from which `certify_box` computes the top-2 and box-constrained
+certificates (Voracek & Hein 2023; docs/design.md, section 6):
+
+  cert = dssn_jax.certify_randomized(apply_fn, x, spec, key, noise="uniform")
+  box = dssn_jax.certify_box(cert.counts, cert.selected, x, n=100_000,
+                             alpha=0.001, lam=spec.lam)
+
 Importing the package changes nothing in the process (no environment
 variable, no XLA option). On CPUs, `dssn_jax.use_cpu_defaults()`, called once
 before the first computation, turns on the XLA options the command-line
@@ -19,6 +27,13 @@ distributed start-up), `data`, `training`, `runs` (workdirs and results
 files), `reports` (tables and plots of runs).
 """
 
+from dssn_jax.core.box import box_radius
+from dssn_jax.core.box import BoxCertificate
+from dssn_jax.core.box import certify_box
+from dssn_jax.core.box import clopper_pearson_upper
+from dssn_jax.core.box import joint_bounds
+from dssn_jax.core.box import top2_radius
+from dssn_jax.core.box import top_two_counts
 from dssn_jax.core.clopper_pearson import clopper_pearson_lower
 from dssn_jax.core.dssn import certify_from_counts
 from dssn_jax.core.dssn import dssn_counts
@@ -42,15 +57,20 @@ from dssn_jax.runtime.xla_options import apply_defaults as use_cpu_defaults
 __version__ = "0.1.0"
 
 __all__ = [
+    "BoxCertificate",
     "RandomizedCertificate",
     "NOISE_KINDS",
     "SmoothingSpec",
+    "box_radius",
+    "certify_box",
     "certify_from_counts",
     "certify_randomized",
     "check_inputs",
     "clopper_pearson_lower",
+    "clopper_pearson_upper",
     "dssn_counts",
     "dssn_noise",
+    "joint_bounds",
     "make_mesh",
     "make_offsets",
     "offsets_fingerprint",
@@ -59,6 +79,8 @@ __all__ = [
     "sample_counts",
     "split_values",
     "ssn_noise",
+    "top2_radius",
+    "top_two_counts",
     "uniform_noise",
     "use_cpu_defaults",
 ]

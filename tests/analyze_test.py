@@ -28,6 +28,7 @@ from dssn_jax.reports import tables
 from dssn_jax.runs import results_writer
 from tests.conftest import REPO_ROOT
 from tests.conftest import run_python
+from tests.randomized_rows import top2_columns
 
 REFERENCE_ENV = "DSSN_JAX_REFERENCE_RESULTS"
 
@@ -214,7 +215,7 @@ def test_synthetic_markdown_table1(synthetic_runs):
       "60.00% (80.00% @ σ=0.5) | 30.00% (70.00% @ σ=1.0) | 0.00% |"
   ) in table
   assert (
-      "| Uniform additive noise (randomized) (2 σ in [0.5, 1.0]) | "
+      "| Uniform additive noise (Yang et al. 2020) (2 σ in [0.5, 1.0]) | "
       "40.00% (70.00% @ σ=0.5) | 40.00% (70.00% @ σ=0.5) | 0.00% | 0.00% |"
   ) in table
   assert "| DSSN +stability training (σ = 0.5) | 100.00% (100.00%" in table
@@ -539,6 +540,7 @@ def test_what_if_n_tabulates_randomized_runs_only(tmp_path):
             "correct": p_lower > 0.5,
             "time": np.full(4, 0.1),
             "p_lower": p_lower,
+            **top2_columns(k, 0, n=n, alpha=alpha, lam=lam),
         }
     )
   tables_md = analyze.analyze(

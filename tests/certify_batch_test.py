@@ -99,6 +99,32 @@ def test_certify_batch_equals_the_public_api(classifier, method):
     )
     pred, radius = cert.pred, cert.radius
     np.testing.assert_array_equal(got["p_lower"], cert.p_lower)
+    # The full counts of the n draws and the selected class come back; the
+    # top-2 and box columns are core/box.py on them and on x.
+    assert cert.counts.shape == (5, _CLASSES)
+    assert (cert.counts.sum(axis=1) == 64).all()
+    np.testing.assert_array_equal(
+        cert.count_top, cert.counts[np.arange(5), cert.selected]
+    )
+    np.testing.assert_array_equal(pred[pred >= 0], cert.selected[pred >= 0])
+    top2 = dssn_jax.certify_box(
+        cert.counts,
+        cert.selected,
+        x,
+        n=64,
+        alpha=0.001,
+        lam=classifier.spec.lam,
+    )
+    count_a, count_b = dssn_jax.top_two_counts(cert.counts, cert.selected)
+    np.testing.assert_array_equal(got["count_top"], count_a)
+    np.testing.assert_array_equal(got["count_runner_up"], count_b)
+    np.testing.assert_array_equal(got["predict_top2"], top2.pred)
+    np.testing.assert_array_equal(got["p_b_upper"], top2.p_b_upper)
+    np.testing.assert_array_equal(got["radius_top2"], top2.radius_top2)
+    np.testing.assert_array_equal(got["radius_box"], top2.radius_box)
+    np.testing.assert_array_equal(top2.p_a_lower, cert.p_lower)
+    assert (got["radius_box"] >= got["radius_top2"]).all()
+    assert (got["radius_top2"] >= np.maximum(cert.radius, 0)).all()
   np.testing.assert_array_equal(got["predict"], pred)
   np.testing.assert_array_equal(got["radius"], radius)
 

@@ -20,12 +20,15 @@ from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
 from dssn_jax import models
+from dssn_jax.core import box
+from dssn_jax.core import methods
 from dssn_jax.data import datasets
 from dssn_jax.data import eval_input
 from dssn_jax.runs import certify_batch
 from dssn_jax.runs import certify_workdir
 from dssn_jax.runs import results_metadata
 from dssn_jax.runs import results_reader
+from dssn_jax.reports import analyze
 from dssn_jax.runs import run_files
 from dssn_jax.training import checkpoints
 from tests.conftest import cpu_subprocess_env
@@ -100,6 +103,50 @@ def library_rows(config, workdir):
   return {k: np.asarray(v) for k, v in rows.items()}
 
 
+def dataset_inputs(config, idx):
+  """The certifier's inputs (B, H, W, C) of the images idx of a config's
+  subset, from the dataset itself."""
+  cfg = config.certify
+  images = {}
+  for batch in eval_input.eval_dataset(
+      config.dataset,
+      split=cfg.split,
+      start=cfg.start,
+      skip=cfg.skip,
+      max_examples=None if cfg.max_examples < 0 else cfg.max_examples,
+      batch_size=cfg.batch_size,
+      data_dir=config.data_dir,
+  ):
+    for i in np.flatnonzero(batch["mask"]):
+      images[int(batch["index"][i])] = batch["image"][i]
+  return certify_batch.to_inputs(np.stack([images[int(i)] for i in idx]))
+
+
+def assert_top2_columns_from_counts(rows, config, workdir, x):
+  """The top-2 and box columns of a randomized run are core/box.py on the
+  recorded counts and the images."""
+  cfg = config.certify
+  lam = checkpoints.load_classifier(workdir).spec.lam
+  p_a, p_b = box.joint_bounds(
+      rows["count_top"], rows["count_runner_up"], cfg.n, cfg.alpha
+  )
+  np.testing.assert_array_equal(rows["p_lower"], p_a)
+  np.testing.assert_array_equal(rows["p_b_upper"], p_b)
+  np.testing.assert_array_equal(
+      rows["radius_top2"], box.top2_radius(p_a, p_b, lam)
+  )
+  np.testing.assert_array_equal(
+      rows["radius_box"],
+      box.box_radius(np.asarray(x, np.float64), p_a, p_b, lam),
+  )
+  np.testing.assert_array_equal(rows["predict_top2"] == -1, p_a <= p_b)
+  certified = rows["predict"] != -1
+  np.testing.assert_array_equal(
+      rows["predict_top2"][certified], rows["predict"][certified]
+  )
+  assert (rows["count_top"] + rows["count_runner_up"] <= cfg.n).all()
+
+
 def assert_rows_equal(got, expected):
   order = np.argsort(got["idx"])
   for name in ROW_COLUMNS:
@@ -153,6 +200,18 @@ def test_fashion_mnist_rows_match_library(
     levels = dssn_jax.SmoothingSpec(config.sigma).levels
     assert (rows["count_top"] + rows["count_runner_up"] <= levels).all()
     np.testing.assert_allclose(rows["radius"], rows["steps"] / 255)
+  else:  # The new certificates are recorded, and analyze shows all three.
+    assert set(methods.method(method).result_columns) <= set(rows)
+    x = dataset_inputs(config, rows["idx"])
+    assert_top2_columns_from_counts(rows, config, workdir, x)
+    md = analyze.analyze(
+        results=[str(run_files.results_path(workdir, config.certify))],
+        outdir=tmp_path / "analysis",
+        radii=(0.0, 0.1),
+    )
+    table1 = md.split("### Certified accuracy per run")[0]
+    for cert in methods.method(method).certificates:
+      assert f"| {cert.label} (σ = " in table1
 
 
 def test_bfloat16_certification_is_recorded_and_not_mixed(

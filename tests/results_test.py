@@ -107,6 +107,12 @@ def test_randomized_columns_and_abstention(tmp_path):
           "correct": 1,
           "time": 13.4,
           "p_lower": 0.6,
+          "count_top": 60,
+          "count_runner_up": 40,
+          "predict_top2": 1,
+          "p_b_upper": 0.4,
+          "radius_top2": np.sqrt(3) * (0.6 - 0.4),  # lambda (p_a - p_b)
+          "radius_box": np.inf,  # No image of the box changes the class.
       },
       {
           "idx": 3,
@@ -116,6 +122,12 @@ def test_randomized_columns_and_abstention(tmp_path):
           "correct": 0,
           "time": 13.5,
           "p_lower": 0.4,
+          "count_top": 40,
+          "count_runner_up": 60,
+          "predict_top2": results_format.ABSTAIN,
+          "p_b_upper": 0.6,
+          "radius_top2": 0.0,
+          "radius_box": 0.0,
       },
   ]
   with ResultsWriter(path, "uniform", {"sigma": 1.0}) as writer:
@@ -129,6 +141,8 @@ def test_randomized_columns_and_abstention(tmp_path):
   assert out["idx"].tolist() == [3, 7]  # Sorted by idx.
   assert out["predict"].tolist() == [-1, 1]
   assert out["p_lower"].tolist() == [0.4, 0.6]
+  assert out["radius_box"].tolist() == [0.0, np.inf]  # inf round-trips.
+  assert out["predict_top2"].tolist() == [-1, 1]
   assert list(out) == list(results_format.columns_for("uniform"))
 
 

@@ -10,6 +10,7 @@ from dssn_jax.core import clopper_pearson
 from dssn_jax.runs import results_writer
 from dssn_jax.reports import sample_size
 from tests.conftest import run_python
+from tests.randomized_rows import top2_columns
 
 ALPHA = 0.001
 
@@ -45,6 +46,9 @@ def _write_run(path, *, n, successes, sigma=0.5, skip=100, step=100):
             "correct": predict == label,
             "time": np.full(idx.size, 0.1),
             "p_lower": p_lower,
+            **top2_columns(
+                successes, 3, n=n, alpha=ALPHA, lam=math.sqrt(3) * sigma
+            ),
         }
     )
 

@@ -11,16 +11,74 @@ import dataclasses
 
 
 @dataclasses.dataclass(frozen=True)
+class Certificate:
+  """One certificate a method's results rows record (core/box.py).
+
+  Attributes:
+    kind: "paper" (the certificate of the paper: DSSN's exact one, Yang et
+      al.'s for the randomized methods; in the `predict` and `radius`
+      columns), "top2" (p_A lower and p_B upper bounds, no box) or "box"
+      (top-2 bounds within [0, 1]^d, Voracek & Hein 2023).
+    label: its name in tables and plot legends.
+    predict_column: the column of its class (-1 where it abstains).
+    radius_column: the column of its l1 radius.
+    linestyle: its line style in plots (matplotlib).
+  """
+
+  kind: str
+  label: str
+  predict_column: str
+  radius_column: str
+  linestyle: str
+
+
+def _randomized_certificates(noise: str) -> tuple[Certificate, ...]:
+  """The paper's certificate of a randomized method, then top-2 and box."""
+  return (
+      Certificate(
+          "paper", f"{noise} (Yang et al. 2020)", "predict", "radius", "-"
+      ),
+      Certificate(
+          "top2", f"{noise}, top-2", "predict_top2", "radius_top2", "-."
+      ),
+      Certificate(
+          "box",
+          f"{noise}, box-constrained (Voracek & Hein 2023)",
+          "predict_top2",
+          "radius_box",
+          ":",
+      ),
+  )
+
+
+# The columns of randomized rows: the paper's p_lower, then what the top-2
+# and box certificates need and give (results_format.py).
+_RANDOMIZED_COLUMNS = (
+    "p_lower",
+    "count_top",
+    "count_runner_up",
+    "predict_top2",
+    "p_b_upper",
+    "radius_top2",
+    "radius_box",
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
   """What the rest of the package needs to know about one method.
 
   Attributes:
     name: the method's name in configs, results files and tables.
-    label: its name in tables and plot legends.
+    label: its name in tables and plot legends (that of its paper's
+      certificate, `certificates[0]`).
     exact: True for the deterministic certificate (counts over all L splits,
       certificate exact); False for the baselines certified by sampling
       (n0 selection draws, n counting draws, a Clopper-Pearson bound).
     result_columns: the columns a results file adds to the base columns.
+    certificates: the certificates its rows record, the paper's first.
+    legacy_result_columns: the result_columns of files written by earlier
+      versions, still read (without the certificates they lack).
     color: its colour in plots (matplotlib name).
     reference_name: how the authors' published runs name it.
   """
@@ -31,10 +89,31 @@ class Method:
   result_columns: tuple[str, ...]
   color: str
   reference_name: str
+  certificates: tuple[Certificate, ...] = ()
+  legacy_result_columns: tuple[tuple[str, ...], ...] = ()
 
   @property
   def randomized(self) -> bool:
     return not self.exact
+
+  def certificates_in(self, columns) -> tuple[Certificate, ...]:
+    """The certificates whose columns are all among `columns` (those a
+    results file holds; an old file lacks the top-2 and box ones)."""
+    return tuple(
+        c
+        for c in self.certificates
+        if {c.predict_column, c.radius_column} <= set(columns)
+    )
+
+  def certificate(self, kind: str) -> Certificate:
+    """Its certificate of `kind`; a ValueError naming the known ones."""
+    for c in self.certificates:
+      if c.kind == kind:
+        return c
+    raise ValueError(
+        f"method {self.name!r} has no {kind!r} certificate; it has "
+        f"{', '.join(c.kind for c in self.certificates)}"
+    )
 
 
 _TABLE = (
@@ -45,25 +124,31 @@ _TABLE = (
         result_columns=("count_top", "count_runner_up", "steps"),
         color="tab:red",
         reference_name="split_derandomized",
+        certificates=(Certificate("paper", "DSSN", "predict", "radius", "-"),),
     ),
     Method(
         name="ssn",
-        label="SSN, independent splits (randomized)",
+        label="SSN, independent splits (Yang et al. 2020)",
         exact=False,
-        result_columns=("p_lower",),
+        result_columns=_RANDOMIZED_COLUMNS,
         color="tab:green",
         reference_name="split",
+        certificates=_randomized_certificates("SSN, independent splits"),
+        legacy_result_columns=(("p_lower",),),
     ),
     Method(
         name="uniform",
-        label="Uniform additive noise (randomized)",
+        label="Uniform additive noise (Yang et al. 2020)",
         exact=False,
-        result_columns=("p_lower",),
+        result_columns=_RANDOMIZED_COLUMNS,
         color="tab:blue",
         reference_name="uniform",
+        certificates=_randomized_certificates("Uniform additive noise"),
+        legacy_result_columns=(("p_lower",),),
     ),
 )
 _BY_NAME = {m.name: m for m in _TABLE}
+assert all(m.certificates[0].label == m.label for m in _TABLE)
 
 # Certification methods (and results-file kinds), in the order of the tables.
 METHODS = tuple(m.name for m in _TABLE)

@@ -185,12 +185,20 @@ class RandomizedCertificate:
     p_lower: Clopper-Pearson lower bound on the top class probability.
     radius: `2 * lam * (p_lower - 0.5)` in l1 units (negative on abstention).
     count_top: votes for the selected class among the estimation samples.
+    selected: the class selected from the n0 selection samples (also where
+      the certifier abstains), int32; None if not recorded.
+    counts: (B, C) int32 votes of every class among the n estimation
+      samples (`count_top` is `counts[i, selected[i]]`), for the top-2 and
+      box certificates of core/box.py (`box.certify_box`); None if not
+      recorded.
   """
 
   pred: np.ndarray
   p_lower: np.ndarray
   radius: np.ndarray
   count_top: np.ndarray
+  selected: np.ndarray | None = None
+  counts: np.ndarray | None = None
 
 
 @jax.jit
@@ -307,4 +315,11 @@ def certify_randomized(
   p_lower = clopper_pearson_lower(count_top, n, alpha)
   radius = 2 * spec.lam * (p_lower - 0.5)
   pred = np.where(p_lower > 0.5, top, -1).astype(np.int32)
-  return RandomizedCertificate(pred, p_lower, radius, count_top)
+  return RandomizedCertificate(
+      pred,
+      p_lower,
+      radius,
+      count_top,
+      selected=top.astype(np.int32),
+      counts=estimation,
+  )

@@ -5,7 +5,9 @@
 (`reference_archive`), and writes per dataset the Markdown tables (`tables`:
 the paper's Table 1, certified accuracy per run, seconds per image;
 optionally our randomized runs at another N, `estimate`) into tables.md and
-the PNG plots (`plots`) beside it.
+the PNG plots (`plots`) beside it. Our randomized runs appear once per
+certificate their files record (`certified_runs.certificate_variants`): the
+paper's (Yang et al. 2020), top-2 and box-constrained (Voracek & Hein 2023).
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ _TABLE1_NOTE = (
     "radius >= r; abstentions never count (the paper's clean accuracy of "
     "randomized runs counts the top class of abstentions too, so it is "
     "higher than r = 0 here).\n"
+)
+_CERTIFICATES_NOTE = (
+    "Randomized runs are shown with three certificates of the same counts "
+    "(docs/design.md, section 6): Yang et al. 2020 (the paper's, p_A lower "
+    "bound alone), top-2 (p_A lower and p_B upper bounds, jointly at alpha) "
+    "and box-constrained (Voracek & Hein 2023: top-2 bounds, adversarial "
+    "images kept in [0, 1]^d; inf where no image of the box changes the "
+    "prediction).\n"
 )
 _WHAT_IF_NOTE = (
     "Each randomized row's count of its selected class is recovered from "
@@ -59,7 +69,8 @@ def _load_runs(results, reference, dataset) -> list[CertifiedRun]:
           f"No rows in the results files of {list(results)}: nothing to "
           "analyse. Certify first, or leave them out of --results."
       )
-    runs += ours
+    for run in ours:
+      runs += [run] + certified_runs.certificate_variants(run)
   if not results and not reference:
     raise ValueError(
         "Nothing to analyse: pass results files and/or the reference."
@@ -84,9 +95,14 @@ def _plot_dataset(
   groups = certified_runs.group_runs(runs)
   paths = []
   for key, members in groups.items():
-    _, source, method, stabilized = key
+    _, source, method, stabilized, certificate = key
     stem = _slug(
-        "certified", ds, source, method, "stabilized" if stabilized else ""
+        "certified",
+        ds,
+        source,
+        method,
+        "stabilized" if stabilized else "",
+        "" if certificate == "paper" else certificate,
     )
     paths.append(
         plots.plot_certified_accuracy(
@@ -136,6 +152,25 @@ def _what_if_section(runs, radii, what_if_n: int | None) -> list[str]:
   ]
 
 
+def _certificates_notes(runs: Sequence[CertifiedRun]) -> list[str]:
+  """What the certificates of the randomized rows are, and which of our runs
+  were written before the top-2 and box columns (shown with the paper's
+  certificate only); [] without either."""
+  notes = []
+  if any(r.certificate != "paper" for r in runs):
+    notes.append(_CERTIFICATES_NOTE)
+  old = sorted(r.name for r in runs if certified_runs.lacks_variants(r))
+  if old:
+    notes.append(
+        "Written before results files recorded the top-2 and box-constrained "
+        "certificates (no count_runner_up, p_b_upper, radius_top2, "
+        "radius_box columns), so shown with the paper's certificate only: "
+        + ", ".join(old)
+        + ".\n"
+    )
+  return notes
+
+
 def _dataset_section(
     ds: str, runs: Sequence[CertifiedRun], outdir: Path, radii, what_if_n
 ) -> list[str]:
@@ -146,6 +181,9 @@ def _dataset_section(
           f"## {certified_runs.DATASET_NAMES.get(ds, ds)}\n",
           "### Best certified accuracy over σ (Table 1 format)\n",
           _TABLE1_NOTE,
+      ]
+      + _certificates_notes(runs)
+      + [
           tables.table1_markdown(runs, radii),
           "### Certified accuracy per run (%)\n",
           tables.certified_accuracy_markdown(runs, radii),

@@ -6,7 +6,10 @@ dssn_jax/runs/results_format.py) and its mean seconds per image.
 `load_result_runs` groups our results files into runs by their metadata
 sidecars, merging the per-process files of one run; the authors' published
 runs load as `CertifiedRun`s too (`reference_archive.load_reference_runs`),
-so that both compare in one report. (A `jobs.StudyRun` is one classifier of a
+so that both compare in one report. A randomized run's file also records
+the top-2 and box-constrained certificates of its counts (core/box.py);
+`certificate_variants` gives each as a run of its own, beside the paper's.
+(A `jobs.StudyRun` is one classifier of a
 study to train and certify; a `training.loop.TrainingRun` one training.)
 
 Pure NumPy: nothing here imports JAX, TensorFlow or matplotlib.
@@ -86,6 +89,9 @@ class CertifiedRun:
     seconds_per_image: mean certification seconds per image, if known.
     source: 'ours' or 'reference' (the authors' published runs).
     metadata: the run metadata of our results files ({} for the authors').
+    certificate: which of the method's certificates `results` holds in
+      predict, radius and correct (`methods.Certificate.kind`: 'paper', or
+      'top2' / 'box' for a `certificate_variants` run).
   """
 
   name: str
@@ -97,6 +103,12 @@ class CertifiedRun:
   seconds_per_image: float | None = None
   source: str = "ours"
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  certificate: str = "paper"
+
+  @property
+  def label(self) -> str:
+    """Its method and certificate in tables and legends."""
+    return methods.method(self.method).certificate(self.certificate).label
 
   @property
   def num_images(self) -> int:
@@ -112,27 +124,69 @@ class CertifiedRun:
     )
 
 
-# (dataset, source, method, stabilized): the runs of one curve or table row.
-GroupKey = tuple[str, str, str, bool]
+# (dataset, source, method, stabilized, certificate): the runs of one curve
+# or table row.
+GroupKey = tuple[str, str, str, bool, str]
 
 
 def _group_order(run: CertifiedRun) -> tuple:
-  """Datasets, then the published runs first, then methods in table order."""
+  """Datasets, then the published runs first, then methods in table order,
+  each method's certificates after its stabilized runs."""
+  method = methods.method(run.method)
   return (
       run.dataset,
       run.source != "reference",
       methods.METHODS.index(run.method),
+      method.certificates.index(method.certificate(run.certificate)),
       run.stabilized,
   )
 
 
 def group_runs(runs: Iterable[CertifiedRun]) -> dict[GroupKey, list]:
-  """Runs grouped by (dataset, source, method, stabilized), each sorted by
-  sigma."""
+  """Runs grouped by (dataset, source, method, stabilized, certificate), each
+  sorted by sigma."""
   groups = collections.defaultdict(list)
   for run in sorted(runs, key=lambda r: (_group_order(r), r.sigma)):
-    groups[(run.dataset, run.source, run.method, run.stabilized)].append(run)
+    key = (run.dataset, run.source, run.method, run.stabilized)
+    groups[key + (run.certificate,)].append(run)
   return dict(groups)
+
+
+def certificate_variants(run: CertifiedRun) -> list[CertifiedRun]:
+  """The other certificates `run`'s results hold, each as a run: predict,
+  radius and correct those of the certificate (`methods.Certificate`), the
+  other columns shared. [] for DSSN, the authors' runs and files written
+  before the top-2 and box columns were recorded (`lacks_variants`)."""
+  method = methods.method(run.method)
+  out = []
+  for cert in method.certificates_in(run.results):
+    if cert.kind == run.certificate:
+      continue
+    predict = run.results[cert.predict_column]
+    results = {
+        **run.results,
+        "predict": predict,
+        "radius": run.results[cert.radius_column],
+        "correct": predict == run.results["label"],
+    }
+    out.append(
+        dataclasses.replace(
+            run,
+            name=f"{run.name}_{cert.kind}",
+            results=results,
+            certificate=cert.kind,
+        )
+    )
+  return out
+
+
+def lacks_variants(run: CertifiedRun) -> bool:
+  """Whether our run's method has certificates its file does not record (a
+  file written before the top-2 and box columns existed)."""
+  method = methods.method(run.method)
+  return run.source == "ours" and len(
+      method.certificates_in(run.results)
+  ) < len(method.certificates)
 
 
 def expand_result_paths(specs: str | Sequence[str]) -> list[Path]:

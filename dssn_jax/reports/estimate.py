@@ -48,10 +48,12 @@ def radius_at_n(
 def at_sample_size(run: CertifiedRun, n_new: int) -> CertifiedRun | None:
   """Our randomized run with radii recomputed for n_new samples at the same
   empirical frequencies (`radius_at_n`); None for exact runs, the authors'
-  runs and runs whose metadata lacks n or alpha."""
+  runs, the top-2 and box certificates (`certified_runs.certificate_variants`)
+  and runs whose metadata lacks n or alpha."""
   meta = run.metadata
   if (
       run.source != "ours"
+      or run.certificate != "paper"
       or methods.method(run.method).exact
       or "p_lower" not in run.results
       or "n" not in meta

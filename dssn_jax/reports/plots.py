@@ -41,6 +41,7 @@ def _radius_grid(runs: Sequence[CertifiedRun], radii) -> np.ndarray:
   rmax = max(float(np.max(radii, initial=0.0)), 0.0)
   for run in runs:
     certified = run.results["radius"][run.results["correct"]]
+    certified = certified[np.isfinite(certified)]  # A box radius may be inf.
     if certified.size:
       rmax = max(rmax, float(certified.max()))
   return np.linspace(0.0, max(rmax * 1.03, 0.1), 600)
@@ -111,13 +112,16 @@ def plot_envelopes(
   with_source = len({key[1] for key in groups}) > 1
   fig, ax = _figure()
   for key, members in groups.items():
-    _, source, method, _ = key
+    _, source, method, _, certificate = key
+    method = methods.method(method)
     ax.plot(
         grid,
         100 * _envelope(members, grid),
         lw=2,
-        color=methods.method(method).color,
-        ls="--" if source == "reference" and with_source else "-",
+        color=method.color,
+        ls="--"
+        if source == "reference" and with_source
+        else method.certificate(certificate).linestyle,
         label=group_label(*key, with_source=with_source),
     )
   _accuracy_axes(ax, grid, "certified accuracy, best over σ (%)", title)
@@ -135,7 +139,9 @@ def plot_seconds_per_image(
   with_source = len({key[1] for key in groups}) > 1
   fig, ax = _figure()
   for key, members in groups.items():
-    _, _, method, stabilized = key
+    _, _, method, stabilized, certificate = key
+    if certificate != "paper":  # Same run, same time: drawn once.
+      continue
     timed = [r for r in members if r.seconds_per_image is not None]
     if not timed:
       continue

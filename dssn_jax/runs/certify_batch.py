@@ -3,7 +3,9 @@
 The one place that turns a certification config into a certifier call: the
 exact method (`methods.method(name).exact`) counts the votes of all L splits
 (`dssn.dssn_counts`) and derives its certificate from them; the randomized
-ones sample (`randomized.certify_randomized`). Certification runs
+ones sample (`randomized.certify_randomized`) and record, beside the paper's
+certificate, the top-2 and box-constrained ones of the same counts
+(`box.certify_box`). Certification runs
 (certify_workdir.py), the timing benchmark and the tests all call
 `certify_batch`.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from dssn_jax.core import box
 from dssn_jax.core import dssn
 from dssn_jax.core import inputs
 from dssn_jax.core import methods
@@ -66,7 +69,8 @@ def certify_batch(
   Returns:
     (B,) arrays: `predict` (class, or -1 when a randomized method abstains),
     `radius` (certified l1 radius) and the method's own result columns
-    (`methods.method(name).result_columns`).
+    (`methods.method(name).result_columns`; results_format.py says what
+    each holds).
 
   Raises:
     ValueError: the classifier's logits were not finite for some image.
@@ -115,7 +119,27 @@ def certify_batch(
       chunk_size=chunk,
       mesh=mesh,
   )
-  return {"predict": cert.pred, "radius": cert.radius, "p_lower": cert.p_lower}
+  # The top-2 and box certificates from the same counts and selection (their
+  # p_a lower bound is p_lower: the same Clopper-Pearson bound at alpha).
+  top2 = box.certify_box(
+      cert.counts,
+      cert.selected,
+      np.asarray(x, np.float64),
+      n=cfg.n,
+      alpha=cfg.alpha,
+      lam=spec.lam,
+  )
+  return {
+      "predict": cert.pred,
+      "radius": cert.radius,
+      "p_lower": cert.p_lower,
+      "count_top": cert.count_top,
+      "count_runner_up": box.top_two_counts(cert.counts, cert.selected)[1],
+      "predict_top2": top2.pred,
+      "p_b_upper": top2.p_b_upper,
+      "radius_top2": top2.radius_top2,
+      "radius_box": top2.radius_box,
+  }
 
 
 def compile_batch(

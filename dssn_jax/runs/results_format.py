@@ -17,7 +17,18 @@ of Cohen et al.'s (2019) tools, so their analysis scripts read our files:
   method ``"dssn"`` adds ``count_top count_runner_up steps`` (votes of the top
   class and of the runner-up, and ``steps = radius * q``); the randomized
   methods ``"ssn"`` and ``"uniform"`` add ``p_lower`` (Clopper-Pearson lower
-  bound of the top-class probability).
+  bound of the selected class's probability: the paper's certificate, in
+  ``predict`` and ``radius``) and the top-2 and box-constrained certificates
+  of the same counts (core/box.py, docs/design.md section 6):
+  ``count_top`` (votes of the class selected from the n0 draws among the n
+  counting draws), ``count_runner_up`` (the largest count of another class
+  among those n), ``predict_top2`` (the selected class, ``-1`` where
+  ``p_lower <= p_b_upper``), ``p_b_upper`` (upper bound of the runner-up's
+  probability; with p_lower it holds jointly at alpha), ``radius_top2``
+  (l1 radius without the box) and ``radius_box`` (l1 radius within
+  [0, 1]^d, ``inf`` where no point of the box changes the prediction).
+  Files written before these columns existed (``p_lower`` alone,
+  `methods.Method.legacy_result_columns`) are still read, without them.
 
 Rows are appended (results_writer.py), so only the end of a file can be torn,
 and only as an incomplete last line; `scan` reports such a tail and treats any
@@ -52,9 +63,14 @@ INT_COLUMNS = frozenset(
         "count_top",
         "count_runner_up",
         "steps",
+        "predict_top2",
     }
 )
-FLOAT_COLUMNS = frozenset({"radius", "time", "p_lower"})
+FLOAT_COLUMNS = frozenset(
+    {"radius", "time", "p_lower", "p_b_upper", "radius_top2", "radius_box"}
+)
+# Float columns that may hold +inf (never NaN or -inf).
+UNBOUNDED_COLUMNS = frozenset({"radius_box"})
 
 
 def columns_for(method: str) -> tuple[str, ...]:
@@ -66,9 +82,25 @@ def columns_for(method: str) -> tuple[str, ...]:
   return BASE_COLUMNS + methods.method(method).result_columns
 
 
+def legacy_columns_for(method: str) -> tuple[tuple[str, ...], ...]:
+  """The columns of the files of `method` that earlier versions wrote (read,
+  never appended to)."""
+  columns_for(method)  # Checks the name.
+  return tuple(
+      BASE_COLUMNS + c for c in methods.method(method).legacy_result_columns
+  )
+
+
 def _check_header(columns: Sequence[str]) -> None:
-  """A ValueError unless `columns` are the columns of some method."""
-  known = list(dict.fromkeys(columns_for(m) for m in methods.METHODS))
+  """A ValueError unless `columns` are the columns of some method, current
+  or legacy."""
+  known = list(
+      dict.fromkeys(
+          c
+          for m in methods.METHODS
+          for c in (columns_for(m),) + legacy_columns_for(m)
+      )
+  )
   if tuple(columns) not in known:
     raise ValueError(
         f"Unrecognised results header {list(columns)}; expected one of "
@@ -104,7 +136,9 @@ def _as_float(column: str, value: Any) -> float:
     raise ValueError(
         f"Column {column!r} needs a number, got {value!r}."
     ) from None
-  if not math.isfinite(value):
+  if not math.isfinite(value) and not (
+      column in UNBOUNDED_COLUMNS and value == math.inf
+  ):
     raise ValueError(f"Column {column!r} needs a finite number, got {value!r}.")
   return value
 
@@ -140,7 +174,41 @@ def check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
       raise ValueError(f"{where}: count_runner_up > count_top.")
   if "p_lower" in values and not 0.0 <= values["p_lower"] <= 1.0:
     raise ValueError(f"{where}: p_lower must be in [0, 1].")
+  if "predict_top2" in values:
+    _check_top2(where, values)
   return tuple(values[c] for c in columns)
+
+
+def _check_top2(where: str, values: Mapping[str, Any]) -> None:
+  """The top-2 and box columns of a randomized row agree with each other and
+  with the paper's certificate (core/box.py): p_b_upper <= 1 - p_lower, so
+  the top-2 certificate abstains only where the paper's does, with the same
+  class, and radius_box >= radius_top2 >= 0 (both 0 on abstention)."""
+  p_a, p_b = values["p_lower"], values["p_b_upper"]
+  pred = values["predict_top2"]
+  r2, rb = values["radius_top2"], values["radius_box"]
+  if min(values["count_top"], values["count_runner_up"]) < 0:
+    raise ValueError(f"{where}: counts must be >= 0.")
+  if not 0.0 <= p_b <= 1.0 or p_b > 1.0 - p_a + 1e-12:
+    raise ValueError(f"{where}: p_b_upper={p_b!r} must be in [0, 1 - p_lower].")
+  if pred < ABSTAIN or (pred == ABSTAIN) != (p_a <= p_b):
+    raise ValueError(
+        f"{where}: predict_top2={pred} with p_lower={p_a!r}, p_b_upper="
+        f"{p_b!r} (the top-2 certificate abstains exactly when p_lower <= "
+        "p_b_upper)."
+    )
+  if values["predict"] != ABSTAIN and pred != values["predict"]:
+    raise ValueError(
+        f"{where}: predict_top2={pred} but predict={values['predict']} (both "
+        "certify the class selected from the n0 draws)."
+    )
+  if pred == ABSTAIN and (r2, rb) != (0.0, 0.0):
+    raise ValueError(f"{where}: radii of an abstention must be 0.")
+  if r2 < 0 or rb < r2 * (1 - 1e-9):
+    raise ValueError(
+        f"{where}: radius_top2={r2!r}, radius_box={rb!r}; need 0 <= "
+        "radius_top2 <= radius_box."
+    )
 
 
 def format_row(values: tuple) -> str:
@@ -208,6 +276,15 @@ def scan(
   if columns is None:
     _check_header(found)
   elif tuple(found) != tuple(columns):
+    if tuple(found) in set().union(
+        *(legacy_columns_for(m) for m in methods.METHODS)
+    ):
+      raise ValueError(
+          f"{path}: written by an earlier dssn-jax, with the columns "
+          f"{found}; it is still read and analysed, but the columns "
+          f"{list(columns)} cannot be appended to it. Certify into another "
+          "results file (or delete this one to certify it again)."
+      )
     raise ValueError(
         f"{path}: header {found} does not match the expected columns "
         f"{list(columns)}."
