@@ -103,7 +103,7 @@ def test_randomized_columns_and_abstention(tmp_path):
           "idx": 7,
           "label": 1,
           "predict": 1,
-          "radius": 0.123,
+          "radius": 2 * np.sqrt(3) * (0.6 - 0.5),  # 2 lambda (p_lower - 1/2)
           "correct": 1,
           "time": 13.4,
           "p_lower": 0.6,
@@ -118,7 +118,7 @@ def test_randomized_columns_and_abstention(tmp_path):
           "idx": 3,
           "label": 2,
           "predict": results_format.ABSTAIN,
-          "radius": 0.0,
+          "radius": 2 * np.sqrt(3) * (0.4 - 0.5),
           "correct": 0,
           "time": 13.5,
           "p_lower": 0.4,

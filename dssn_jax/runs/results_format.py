@@ -172,8 +172,16 @@ def check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
       raise ValueError(f"{where}: counts and steps must be >= 0.")
     if values["count_runner_up"] > values["count_top"]:
       raise ValueError(f"{where}: count_runner_up > count_top.")
-  if "p_lower" in values and not 0.0 <= values["p_lower"] <= 1.0:
-    raise ValueError(f"{where}: p_lower must be in [0, 1].")
+    _check_steps(where, values)
+  if "p_lower" in values:
+    if not 0.0 <= values["p_lower"] <= 1.0:
+      raise ValueError(f"{where}: p_lower must be in [0, 1].")
+    if (values["predict"] == ABSTAIN) != (values["p_lower"] <= 0.5):
+      raise ValueError(
+          f"{where}: predict={values['predict']} with p_lower="
+          f"{values['p_lower']!r} (a randomized certifier abstains exactly "
+          "when p_lower <= 1/2)."
+      )
   if "predict_top2" in values:
     _check_top2(where, values)
   return tuple(values[c] for c in columns)
@@ -211,6 +219,21 @@ def _check_top2(where: str, values: Mapping[str, Any]) -> None:
     )
 
 
+def _check_steps(where: str, values: Mapping[str, int]) -> None:
+  """steps must follow from the counts by the tie rule of
+  `dssn.certify_from_counts`: floor((c_A - c_B - [B < A]) / 2). The
+  runner-up's class is not stored, so both values of [B < A] are allowed
+  (only 0 when the counts tie: then B > A)."""
+  gap = values["count_top"] - values["count_runner_up"]
+  allowed = {gap // 2} | ({(gap - 1) // 2} if gap > 0 else set())
+  if values["steps"] not in allowed:
+    raise ValueError(
+        f"{where}: steps={values['steps']} but count_top - count_runner_up = "
+        f"{gap} gives steps in {sorted(allowed)} (steps = floor((c_A - c_B "
+        "- [B < A]) / 2))."
+    )
+
+
 def format_row(values: tuple) -> str:
   """One line of a file: the values of `check_row`, newline included."""
   return (
@@ -219,21 +242,22 @@ def format_row(values: tuple) -> str:
   )
 
 
-def _parse_line(line: bytes, columns: Sequence[str]) -> tuple | None:
-  """Values of one complete data line (without newline), or None if invalid."""
+def _parse_line(line: bytes, columns: Sequence[str]) -> tuple | str:
+  """Values of one complete data line (without newline), or why it is not
+  a valid row."""
   try:
     fields = line.decode("ascii").split("\t")
   except UnicodeDecodeError:
-    return None
+    return "not ASCII text"
   if len(fields) != len(columns):
-    return None
+    return f"{len(fields)} fields, expected {len(columns)}"
   row = {}
   try:
     for column, field in zip(columns, fields):
       row[column] = int(field) if column in INT_COLUMNS else float(field)
     return check_row(row, columns)
-  except ValueError:
-    return None
+  except ValueError as e:
+    return str(e)
 
 
 # --------------------------------------------------------------------------
@@ -298,11 +322,12 @@ def scan(
     if end < 0:  # An incomplete last line: a write cut short by a kill.
       break
     values = _parse_line(data[pos:end], columns)
-    if values is None:
+    if isinstance(values, str):
       raise ValueError(
           f"{path}: line {line_no} is corrupt, not a valid row "
-          f"({data[pos:end][:80]!r}); a killed run only leaves an incomplete "
-          "last line, so this is corruption or another program's writing. "
+          f"({data[pos:end][:80]!r}: {values}); a killed run only leaves an "
+          "incomplete last line, so this is corruption or another program's "
+          "writing. "
           "Inspect the file: fix or delete that line, or delete the file to "
           "start over."
       )

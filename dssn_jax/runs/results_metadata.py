@@ -4,14 +4,16 @@ Next to each results file ``X`` lives ``X.meta.json``, always replaced
 atomically (written to a temporary file, fsynced, renamed, directory
 fsynced), so a kill leaves the old sidecar or the new one, never a mix:
 
-    {"format_version": 1, "method": "dssn", "columns": [...],
+    {"format_version": 2, "method": "dssn", "columns": [...],
      "run": {sigma, q, checkpoint fingerprint, dataset, subset, ...},
+     "digest": {per-row sha256s, ...},
      "batching": [...], "computation": [...]}
 
 `run` (the caller's run metadata) identifies the run: a file is only ever
 appended to by a run with identical `run` and `method`, so two runs are never
 mixed in one file. Other top-level fields (`update_metadata`) record how the
-rows were computed and may grow.
+rows were computed and may grow; `digest` (results_integrity.py) is
+rewritten before each batch of rows is appended.
 
 Pure standard library and NumPy (for NumPy values in the run metadata).
 """
@@ -27,9 +29,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from dssn_jax.runs import results_format
+from dssn_jax.runs import results_integrity
 
 META_SUFFIX = ".meta.json"
-FORMAT_VERSION = 1
+# 1: no digest (still read, cross-checked only); 2: the rows' digest.
+FORMAT_VERSION = 2
 _MISSING = "<missing>"
 
 
@@ -39,13 +43,16 @@ def metadata_path(path: str | os.PathLike) -> Path:
 
 
 def new_metadata(method: str, run_metadata: Mapping[str, Any]) -> dict:
-  """The sidecar of a new results file of `method` for a run (canonical)."""
-  return {
+  """The sidecar of a new results file of `method` for a run (canonical),
+  with the digest of no rows (results_integrity.py)."""
+  meta = {
       "format_version": FORMAT_VERSION,
       "method": method,
       "columns": list(results_format.columns_for(method)),
       "run": canonical(dict(run_metadata)),
   }
+  meta["digest"] = results_integrity.new_digest(meta)
+  return meta
 
 
 def _json_default(obj: Any) -> Any:
@@ -124,6 +131,12 @@ def read_metadata(path: str | os.PathLike) -> dict:
     raise ValueError(f"{meta_path}: not valid JSON ({e}).") from None
   if not isinstance(meta, dict) or not {"method", "run"} <= meta.keys():
     raise ValueError(f"{meta_path}: not a results metadata file.")
+  version = meta.get("format_version", 1)
+  if version not in (1, FORMAT_VERSION):
+    raise ValueError(
+        f"{meta_path}: format version {version!r}; this dssn-jax reads "
+        f"versions 1 and {FORMAT_VERSION}."
+    )
   return meta
 
 

@@ -18,6 +18,7 @@ from absl import logging
 import numpy as np
 
 from dssn_jax.runs import results_format
+from dssn_jax.runs import results_integrity
 from dssn_jax.runs import results_metadata
 
 
@@ -56,6 +57,42 @@ def check_subset(
       )
 
 
+def read_verified(
+    path: str | os.PathLike, columns: Sequence[str] | None = None
+) -> results_format.Scan:
+  """The rows of one results file, checked (results_integrity.py): in the
+  run's subset, consistent with the run metadata and with the file's digest.
+  A torn last row is left out with a warning. Raises ValueError naming the
+  file and the line of the first row that fails."""
+  meta_path = results_metadata.metadata_path(path)
+  # The sidecar before the rows: the writer records a batch's digest before
+  # appending it, so every row read then has its digest.
+  meta = results_metadata.read_metadata(path) if meta_path.exists() else None
+  with open(path, "rb") as f:
+    scan = results_format.scan(f.read(), path, columns)
+  if scan.torn:
+    logging.warning(
+        "%s: ignoring a torn last row (%d bytes).", path, len(scan.torn)
+    )
+  if meta is None:
+    logging.warning(
+        "%s has no metadata sidecar %s: its rows cannot be checked against "
+        "their run or digest.",
+        path,
+        meta_path.name,
+    )
+    return scan
+  run = meta.get("run") or {}
+  indices = [v[0] for v in scan.rows]
+  check_subset(path, indices, scan.lines, run)
+  results_integrity.check_rows(path, scan, run)
+  newer = None
+  if len(scan.rows) > (meta.get("digest") or {}).get("rows", 0):
+    newer = results_metadata.read_metadata(path)  # Appended meanwhile.
+  results_integrity.check_digest(path, scan, meta, newer)
+  return scan
+
+
 def as_paths(path_or_paths) -> list[Path]:
   """One path or a sequence of paths, as a list of Paths."""
   if isinstance(path_or_paths, (str, os.PathLike)):
@@ -72,26 +109,15 @@ def read_results(
   sorted by idx and an idx in more than one file is a ValueError. Ints are
   int64, floats float64, `correct` is bool. A torn last row (a file being
   written, or left by a kill) is skipped with a warning; the file is not
-  modified.
+  modified. Every file is checked first (`read_verified`): an edited or
+  corrupted row is a ValueError naming its file and line.
   """
   paths = as_paths(path_or_paths)
   if not paths:
     raise ValueError("No results files given.")
   columns, parts, owner = None, [], {}
   for path in paths:
-    with open(path, "rb") as f:
-      scan = results_format.scan(f.read(), path, columns)
-    if scan.torn:
-      logging.warning(
-          "%s: ignoring a torn last row (%d bytes).", path, len(scan.torn)
-      )
-    if results_metadata.metadata_path(path).exists():
-      check_subset(
-          path,
-          [v[0] for v in scan.rows],
-          scan.lines,
-          results_metadata.read_metadata(path).get("run") or {},
-      )
+    scan = read_verified(path, columns)
     columns = scan.columns
     for values in scan.rows:
       if values[0] in owner:

@@ -8,7 +8,9 @@ kill cannot leave a complete line that is not a row). The next
 rows of a torn batch are kept, and `done_indices` tells the caller which
 images to skip. A complete line that is not a valid row, anywhere in the file,
 is corruption (or another program's writing): an error naming the line, never
-a repair.
+a repair. Before each batch the sidecar records the digest of its rows, and
+an existing file is verified against its digest and cross-checked against its
+run metadata before anything is appended (results_integrity.py).
 
 An advisory lock keeps a second writer off a file: multi-host runs write one
 file per process (e.g. ``certify.tsv``, ``certify.process1.tsv``), which
@@ -30,7 +32,9 @@ from absl import logging
 import numpy as np
 
 from dssn_jax.runs import results_format
+from dssn_jax.runs import results_integrity
 from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
 
 try:  # Advisory lock against two writers on one file; absent on Windows.
   import fcntl
@@ -68,6 +72,7 @@ class ResultsWriter:
     self._done_view: frozenset[int] | None = None
     self._line_of: dict[int, int] = {}
     self._broken = False
+    self._digest: dict[str, Any] = {}
 
   # -- opening --------------------------------------------------------------
 
@@ -139,18 +144,34 @@ class ResultsWriter:
       )
 
   def _recover(self, fd: int) -> None:
+    meta = results_metadata.read_metadata(self.path)  # Before the rows.
     size = os.fstat(fd).st_size
     data = os.pread(fd, size, 0) if size else b""
     header = results_format.header(self.columns)
     if len(data) < len(header) and header.startswith(data):
       # New file, or killed while writing the header.
+      if (meta.get("digest") or {}).get("committed", 0):
+        raise ValueError(
+            f"{self.path}: line 2: missing; the digest in "
+            f"{results_metadata.metadata_path(self.path).name} records "
+            f"{meta['digest']['committed']} rows written, the file holds "
+            "none (it was emptied). Restore it, or delete it and its sidecar "
+            "to start over."
+        )
       os.ftruncate(fd, 0)
       self._write_all(fd, header)
       os.fsync(fd)
       self._next_line = 2
       self._done, self._done_view, self._line_of = set(), None, {}
+      self._start_digest(meta, [])
       return
     scan = results_format.scan(data, self.path, self.columns)
+    run = meta.get("run") or {}
+    results_reader.check_subset(
+        self.path, [v[0] for v in scan.rows], scan.lines, run
+    )
+    results_integrity.check_rows(self.path, scan, run)
+    results_integrity.check_digest(self.path, scan, meta)
     if scan.torn:
       logging.warning(
           "%s: removing a torn last row left by an interrupted run "
@@ -166,11 +187,54 @@ class ResultsWriter:
         values[0]: line for values, line in zip(scan.rows, scan.lines)
     }
     self._next_line = (scan.lines[-1] if scan.lines else 1) + 1
+    self._start_digest(meta, scan.rows)
+
+  def _start_digest(self, meta: dict, rows: list[tuple]) -> None:
+    """The digest of the file's `rows` (verified), recorded if it changed:
+    rows of a batch a kill kept from the file are dropped from it, and a
+    file of format version 1 gets its first digest."""
+    digest = meta.get("digest")
+    if digest is None:
+      if rows:
+        logging.warning(
+            "%s: format version 1, no digest recorded; its %d rows were "
+            "cross-checked and the digest starts now.",
+            self.path,
+            len(rows),
+        )
+      digest = results_integrity.new_digest(meta)
+      digest = {
+          **results_integrity.extend_digest(digest, rows),
+          "unverified_rows": len(rows),
+      }
+    hex_digits = results_integrity.ROW_HASH_HEX
+    kept = {
+        **digest,
+        "rows": len(rows),
+        "committed": len(rows),
+        "row_sha256": digest["row_sha256"][: len(rows) * hex_digits],
+    }
+    if kept != meta.get("digest") or meta.get("format_version") != (
+        results_metadata.FORMAT_VERSION
+    ):
+      results_metadata.update_metadata(
+          self.path,
+          digest=kept,
+          format_version=results_metadata.FORMAT_VERSION,
+      )
+    self._digest = kept
 
   def close(self) -> None:
     if self._fd is not None:
-      os.close(self._fd)  # Also releases the lock.
-      self._fd = None
+      try:
+        if not self._broken and (
+            self._digest["committed"] < self._digest["rows"]
+        ):  # The last batch is in the file: deleting it is now detected.
+          self._digest = {**self._digest, "committed": self._digest["rows"]}
+          results_metadata.update_metadata(self.path, digest=self._digest)
+      finally:
+        os.close(self._fd)  # Also releases the lock.
+        self._fd = None
 
   # -- writing --------------------------------------------------------------
 
@@ -255,7 +319,17 @@ class ResultsWriter:
       )
     if not values:
       return 0
+    lines = range(self._next_line, self._next_line + len(values))
+    results_integrity.check_rows(  # What a reader will check.
+        self.path,
+        results_format.Scan(self.columns, values, list(lines), 0, b""),
+        self.run_metadata,
+    )
     data = "".join(results_format.format_row(v) for v in values).encode("ascii")
+    # The rows' digest first: a row in the file always has its digest.
+    digest = results_integrity.extend_digest(self._digest, values)
+    results_metadata.update_metadata(self.path, digest=digest)
+    self._digest = digest
     try:
       self._write_all(self._fd, data)
       os.fsync(self._fd)
