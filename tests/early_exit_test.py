@@ -8,6 +8,7 @@ ties, jit, packing shapes), and the trained smoke CNN in the slow tier.
 """
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +16,15 @@ import numpy as np
 import pytest
 
 import dssn_jax
+from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax.core import dssn
 from dssn_jax.core import dssn_decide
 from dssn_jax.core import early_exit
+from dssn_jax.data import eval_input
+from dssn_jax.training import checkpoints
+from dssn_jax.training import classifier as classifier_training
+from tests.conftest import cpu_subprocess_env
+from tests.conftest import run_python
 
 STUDY_SIGMAS = (0.25, 0.5, 1.0, 2.0)
 
@@ -260,3 +267,45 @@ def test_certified_at_under_jit_equals_full_run():
   # One radius: a (B,) answer.
   _, one, _ = dssn_decide.dssn_certified_at(apply_fn, x[:2], v, spec, 0.0)
   assert np.asarray(one).shape == (2,)
+
+
+@pytest.mark.slow
+def test_early_exit_on_2_and_4_devices():
+  result = run_python(
+      ["-m", "tests.programs.early_exit_devices"], env=cpu_subprocess_env(4)
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report == {"checked": 5, "mismatches": []}
+
+
+@pytest.mark.slow
+def test_early_exit_on_the_smoke_trained_cnn(tmp_path, fashion_mnist_data_dir):
+  """The trained smoke classifier on Fashion-MNIST test images, at every
+  sigma of the study, at the study's radii and at the full run's radii."""
+  config = fashion_mnist_config.get_config("smoke")
+  config.data_dir = fashion_mnist_data_dir
+  workdir = str(tmp_path / "run")
+  classifier_training.train_and_evaluate(config, workdir)
+  classifier = checkpoints.load_classifier(workdir)
+  batch = next(
+      eval_input.eval_dataset(
+          "fashion_mnist",
+          max_examples=4,
+          batch_size=4,
+          data_dir=fashion_mnist_data_dir,
+      )
+  )
+  x = (np.asarray(batch["image"], np.float32) / 255).astype(np.float32)
+  apply_fn, params = classifier.apply_fn, classifier.variables
+  for sigma in STUDY_SIGMAS:
+    spec = dssn_jax.SmoothingSpec(sigma)
+    v = dssn_jax.make_offsets(0, x.shape[1:], spec.levels)
+    counts = np.asarray(dssn.dssn_counts(apply_fn, x, v, spec, params=params))
+    pred, _, radius = dssn.certify_from_counts(counts, spec)
+    radii = np.unique(np.r_[config.certify.radii, radius, radius + 1 / 255])
+    d = dssn_decide.dssn_decide(
+        apply_fn, x, v, spec, radii, params=params, slots=256
+    )
+    np.testing.assert_array_equal(d.pred, pred)
+    np.testing.assert_array_equal(d.certified, radius[:, None] >= radii[None])

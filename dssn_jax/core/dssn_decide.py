@@ -128,7 +128,7 @@ def dssn_decide(
   program = packing.PackedProgram(apply_fn, _split_noise(spec), 1, mesh)
   v = jnp.asarray(v)
   if mesh is not None:
-    params, v = placement.place(mesh, (params, v))
+    params, v = packing.replicate(mesh, (params, v))
   result = packing.run_packed(
       program,
       params,

@@ -119,6 +119,14 @@ def _reset_rows(pool, pool_ids, counts, slots, x_new, ids_new):
   )
 
 
+def replicate(mesh: Mesh | None, tree):
+  """Concrete arrays of tree put on every device of the mesh (none: as
+  is); the pool, its counts and the shared noise arguments live so."""
+  if mesh is None:
+    return tree
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
 @dataclasses.dataclass
 class PackedResult:
   """Per input (numpy): counts at the decision, items used, passes run.

@@ -137,7 +137,7 @@ def sequential_certify(
 
   keys = keys_of(key)
   if mesh is not None:
-    params, keys = placement.place(mesh, (params, keys))
+    params, keys = packing.replicate(mesh, (params, keys))
   result = packing.run_packed(
       packed_program(apply_fn, noise, spec, mesh),
       params,
