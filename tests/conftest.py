@@ -123,3 +123,27 @@ def mock_cifar10():
       num_examples=MOCK_CIFAR10_EXAMPLES, as_dataset_fn=_mock_cifar10_as_dataset
   ):
     yield
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, fashion_mnist_data_dir):
+  """One trained Fashion-MNIST smoke run, certified with DSSN and uniform
+  noise (configs/fashion_mnist.py:smoke; seconds). Tests that change it
+  work on a copy: `shutil.copytree(smoke_run.workdir, ...)`."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runs import certify_workdir  # pylint: disable=g-import-not-at-top
+  from dssn_jax.training import classifier  # pylint: disable=g-import-not-at-top
+
+  config = fashion_mnist.get_config("smoke")
+  config.data_dir = fashion_mnist_data_dir
+  workdir = str(tmp_path_factory.mktemp("smoke_run") / "run")
+  classifier.train_and_evaluate(config, workdir)
+  for method in ("dssn", "uniform"):
+    config.certify.method = method
+    certify_workdir.certify_workdir(config, workdir)
+  config.certify.method = "dssn"
+  return types.SimpleNamespace(
+      workdir=workdir, config=config, data_dir=fashion_mnist_data_dir
+  )

@@ -1,0 +1,323 @@
+"""Re-verifying a results file against its checkpoint and dataset.
+
+`audit(path)` trusts nothing in a results file but what it can recompute. It
+first applies the checks every reader applies (results_integrity.py: rows
+consistent with the run metadata and with the file's digest), then
+recertifies a random sample of the rows (or all) with the checkpoint and the
+test images the run metadata names, and compares every column but `time`:
+
+- **exact method (DSSN)**: counts over all L splits are integers, so the
+  recomputed row must equal the stored one;
+- **randomized methods**: the noise of image idx, draw j, is drawn from
+  `fold_in(fold_in(key, j), idx)` with the run's seed, so recertifying with
+  the same seed redraws the same noise and the row must be equal too (not a
+  statistical test: any difference is a mismatch).
+
+Labels are compared with the dataset's. This is how a reader checks
+certificates published with a model: the digest only catches naive edits
+(anyone can recompute it), the audit catches any row the model and data do
+not give. Recomputing under another backend or XLA options can move votes at
+near ties of the logits; the report says when the computation differs from
+the one the file records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import types
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from dssn_jax.core import methods
+from dssn_jax.core import smoothing
+from dssn_jax.data import eval_input
+from dssn_jax.data import quiet_tensorflow
+from dssn_jax.runs import certify_batch
+from dssn_jax.runs import results_format
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
+from dssn_jax.runtime import xla_options
+from dssn_jax.training import checkpoints
+from dssn_jax.training import denoising
+
+
+@dataclasses.dataclass
+class AuditReport:
+  """What `audit` found.
+
+  Attributes:
+    path: the results file.
+    rows: rows in the file.
+    audited: idx of the rows recertified.
+    integrity_error: why the file failed the reader's checks (None: passed).
+    mismatches: one line per differing value, naming line, idx and column.
+    differing: idx of the rows with a mismatch.
+    notes: what the reader of the report should know (computation, seed).
+  """
+
+  path: str
+  rows: int
+  audited: list[int]
+  integrity_error: str | None
+  mismatches: list[str]
+  differing: set[int]
+  notes: list[str]
+
+  @property
+  def ok(self) -> bool:
+    return self.integrity_error is None and not self.mismatches
+
+  def format(self) -> str:
+    """The report, a few lines (every mismatch on its own line)."""
+    lines = [f"audit of {self.path}: {self.rows} rows"]
+    lines.append(
+        "file checks (run metadata, digest): "
+        + (
+            "passed"
+            if self.integrity_error is None
+            else f"FAILED: {self.integrity_error}"
+        )
+    )
+    lines += [f"note: {n}" for n in self.notes]
+    lines += [f"MISMATCH {m}" for m in self.mismatches]
+    lines.append(
+        f"recertified {len(self.audited)} of {self.rows} rows: "
+        f"{len(self.audited) - len(self.differing)} match, "
+        f"{len(self.differing)} differ"
+    )
+    return "\n".join(lines)
+
+
+def audit(
+    path: str | os.PathLike,
+    *,
+    workdir: str | None = None,
+    denoiser_workdir: str | None = None,
+    data_dir: str | None = None,
+    sample: int = -1,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> AuditReport:
+  """Re-verifies results file `path` (see the module docstring).
+
+  Args:
+    path: a results file written by a certification run.
+    workdir: the training workdir of its classifier (default: the file's
+      directory, where certification writes it).
+    denoiser_workdir: the denoiser's workdir, for a denoised run.
+    data_dir: the TFDS data dir of the test images.
+    sample: rows to recertify, drawn at random (-1: all).
+    seed: seed of that draw.
+    batch_size: images per certification call.
+
+  Returns:
+    An AuditReport; `.ok` is False on any failed check or mismatch.
+  """
+  path = os.fspath(path)
+  meta = results_metadata.read_metadata(path)
+  run = meta.get("run") or {}
+  integrity_error = None
+  try:
+    results_reader.read_verified(path)
+  except ValueError as e:
+    integrity_error = str(e)
+  with open(path, "rb") as f:  # The rows as they are, checked or not.
+    scan = results_format.scan(f.read(), path)
+  rng = np.random.default_rng(seed)
+  chosen = np.arange(len(scan.rows))
+  if 0 <= sample < len(scan.rows):
+    chosen = np.sort(rng.choice(len(scan.rows), sample, replace=False))
+  rows = {scan.rows[i][0]: (scan.rows[i], scan.lines[i]) for i in chosen}
+  notes = [
+      f"{len(rows)} rows drawn with seed {seed}"
+      if len(rows) < len(scan.rows)
+      else "every row recertified",
+      "compared exactly: "
+      + (
+          "DSSN counts are integers"
+          if methods.method(meta["method"]).exact
+          else f"the randomized noise is redrawn with the run's seed "
+          f"{run.get('seed')}"
+      ),
+  ]
+  classifier, spec, offsets = _classifier(
+      run, workdir or os.path.dirname(os.path.abspath(path)), denoiser_workdir
+  )
+  notes += _computation_note(meta, run)
+  recomputed = _recertify(
+      run,
+      meta["method"],
+      classifier,
+      spec,
+      offsets,
+      sorted(rows),
+      data_dir,
+      batch_size,
+  )
+  mismatches, differing = [], set()
+  for idx, (values, line) in rows.items():
+    got = recomputed.get(idx)
+    if got is None:
+      differing.add(idx)
+      mismatches.append(
+          f"line {line} idx {idx}: the image is not in {run.get('dataset')}'s "
+          f"{run.get('split')} split subset the run names"
+      )
+      continue
+    for column, stored in zip(scan.columns, values):
+      if column != "time" and not _same(stored, got[column]):
+        differing.add(idx)
+        mismatches.append(
+            f"line {line} idx {idx}: {column} stored {stored!r}, recomputed "
+            f"{got[column]!r}"
+        )
+  return AuditReport(
+      path,
+      len(scan.rows),
+      sorted(rows),
+      integrity_error,
+      mismatches,
+      differing,
+      notes,
+  )
+
+
+def _same(stored, recomputed) -> bool:
+  if isinstance(stored, float) or isinstance(recomputed, float):
+    a, b = float(stored), float(recomputed)
+    return a == b or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+  return int(stored) == int(recomputed)
+
+
+def _classifier(run, workdir: str, denoiser_workdir: str | None):
+  """The classifier, spec and offsets the run metadata names, checked
+  against it (checkpoint step, model, offsets)."""
+  quiet_tensorflow.hide_tf_from_accelerators()
+  compute_dtype = run.get("compute_dtype")
+  classifier = checkpoints.load_classifier(
+      workdir, step=run.get("checkpoint_step"), compute_dtype=compute_dtype
+  )
+  if run.get("denoised"):
+    if not denoiser_workdir:
+      raise ValueError(
+          "The results were certified behind a denoiser "
+          f"({run['denoised']}); pass its workdir (--denoiser_workdir)."
+      )
+    classifier = denoising.compose(
+        classifier,
+        denoising.load_denoiser(denoiser_workdir, compute_dtype=compute_dtype),
+    )
+    if denoising.run_metadata(classifier) != {"denoised": run["denoised"]}:
+      raise ValueError(
+          f"The denoiser of {denoiser_workdir} is not the one the results "
+          f"were certified with ({run['denoised']})."
+      )
+  problems = [
+      f"{field}: results have {run[field]!r}, checkpoint has {have!r}"
+      for field, have in (
+          ("model", classifier.metadata["model"]),
+          ("training_noise", classifier.metadata["noise"]),
+      )
+      if field in run and run[field] != have
+  ]
+  if problems:
+    raise ValueError(
+        f"The checkpoint in {workdir} is not the one the results were "
+        "certified with: " + "; ".join(problems) + "."
+    )
+  spec = smoothing.SmoothingSpec(run["sigma"], run["q"])
+  offsets = classifier.offsets
+  if smoothing.offsets_fingerprint(offsets) != run.get("offsets_sha256"):
+    raise ValueError(
+        f"The results were certified with offsets of sha256 "
+        f"{run.get('offsets_sha256')}, not the checkpoint's (certified with "
+        "certify.override_smoothing?); the audit recertifies with the "
+        "checkpoint's offsets only."
+    )
+  return classifier, spec, offsets
+
+
+def _computation_note(meta, run) -> list[str]:
+  history = meta.get("computation") or []
+  now = xla_options.computation_record(run.get("compute_dtype", "float32"))
+  if history and history[-1] != now:
+    before = history[-1]
+    keys = set(now) | set(before)
+    changed = sorted(k for k in keys if now.get(k) != before.get(k))
+    return [
+        f"computed now under another computation than the file records "
+        f"({', '.join(changed)}): votes at near ties of the logits may differ"
+    ]
+  return []
+
+
+def _recertify(
+    run,
+    method: str,
+    classifier,
+    spec,
+    offsets,
+    indices: Sequence[int],
+    data_dir,
+    batch_size: int,
+) -> dict[int, dict[str, Any]]:
+  """The rows of the images `indices`, certified again: {idx: columns}."""
+  images, labels, found = [], [], []
+  wanted = np.asarray(indices, np.int64)
+  max_examples = run.get("max_examples", -1)
+  for batch in eval_input.eval_dataset(
+      run["dataset"],
+      split=run.get("split"),
+      start=run.get("start", 0),
+      skip=run.get("skip", 1),
+      max_examples=None
+      if max_examples is None or max_examples < 0
+      else (max_examples),
+      batch_size=batch_size,
+      data_dir=data_dir,
+      process_index=0,
+      process_count=1,
+  ):
+    keep = batch["mask"] & np.isin(batch["index"], wanted)
+    images.append(batch["image"][keep])
+    labels.append(batch["label"][keep])
+    found.append(batch["index"][keep])
+  if not found or not np.concatenate(found).size:
+    return {}
+  images = np.concatenate(images)
+  labels = np.concatenate(labels)
+  found = np.concatenate(found)
+  cfg = types.SimpleNamespace(
+      method=method,
+      chunk_size=-1,
+      seed=run.get("seed", 0),
+      n0=run.get("n0"),
+      n=run.get("n"),
+      alpha=run.get("alpha"),
+  )
+  out = {}
+  for start in range(0, len(found), batch_size):
+    index = found[start : start + batch_size]
+    x = certify_batch.to_inputs(images[start : start + batch_size])
+    pad = batch_size - len(index)  # One shape: one compilation.
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+      index_padded = np.concatenate([index, np.repeat(index[-1:], pad)])
+    else:
+      index_padded = index
+    columns = certify_batch.certify_batch(
+        cfg, classifier, spec, offsets, x, index_padded
+    )
+    for j, idx in enumerate(index):
+      label = int(labels[start + j])
+      row = {k: np.asarray(v)[j].item() for k, v in columns.items()}
+      row.update(
+          idx=int(idx), label=label, correct=int(row["predict"] == label)
+      )
+      out[int(idx)] = row
+  logging.info("Recertified %d rows.", len(out))
+  return out
