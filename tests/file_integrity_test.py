@@ -5,10 +5,16 @@ one is refused by read_results (what analyze and the summaries read) and by
 a resuming ResultsWriter, with a line naming the file and the line.
 """
 
+import copy
 import json
 import math
+import os
+import pathlib
+import shutil
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dssn_jax.core import box
@@ -22,6 +28,8 @@ from dssn_jax.runs import results_metadata
 from dssn_jax.runs import results_reader
 from dssn_jax.runs import run_files
 from dssn_jax.runs.results_writer import ResultsWriter
+from dssn_jax.training import checkpoints
+from dssn_jax.training import classifier
 
 SPEC = smoothing.SmoothingSpec(0.5, 255)  # L = 441.
 RUN = {
@@ -281,3 +289,77 @@ def test_levels_agree_with_the_smoothing_spec():
   for levels in range(1, 600):  # sigma = L / (2 sqrt(3) q), float error.
     sigma = levels / (2 * math.sqrt(3) * 255)
     assert results_integrity.levels(sigma, 255) == levels
+
+
+# --------------------------------------------------------------------------
+# Checkpoints (training/checkpoints.py): issue 24 case 5.
+
+
+def copy_workdir(smoke_run, tmp_path):
+  target = str(tmp_path / "run")
+  shutil.copytree(smoke_run.workdir, target)
+  return target
+
+
+def flip_bytes(step_dir, count=64):
+  """Flips `count` bytes in the middle of the largest file of a step's
+  state (its array data)."""
+  files = [p for p in pathlib.Path(step_dir, "state").rglob("*") if p.is_file()]
+  data_file = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(data_file.read_bytes())
+  middle = len(data) // 2
+  for i in range(middle, middle + count):
+    data[i] ^= 0xFF
+  data_file.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_a_corrupted_checkpoint_is_refused(smoke_run, tmp_path):
+  workdir = copy_workdir(smoke_run, tmp_path)
+  checkpointer = checkpoints.Checkpointer(workdir, create=False)
+  step = checkpointer.latest_step()
+  step_dir = checkpointer.step_dir(step)
+  checkpointer.close()
+  assert checkpoints.load_classifier(workdir).step == step  # Verified.
+  flip_bytes(step_dir)
+  with pytest.raises(ValueError, match=f"Delete {step_dir} to fall back"):
+    checkpoints.load_classifier(workdir)
+  config = copy.deepcopy(smoke_run.config)
+  config.num_epochs += 1  # Resumed training restores it too.
+  with pytest.raises(ValueError, match=f"Delete {step_dir} to fall back"):
+    classifier.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_checkpoints_without_checksums_or_with_nan(smoke_run, tmp_path, caplog):
+  workdir = copy_workdir(smoke_run, tmp_path)
+  checkpointer = checkpoints.Checkpointer(workdir, create=False)
+  step = checkpointer.latest_step()
+  state = checkpointer.restore(step=step)
+  metadata = checkpointer.metadata(step)
+  checkpointer.close()
+  # Saved by an earlier version: no checksums item; still restored.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(step), "checksums"))
+  with caplog.at_level("WARNING"):
+    assert checkpoints.load_classifier(workdir).step == step
+  assert "no checksums" in caplog.text
+  # Non-finite parameters: never saved, and refused on restore.
+  leaves, treedef = jax.tree.flatten(state["params"])
+  leaves[0] = np.full_like(leaves[0], np.nan)
+  nan_state = dict(state, params=jax.tree.unflatten(treedef, leaves))
+  checkpointer = checkpoints.Checkpointer(workdir)
+  with pytest.raises(ValueError, match="non-finite values.*diverged"):
+    checkpointer.save(step + 1, nan_state, metadata)
+  manager = ocp.CheckpointManager(checkpointer.directory)
+  manager.save(  # As an earlier version saved it.
+      step + 1,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(nan_state),
+          smoothing=ocp.args.JsonSave(metadata),
+      ),
+  )
+  manager.wait_until_finished()
+  manager.close()
+  checkpointer.close()
+  with pytest.raises(ValueError, match=f"step {step + 1} holds non-finite"):
+    checkpoints.load_classifier(workdir)

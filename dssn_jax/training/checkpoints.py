@@ -9,17 +9,28 @@ fingerprint, and the model (name, classes, input shape, normalization).
 Restoring regenerates the offsets from their seed and refuses a fingerprint
 that differs: certificates with other offsets stay valid, but the classifier
 silently loses accuracy, so it is an error rather than a surprise.
+
+A third item, `checksums`, holds the sha256 of every saved array (its dtype,
+shape and bytes): Orbax checks its shard indices but not the data, so bytes
+flipped in a data file would otherwise restore as other parameters. Restoring
+verifies every array against it and refuses non-finite parameters, with one
+line naming the step directory to delete; checkpoints saved before checksums
+existed are restored with the finite check alone (and a warning). Saving
+refuses non-finite parameters (a diverged run) instead of keeping them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Callable, Mapping
 
+from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from dssn_jax import models
@@ -137,8 +148,58 @@ def offsets_from_metadata(metadata: Mapping[str, Any]) -> jax.Array:
   return offsets
 
 
+CHECKSUMS_ITEM = "checksums"
+
+
+def _leaf_name(path) -> str:
+  """A leaf's path as 'params/Conv_0/kernel', the same for a dataclass
+  (TrainState) and for the dict Orbax restores without a target."""
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
+
+
+def _host_leaves(state) -> dict[str, np.ndarray]:
+  """Every array of state on the host, by `_leaf_name` (arrays this
+  process cannot read whole are left out)."""
+  leaves = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if isinstance(leaf, jax.Array) and not (
+        leaf.is_fully_addressable or leaf.is_fully_replicated
+    ):
+      continue
+    leaves[_leaf_name(path)] = np.asarray(leaf)
+  return leaves
+
+
+def array_checksums(state) -> dict[str, str]:
+  """sha256 of each array of state (dtype, shape and bytes), by leaf."""
+  out = {}
+  for name, array in _host_leaves(state).items():
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    out[name] = digest.hexdigest()
+  return out
+
+
+def non_finite_leaves(state) -> list[str]:
+  """The floating-point arrays of state with a NaN or an infinity."""
+  return [
+      name
+      for name, array in _host_leaves(state).items()
+      if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all()
+  ]
+
+
 class Checkpointer:
-  """Saves and restores checkpoints in `workdir/checkpoints`."""
+  """Saves and restores checkpoints in `workdir/checkpoints`, with the
+  checksums of their arrays."""
 
   def __init__(self, workdir: str, *, keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
@@ -156,12 +217,27 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def step_dir(self, step: int) -> str:
+    """The directory of checkpoint step `step`."""
+    return os.path.join(self.directory, str(step))
+
   def save(self, step: int, state, metadata: Mapping[str, Any]) -> None:
+    """Saves state with its smoothing record and checksums; non-finite
+    parameters are refused (nothing saved)."""
+    bad = non_finite_leaves(state)
+    if bad:
+      raise ValueError(
+          f"Not saving checkpoint step {step}: the training state has "
+          f"non-finite values ({', '.join(bad[:3])}"
+          f"{', ...' if len(bad) > 3 else ''}); training diverged. Lower the "
+          f"learning rate, or resume from the last checkpoint."
+      )
     self._manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             smoothing=ocp.args.JsonSave(dict(metadata)),
+            **{CHECKSUMS_ITEM: ocp.args.JsonSave(array_checksums(state))},
         ),
     )
     self._manager.wait_until_finished()
@@ -189,7 +265,7 @@ class Checkpointer:
       target = self._local_target(step)
     args = ocp.args.StandardRestore(target)
     try:
-      return self._manager.restore(
+      state = self._manager.restore(
           step, args=ocp.args.Composite(state=args)
       ).state
     except Exception as e:  # Orbax raises several types for damaged files.
@@ -197,6 +273,64 @@ class Checkpointer:
           f"Checkpoint step {step} in {self.directory} could not be "
           f"restored ({type(e).__name__}: {e}). Delete that step directory "
           f"to fall back to an earlier one, or retrain."
+      ) from e
+    self._verify(step, state)
+    return state
+
+  def _verify(self, step: int, state) -> None:
+    """Refuses a restored state that differs from the checksums saved with
+    it, or that holds non-finite values."""
+    fix = (
+        f"Delete {self.step_dir(step)} to fall back to an earlier step, or "
+        "retrain."
+    )
+    stored = self._checksums(step)
+    if stored is None:
+      logging.warning(
+          "Checkpoint step %s in %s has no checksums (saved by an earlier "
+          "dssn-jax): only checked for non-finite values.",
+          step,
+          self.directory,
+      )
+    else:
+      restored = array_checksums(state)
+      bad = sorted(
+          name for name in restored if restored[name] != stored.get(name)
+      )
+      if bad:
+        raise ValueError(
+            f"Checkpoint step {step} is corrupt: {len(bad)} of its arrays "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) differ "
+            f"from the checksums saved with them. {fix}"
+        )
+    bad = non_finite_leaves(state)
+    if bad:
+      raise ValueError(
+          f"Checkpoint step {step} holds non-finite values "
+          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). {fix}"
+      )
+
+  def _checksums(self, step: int) -> dict[str, str] | None:
+    """The checksums saved with a step (None: saved without them)."""
+    if not os.path.isdir(os.path.join(self.step_dir(step), CHECKSUMS_ITEM)):
+      return None
+    try:
+      return dict(
+          getattr(
+              self._manager.restore(
+                  step,
+                  args=ocp.args.Composite(
+                      **{CHECKSUMS_ITEM: ocp.args.JsonRestore()}
+                  ),
+              ),
+              CHECKSUMS_ITEM,
+          )
+      )
+    except Exception as e:  # Orbax raises several types for damaged files.
+      raise ValueError(
+          f"The checksums of checkpoint step {step} are unreadable "
+          f"({type(e).__name__}: {e}). Delete {self.step_dir(step)} to fall "
+          "back to an earlier step, or retrain."
       ) from e
 
   def _local_target(self, step: int):
