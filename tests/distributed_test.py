@@ -4,6 +4,8 @@ The runs with real processes are in multiprocess_test.py; these check the
 decisions made before any process joins, in milliseconds.
 """
 
+import socket
+
 import jax
 import pytest
 
@@ -88,3 +90,50 @@ def test_data_shards_mismatches_are_refused_with_the_fix(monkeypatch):
       "Run it with a number of processes that divides 2",
   ):
     batches.data_shards(_config(), {"data_shards": 2}, "w")
+
+
+def test_disagreement_names_the_field_the_processes_and_values():
+  records = {
+      0: distributed._flatten({"config": {"sigma": 0.5, "q": 255}}),
+      1: distributed._flatten({"config": {"sigma": 0.25, "q": 255}}),
+      2: distributed._flatten({"config": {"sigma": 0.5}}),
+  }
+  with pytest.raises(ValueError) as e:
+    distributed._compare("training start", records)
+  message = str(e.value)
+  assert "\n" not in message
+  # Sorted fields: config.q (missing on process 2) comes first.
+  assert message.startswith(
+      "The processes disagree on config.q at the training start: process 0 "
+      "has 255, process 1 has 255, process 2 has no such field."
+  )
+  del records[2]
+  with pytest.raises(
+      ValueError, match="sigma.*process 0 has 0.5, process 1 " "has 0.25"
+  ):
+    distributed._compare("training start", records)
+  records[1] = records[0]
+  distributed._compare("training start", records)  # Agreement: no error.
+
+
+def test_agreement_is_a_no_op_alone():
+  distributed.agree("start", {"anything": object()})  # Not even serialized.
+  distributed.agree_on_run("start", _config(), {"backend": "cpu"}, step=3)
+
+
+def test_a_coordinator_port_in_use_is_refused_before_joining():
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(ValueError, match=f"Port {port} .* already in use"):
+      distributed.initialize(
+          coordinator_address=f"127.0.0.1:{port}",
+          num_processes=2,
+          process_id=0,
+      )
+  assert not jax.distributed.is_initialized()
+  # A closed port is free again (TIME_WAIT does not count).
+  distributed._check_port_free(f"127.0.0.1:{port}")
+  with pytest.raises(ValueError, match="must be host:port"):
+    distributed._check_port_free("localhost")
