@@ -48,6 +48,7 @@ class DssnDecision:
     radii: (K,) the requested radii.
     pred: (N,) int32 prediction (-1: no certificate, invalid input).
     certified: (N, K) bool, final radius >= radii[k] (implies pred >= 0).
+    counts: (N, C) int32 votes of those splits (-1: invalid input).
     splits: (N,) splits the answers rest on (L for a full enumeration).
     evaluated: (N,) splits evaluated (dispatch runs one step ahead).
     passes: forward passes run; slots: inputs per forward pass.
@@ -56,6 +57,7 @@ class DssnDecision:
   radii: np.ndarray
   pred: np.ndarray
   certified: np.ndarray
+  counts: np.ndarray
   splits: np.ndarray
   evaluated: np.ndarray
   passes: int
@@ -151,6 +153,7 @@ def dssn_decide(
       radii,
       pred,
       certified,
+      np.where(ok[:, None], counts, -1),
       result.used,
       result.evaluated,
       result.passes,

@@ -64,6 +64,16 @@ _RANDOMIZED_COLUMNS = (
 )
 
 
+def _decided(label: str) -> Certificate:
+  """The one certificate of a deciding method, at the requested radii."""
+  return Certificate("paper", label, "predict", "radius", "-")
+
+
+# The columns of a deciding method's rows (results_format.py): the samples
+# its answers rest on and the smallest requested radius refused.
+_DECIDING_COLUMNS = ("samples", "radius_refused")
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """What the rest of the package needs to know about one method.
@@ -80,7 +90,13 @@ class Method:
     legacy_result_columns: the result_columns of files written by earlier
       versions, still read (without the certificates they lack).
     color: its colour in plots (matplotlib name).
-    reference_name: how the authors' published runs name it.
+    reference_name: how the authors' published runs name it ("" for ours
+      alone).
+    decides: True for a method that answers only at the requested radii
+      (`certify.radii`, recorded with the run) with as few samples as
+      decide them (design.md, section 7): its `radius` is the largest
+      requested radius certified, never a radius between them.
+    noise: the noise it certifies with, when not its name.
   """
 
   name: str
@@ -91,6 +107,13 @@ class Method:
   reference_name: str
   certificates: tuple[Certificate, ...] = ()
   legacy_result_columns: tuple[tuple[str, ...], ...] = ()
+  decides: bool = False
+  noise: str = ""
+
+  @property
+  def noise_kind(self) -> str:
+    """The noise kind (`NOISE_KINDS`) it samples."""
+    return self.noise or self.name
 
   @property
   def randomized(self) -> bool:
@@ -146,6 +169,39 @@ _TABLE = (
         certificates=_randomized_certificates("Uniform additive noise"),
         legacy_result_columns=(("p_lower",),),
     ),
+    Method(
+        name="dssn_early",
+        label="DSSN, early exit at the requested radii",
+        exact=True,
+        result_columns=_DECIDING_COLUMNS + ("count_top", "count_runner_up"),
+        color="darkred",
+        reference_name="",
+        certificates=(_decided("DSSN, early exit at the requested radii"),),
+        decides=True,
+        noise="dssn",
+    ),
+    Method(
+        name="ssn_seq",
+        label="SSN, sequential at the requested radii",
+        exact=False,
+        result_columns=_DECIDING_COLUMNS + ("p_lower", "count_top"),
+        color="darkgreen",
+        reference_name="",
+        certificates=(_decided("SSN, sequential at the requested radii"),),
+        decides=True,
+        noise="ssn",
+    ),
+    Method(
+        name="uniform_seq",
+        label="Uniform, sequential at the requested radii",
+        exact=False,
+        result_columns=_DECIDING_COLUMNS + ("p_lower", "count_top"),
+        color="navy",
+        reference_name="",
+        certificates=(_decided("Uniform, sequential at the requested radii"),),
+        decides=True,
+        noise="uniform",
+    ),
 )
 _BY_NAME = {m.name: m for m in _TABLE}
 assert all(m.certificates[0].label == m.label for m in _TABLE)
@@ -153,9 +209,11 @@ assert all(m.certificates[0].label == m.label for m in _TABLE)
 # Certification methods (and results-file kinds), in the order of the tables.
 METHODS = tuple(m.name for m in _TABLE)
 # Noise kinds certified by sampling: the paper's randomized baselines.
-RANDOMIZED_NOISE_KINDS = tuple(m.name for m in _TABLE if m.randomized)
+RANDOMIZED_NOISE_KINDS = tuple(
+    m.name for m in _TABLE if m.randomized and not m.decides
+)
 # Training noise kinds: every method's noise, or "none" (clean training).
-NOISE_KINDS = METHODS + ("none",)
+NOISE_KINDS = tuple(m.name for m in _TABLE if not m.decides) + ("none",)
 
 
 def method(name: str) -> Method:
@@ -171,6 +229,6 @@ def method(name: str) -> Method:
 def by_reference_name(reference_name: str) -> Method:
   """The `Method` the authors' published runs call `reference_name`."""
   for m in _TABLE:
-    if m.reference_name == reference_name:
+    if m.reference_name and m.reference_name == reference_name:
       return m
   raise ValueError(f"unknown reference method {reference_name!r}")

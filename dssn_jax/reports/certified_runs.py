@@ -114,14 +114,28 @@ class CertifiedRun:
   def num_images(self) -> int:
     return int(self.results["idx"].size)
 
+  @property
+  def requested_radii(self) -> tuple[float, ...] | None:
+    """The radii a deciding run answers at (`methods.Method.decides`);
+    None for a run that certifies every radius."""
+    if self.source != "ours" or not methods.method(self.method).decides:
+      return None
+    return tuple(float(r) for r in self.metadata["radii"])
+
   def certified_accuracy(self, radii):
-    """Fraction of images correct with radius >= r, for each r of radii."""
-    return results_reader.certified_accuracy(
+    """Fraction of images correct with radius >= r, for each r of radii;
+    NaN at a radius a deciding run was not asked (it knows nothing there:
+    its radius column is the largest requested radius certified)."""
+    accuracy = results_reader.certified_accuracy(
         self.results["radius"],
         self.results["correct"],
         radii,
         predict=self.results["predict"],
     )
+    if self.requested_radii is None:
+      return accuracy
+    asked = np.isin(np.asarray(radii, np.float64), self.requested_radii)
+    return np.where(asked, accuracy, np.nan)
 
 
 # (dataset, source, method, stabilized, certificate): the runs of one curve

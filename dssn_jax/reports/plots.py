@@ -48,10 +48,20 @@ def _radius_grid(runs: Sequence[CertifiedRun], radii) -> np.ndarray:
 
 
 def _envelope(runs: Sequence[CertifiedRun], grid: np.ndarray) -> np.ndarray:
-  """Best certified accuracy over the runs at each radius of grid."""
-  return np.max(
-      [np.atleast_1d(r.certified_accuracy(grid)) for r in runs], axis=0
-  )
+  """Best certified accuracy over the runs at each radius of grid (NaN
+  where no run was asked that radius)."""
+  table = np.array([np.atleast_1d(r.certified_accuracy(grid)) for r in runs])
+  best = np.max(np.nan_to_num(table, nan=-1.0), axis=0)
+  return np.where(best < 0, np.nan, best)
+
+
+def _requested_grid(runs: Sequence[CertifiedRun]) -> np.ndarray | None:
+  """The requested radii of deciding runs (all of them), else None: such
+  runs are drawn as points at those radii, never as curves between them."""
+  asked = [r.requested_radii for r in runs]
+  if not asked or any(a is None for a in asked):
+    return None
+  return np.unique(np.concatenate([np.asarray(a) for a in asked]))
 
 
 def _accuracy_axes(ax, grid: np.ndarray, ylabel: str, title: str) -> None:
@@ -75,24 +85,28 @@ def plot_certified_accuracy(
 
   runs = sorted(runs, key=lambda r: r.sigma)
   grid = _radius_grid(runs, radii)
+  points = _requested_grid(runs)
+  at = grid if points is None else points
+  curve, envelope = dict(lw=1.2), dict(lw=2.2, ls="--")
+  if points is not None:  # Points at the requested radii, no lines.
+    curve, envelope = dict(ls="none", marker="o"), dict(ls="none", marker="x")
   fig, ax = _figure()
   cmap = matplotlib.colormaps["viridis"]
   for i, run in enumerate(runs):
     color = cmap(0.9 * i / max(len(runs) - 1, 1))  # Skip the palest yellow.
     ax.plot(
-        grid,
-        100 * run.certified_accuracy(grid),
+        at,
+        100 * run.certified_accuracy(at),
         color=color,
-        lw=1.2,
         label=f"σ = {format_sigma(run.sigma)}",
+        **curve,
     )
   ax.plot(
-      grid,
-      100 * _envelope(runs, grid),
+      at,
+      100 * _envelope(runs, at),
       color="black",
-      lw=2.2,
-      ls="--",
       label="best over σ",
+      **envelope,
   )
   _accuracy_axes(ax, grid, "certified accuracy (%)", title)
   ax.legend(fontsize=7, ncol=2 if len(runs) > 8 else 1, loc="upper right")
@@ -114,6 +128,17 @@ def plot_envelopes(
   for key, members in groups.items():
     _, source, method, _, certificate = key
     method = methods.method(method)
+    points = _requested_grid(members)
+    if points is not None:  # A deciding method: points, no curve.
+      ax.plot(
+          points,
+          100 * _envelope(members, points),
+          ls="none",
+          marker="o",
+          color=method.color,
+          label=group_label(*key, with_source=with_source),
+      )
+      continue
     ax.plot(
         grid,
         100 * _envelope(members, grid),

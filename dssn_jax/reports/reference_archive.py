@@ -47,7 +47,9 @@ RUNS_NAME = "levine_feizi_2021_runs.json"
 
 # The authors' method names, in the order of `core.methods`.
 _AUTHORS_METHOD_NAMES = tuple(
-    methods.method(name).reference_name for name in methods.METHODS
+    methods.method(name).reference_name
+    for name in methods.METHODS
+    if methods.method(name).reference_name
 )
 _REFERENCE_NAME = re.compile(
     r"^(?P<dataset>cifar|imagenet)_"

@@ -50,8 +50,10 @@ def best_over_sigma(
   table = np.array([np.atleast_1d(r.certified_accuracy(radii)) for r in runs])
   out = []
   for j, radius in enumerate(np.atleast_1d(np.asarray(radii, dtype=float))):
-    i = int(np.argmax(table[:, j]))  # First maximum: smallest sigma.
-    if table[i, j] == 0:
+    # First maximum: smallest sigma; NaN (a radius a deciding run was not
+    # asked) never wins.
+    i = int(np.argmax(np.nan_to_num(table[:, j], nan=-1.0)))
+    if not table[i, j] > 0:
       out.append(BestOverSigma(float(radius), 0.0, None, None, None))
       continue
     run = runs[i]
@@ -93,6 +95,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _pct(x: float) -> str:
+  if np.isnan(x):
+    return "n/a"  # Not asked of a deciding run (design.md, section 7).
   return f"{100 * x:.2f}%"
 
 
@@ -157,7 +161,7 @@ def certified_accuracy_markdown(
               format_sigma(run.sigma),
               str(run.num_images),
           ]
-          + [f"{100 * a:.2f}" for a in acc]
+          + ["n/a" if np.isnan(a) else f"{100 * a:.2f}" for a in acc]
       )
   return markdown_table(
       ["run", "source", "method", "stability", "σ", "images"]

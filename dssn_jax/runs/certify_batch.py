@@ -23,6 +23,7 @@ from dssn_jax.core import inputs
 from dssn_jax.core import methods
 from dssn_jax.core import randomized
 from dssn_jax.core import smoothing
+from dssn_jax.runs import decide_batch
 from dssn_jax.training import checkpoints
 
 
@@ -76,6 +77,10 @@ def certify_batch(
     ValueError: the classifier's logits were not finite for some image.
   """
   cfg = certify_config
+  if methods.method(cfg.method).decides:  # At the requested radii only.
+    return decide_batch.decide_batch(
+        cfg, classifier, spec, offsets, x, index, mesh
+    )
   chunk = cfg.chunk_size if cfg.chunk_size > 0 else None
   if methods.method(cfg.method).exact:
     counts = np.asarray(
@@ -159,6 +164,8 @@ def compile_batch(
   Arguments as in `certify_batch`.
   """
   cfg = certify_config
+  if methods.method(cfg.method).decides:
+    return  # Its packed programs compile on first use (one per shape).
   x = jax.ShapeDtypeStruct(x.shape, x.dtype)
   common = dict(
       params=classifier.variables,

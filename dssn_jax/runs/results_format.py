@@ -29,6 +29,12 @@ of Cohen et al.'s (2019) tools, so their analysis scripts read our files:
   [0, 1]^d, ``inf`` where no point of the box changes the prediction).
   Files written before these columns existed (``p_lower`` alone,
   `methods.Method.legacy_result_columns`) are still read, without them.
+  The deciding methods (``dssn_early``, ``uniform_seq``, ``ssn_seq``:
+  answers at the run's requested radii only, docs/design.md section 7)
+  write in ``radius`` the largest requested radius certified, and add
+  ``samples`` (splits or counting draws used) and ``radius_refused`` (the
+  smallest requested radius refused, ``inf`` if none), then their counts
+  (and ``p_lower`` at the stopping look).
 
 Rows are appended (results_writer.py), so only the end of a file can be torn,
 and only as an incomplete last line; `scan` reports such a tail and treats any
@@ -64,13 +70,22 @@ INT_COLUMNS = frozenset(
         "count_runner_up",
         "steps",
         "predict_top2",
+        "samples",
     }
 )
 FLOAT_COLUMNS = frozenset(
-    {"radius", "time", "p_lower", "p_b_upper", "radius_top2", "radius_box"}
+    {
+        "radius",
+        "time",
+        "p_lower",
+        "p_b_upper",
+        "radius_top2",
+        "radius_box",
+        "radius_refused",
+    }
 )
 # Float columns that may hold +inf (never NaN or -inf).
-UNBOUNDED_COLUMNS = frozenset({"radius_box"})
+UNBOUNDED_COLUMNS = frozenset({"radius_box", "radius_refused"})
 
 
 def columns_for(method: str) -> tuple[str, ...]:

@@ -19,7 +19,9 @@ import jax
 
 from dssn_jax.core import chunking
 from dssn_jax.core import methods
+from dssn_jax.core import sequential
 from dssn_jax.core import smoothing
+from dssn_jax.runs import decide_batch
 from dssn_jax.runs import results_metadata
 from dssn_jax.training import checkpoints
 from dssn_jax.training import denoising
@@ -60,6 +62,14 @@ def run_metadata(
   }
   if methods.method(cfg.method).randomized:
     meta.update(n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, seed=cfg.seed)
+  if methods.method(cfg.method).decides:
+    # Its rows answer at these radii only: resuming with others is refused
+    # (a metadata mismatch), and analyze tabulates it at them alone.
+    meta["radii"] = [float(r) for r in decide_batch.requested_radii(cfg)]
+    if methods.method(cfg.method).randomized:
+      meta["first_look"] = int(
+          min(cfg.get("first_look", sequential.DEFAULT_FIRST_LOOK), cfg.n)
+      )
   meta.update(denoising.run_metadata(classifier))
   return meta
 
