@@ -37,11 +37,14 @@ from dssn_jax.core.box import top_two_counts
 from dssn_jax.core.clopper_pearson import clopper_pearson_lower
 from dssn_jax.core.dssn import certify_from_counts
 from dssn_jax.core.dssn import dssn_counts
+from dssn_jax.core.dssn_decide import dssn_certified_at
+from dssn_jax.core.dssn_decide import dssn_decide
 from dssn_jax.core.inputs import check_inputs
 from dssn_jax.core.placement import make_mesh
 from dssn_jax.core.randomized import certify_randomized
 from dssn_jax.core.randomized import RandomizedCertificate
 from dssn_jax.core.randomized import sample_counts
+from dssn_jax.core.randomized_decide import sequential_certify
 from dssn_jax.core.smoothing import dssn_noise
 from dssn_jax.core.smoothing import make_offsets
 from dssn_jax.core.smoothing import NOISE_KINDS
@@ -68,7 +71,9 @@ __all__ = [
     "check_inputs",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
+    "dssn_certified_at",
     "dssn_counts",
+    "dssn_decide",
     "dssn_noise",
     "joint_bounds",
     "make_mesh",
@@ -77,6 +82,7 @@ __all__ = [
     "random_dssn_noise",
     "random_noise",
     "sample_counts",
+    "sequential_certify",
     "split_values",
     "ssn_noise",
     "top2_radius",
