@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.eval_max_examples = -1  # -1: the whole evaluation split.
   config.keep_checkpoints = 3
+  # Resume under settings that change the result (config.json's history).
+  config.allow_changed_config = False
   config.log_every_steps = 100
 
   # Denoiser training (experiments/train_denoiser.py; README "Denoised

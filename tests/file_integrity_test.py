@@ -30,6 +30,7 @@ from dssn_jax.runs import run_files
 from dssn_jax.runs.results_writer import ResultsWriter
 from dssn_jax.training import checkpoints
 from dssn_jax.training import classifier
+from dssn_jax.training import run_config
 
 SPEC = smoothing.SmoothingSpec(0.5, 255)  # L = 441.
 RUN = {
@@ -324,10 +325,8 @@ def test_a_corrupted_checkpoint_is_refused(smoke_run, tmp_path):
   flip_bytes(step_dir)
   with pytest.raises(ValueError, match=f"Delete {step_dir} to fall back"):
     checkpoints.load_classifier(workdir)
-  config = copy.deepcopy(smoke_run.config)
-  config.num_epochs += 1  # Resumed training restores it too.
   with pytest.raises(ValueError, match=f"Delete {step_dir} to fall back"):
-    classifier.train_and_evaluate(config, workdir)
+    classifier.train_and_evaluate(smoke_run.config, workdir)  # Resumes.
 
 
 @pytest.mark.slow
@@ -363,3 +362,39 @@ def test_checkpoints_without_checksums_or_with_nan(smoke_run, tmp_path, caplog):
   checkpointer.close()
   with pytest.raises(ValueError, match=f"step {step + 1} holds non-finite"):
     checkpoints.load_classifier(workdir)
+
+
+# --------------------------------------------------------------------------
+# Resumed training under other settings (training/run_config.py): case 6.
+
+
+@pytest.mark.slow
+def test_resumed_training_refuses_changed_settings(smoke_run, tmp_path):
+  workdir = copy_workdir(smoke_run, tmp_path)
+  trained = run_config.read_history(workdir)
+  assert len(trained) == 1 and trained[0]["step"] == 0
+  for field, value in (("learning_rate", 0.5), ("batch_size", 4), ("seed", 7)):
+    config = copy.deepcopy(smoke_run.config)
+    config[field] = value
+    with pytest.raises(
+        ValueError,
+        match=f"other settings.*{field}: .* then, {value!r} now.*"
+        "allow_changed_config=True",
+    ):
+      classifier.train_and_evaluate(config, workdir)
+  assert run_config.read_history(workdir) == trained  # Nothing overwritten.
+  config = copy.deepcopy(smoke_run.config)
+  config.certify.method = "uniform"  # Not a training setting.
+  config.learning_rate = 0.5
+  config.allow_changed_config = True
+  classifier.train_and_evaluate(config, workdir)
+  history = run_config.read_history(workdir)
+  assert history[0] == trained[0]  # The original settings are kept...
+  assert history[1]["changes"] == [  # ...and the change recorded.
+      f"learning_rate: {smoke_run.config.learning_rate!r} then, 0.5 now"
+  ]
+  assert history[1]["step"] == trained_steps(smoke_run.config)
+
+
+def trained_steps(config):
+  return config.num_epochs * config.steps_per_epoch

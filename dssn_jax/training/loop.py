@@ -42,6 +42,7 @@ from dssn_jax.runtime import xla_options
 from dssn_jax.training import batches
 from dssn_jax.training import checkpoints
 from dssn_jax.training import metrics as metrics_lib
+from dssn_jax.training import run_config
 
 
 class TrainState(train_state.TrainState):
@@ -288,6 +289,13 @@ def start_run(
         what=f"The checkpoint in {workdir!r}",
         fix="Resume with the checkpoint's values, or use a new --workdir.",
     )
+  # Every other setting that changes the result too (config.json's history).
+  run_config.check_and_record(
+      config,
+      workdir,
+      checkpointer.latest_step(),
+      write=distributed.is_primary(),
+  )
   shards = batches.data_shards(config, stored, workdir)
   steps_per_epoch = (
       config.steps_per_epoch
@@ -308,9 +316,6 @@ def start_run(
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
   metrics_lib.truncate_metrics(workdir, start_step)
-  if distributed.is_primary():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   # Made on the global mesh: device_put cannot reach other processes' devices.
   train_key, eval_key = jax.jit(
       lambda: tuple(jax.random.split(jax.random.key(config.seed), 2)),
