@@ -272,7 +272,7 @@ def test_randomized_rows_are_cross_checked(tmp_path):
   path.write_bytes(good)
   edit_column(path, 3, "predict", -1)  # Abstaining at p_lower > 1/2.
   edit_column(path, 3, "correct", 0)
-  with pytest.raises(ValueError, match="line 3 is corrupt.*abstains exactly"):
+  with pytest.raises(ValueError, match="line 3: predict -1 .*abstains exactly"):
     results_reader.read_results(path)
   path.write_bytes(good)
   edit_column(path, 2, "count_top", 985)  # Not the count behind p_lower.

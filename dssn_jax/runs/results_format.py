@@ -191,12 +191,6 @@ def check_row(row: Mapping[str, Any], columns: Sequence[str]) -> tuple:
   if "p_lower" in values:
     if not 0.0 <= values["p_lower"] <= 1.0:
       raise ValueError(f"{where}: p_lower must be in [0, 1].")
-    if (values["predict"] == ABSTAIN) != (values["p_lower"] <= 0.5):
-      raise ValueError(
-          f"{where}: predict={values['predict']} with p_lower="
-          f"{values['p_lower']!r} (a randomized certifier abstains exactly "
-          "when p_lower <= 1/2)."
-      )
   if "predict_top2" in values:
     _check_top2(where, values)
   return tuple(values[c] for c in columns)

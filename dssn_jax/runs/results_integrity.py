@@ -41,6 +41,7 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 import numpy as np
 
+from dssn_jax.core import methods
 from dssn_jax.runs import results_format
 
 ROW_HASH_HEX = 8  # Hex digits of a row's sha256 kept in the digest.
@@ -119,10 +120,14 @@ def check_rows(
     path: str | os.PathLike,
     scan: results_format.Scan,
     run: Mapping[str, Any],
+    method: str,
 ) -> None:
-  """Raises ValueError naming the first row that contradicts the run
-  metadata (see the module docstring for the checks)."""
+  """Raises ValueError naming the first row of a file of `method` that
+  contradicts the run metadata (see the module docstring for the checks;
+  a deciding method's radius is a requested one, so only its run is)."""
   check_run(path, run)
+  if methods.method(method).decides:
+    return
   columns = scan.columns
   col = {name: j for j, name in enumerate(columns)}
   if "steps" in col:
@@ -172,6 +177,15 @@ def _cp_table(n: int, alpha: float) -> np.ndarray:
 def _check_randomized_rows(path, scan, col, run) -> None:
   sigma, n, alpha = run.get("sigma"), run.get("n"), run.get("alpha")
   p_lower = np.array([v[col["p_lower"]] for v in scan.rows], np.float64)
+  for values, line in zip(scan.rows, scan.lines):
+    predict, p = values[col["predict"]], values[col["p_lower"]]
+    if (predict == results_format.ABSTAIN) != (p <= 0.5):
+      _refuse(
+          path,
+          line,
+          f"predict {predict} with p_lower {p!r} (a randomized certifier "
+          "abstains exactly when p_lower <= 1/2)",
+      )
   if sigma is not None:
     lam = float(sigma) * math.sqrt(3)
     for values, line in zip(scan.rows, scan.lines):

@@ -85,7 +85,7 @@ def read_verified(
   run = meta.get("run") or {}
   indices = [v[0] for v in scan.rows]
   check_subset(path, indices, scan.lines, run)
-  results_integrity.check_rows(path, scan, run)
+  results_integrity.check_rows(path, scan, run, meta["method"])
   newer = None
   if len(scan.rows) > (meta.get("digest") or {}).get("rows", 0):
     newer = results_metadata.read_metadata(path)  # Appended meanwhile.

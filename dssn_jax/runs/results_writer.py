@@ -170,7 +170,7 @@ class ResultsWriter:
     results_reader.check_subset(
         self.path, [v[0] for v in scan.rows], scan.lines, run
     )
-    results_integrity.check_rows(self.path, scan, run)
+    results_integrity.check_rows(self.path, scan, run, self.method)
     results_integrity.check_digest(self.path, scan, meta)
     if scan.torn:
       logging.warning(
@@ -324,6 +324,7 @@ class ResultsWriter:
         self.path,
         results_format.Scan(self.columns, values, list(lines), 0, b""),
         self.run_metadata,
+        self.method,
     )
     data = "".join(results_format.format_row(v) for v in values).encode("ascii")
     # The rows' digest first: a row in the file always has its digest.
