@@ -104,12 +104,11 @@ def _multi_process() -> bool:
 def _end(message: str, exit_code: int = 1, prefix: str = "error: "):
   """Ends the program with `error: message`: on several processes at once
   (the others are told and stop; no exit handler waits for them)."""
-  if _multi_process():
-    from dssn_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
 
+  if _multi_process():
     distributed.fail(message, exit_code, prefix)
-  sys.stderr.write(f"{prefix}{message}\n")
-  sys.stderr.flush()
+  distributed.write_line(f"{prefix}{message}")
   raise SystemExit(exit_code)
 
 

@@ -27,10 +27,12 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(argv):
-  experiments.start(argv)
   # Training churns through large per-step buffers: huge pages for them
-  # (dssn_jax/runtime/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out).
+  # (dssn_jax/runtime/host_memory.py; DSSN_JAX_HUGE_PAGES=0 opts out). The
+  # restart comes first: a process that had joined the distributed runtime
+  # would leave it (process 0 taking the coordinator down) and join again.
   host_memory.reexec_with_huge_pages()
+  experiments.start(argv)
   with experiments.user_errors():
     print(
         jobs.train_certify_analyze(_CONFIG.value, _WORKDIR.value, report=print)

@@ -288,7 +288,7 @@ def fail(message: str, exit_code: int = 1, prefix: str = "error: ") -> None:
   """
   if not _exiting.acquire(blocking=False):
     time.sleep(60)  # Another thread is ending the process already.
-  _write_line(f"{prefix}{message}")
+  write_line(f"{prefix}{message}")
   client = _coordination_client()
   if client is not None and jax.process_count() > 1:
     me = jax.process_index()
@@ -312,8 +312,13 @@ def _wait_for_acknowledgements(client) -> None:
     time.sleep(WATCH_INTERVAL_S / 2)
 
 
-def _write_line(line: str) -> None:
+def write_line(line: str) -> None:
+  """Writes one line to stderr, on a line of its own even when a progress
+  bar (tqdm, which leaves the cursor at the end of its line) is showing."""
   sys.stdout.flush()
+  progress = getattr(sys.modules.get("tqdm"), "tqdm", None)
+  if getattr(progress, "_instances", None):
+    line = "\n" + line
   sys.stderr.write(line.rstrip("\n") + "\n")
   sys.stderr.flush()
 
@@ -373,7 +378,7 @@ def _watch(client) -> None:
 def _stop(message: str) -> None:
   if not _exiting.acquire(blocking=False):
     return  # The main thread is ending the process with its own error.
-  _write_line(f"error: {message}")
+  write_line(f"error: {message}")
   os._exit(1)  # pylint: disable=protected-access
 
 
