@@ -26,10 +26,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import types
 from typing import Any, Sequence
 
 from absl import logging
+import ml_collections
 import numpy as np
 
 from dssn_jax.core import methods
@@ -291,14 +291,13 @@ def _recertify(
   images = np.concatenate(images)
   labels = np.concatenate(labels)
   found = np.concatenate(found)
-  cfg = types.SimpleNamespace(
-      method=method,
-      chunk_size=-1,
-      seed=run.get("seed", 0),
-      n0=run.get("n0"),
-      n=run.get("n"),
-      alpha=run.get("alpha"),
-  )
+  # The run's certify fields (a deciding method's requested radii and first
+  # look too), as certify_batch reads them.
+  fields = dict(method=method, chunk_size=-1, seed=run.get("seed", 0))
+  for name in ("n0", "n", "alpha", "radii", "first_look"):
+    if run.get(name) is not None:
+      fields[name] = run[name]
+  cfg = ml_collections.ConfigDict(fields)
   out = {}
   for start in range(0, len(found), batch_size):
     index = found[start : start + batch_size]
