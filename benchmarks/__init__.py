@@ -11,6 +11,7 @@ torch_models     the authors' PyTorch networks, for the peer and the tests
 torch_peer       a PyTorch eager certifier of the same network, side by side
 cpu_defaults     what the CPU defaults rest on: flags, forward batch, bfloat16
 train_ratio      train_and_evaluate images/s over the jitted train step alone
+early_exit       early-exit DSSN and sequential uniform against full runs
 """
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
