@@ -51,7 +51,9 @@ def _images():
   return rng.randint(0, 256, (5,) + _SHAPE).astype(np.uint8)
 
 
-@pytest.mark.parametrize("method", methods.METHODS)
+@pytest.mark.parametrize(
+    "method", [m for m in methods.METHODS if not methods.method(m).decides]
+)
 def test_certify_batch_equals_the_public_api(classifier, method):
   images = _images()
   index = np.arange(100, 105)
@@ -127,6 +129,62 @@ def test_certify_batch_equals_the_public_api(classifier, method):
     assert (got["radius_top2"] >= np.maximum(cert.radius, 0)).all()
   np.testing.assert_array_equal(got["predict"], pred)
   np.testing.assert_array_equal(got["radius"], radius)
+
+
+@pytest.mark.parametrize(
+    "method", [m for m in methods.METHODS if methods.method(m).decides]
+)
+def test_deciding_methods_answer_as_the_public_api_at_their_radii(
+    classifier, method
+):
+  """A deciding method's rows against the full certificate of the public
+  API at the requested radii (with n = 64 < the first look, the sequential
+  run has one look: the fixed-N certificate)."""
+  x = certify_batch.to_inputs(_images())
+  index = np.arange(100, 105)
+  cfg = _config(method)
+  cfg.radii = (0.01, 0.02, 0.05)
+  got = certify_batch.certify_batch(
+      cfg, classifier, classifier.spec, classifier.offsets, x, index
+  )
+  assert set(got) == {"predict", "radius"} | set(
+      methods.method(method).result_columns
+  )
+  if methods.method(method).exact:
+    counts = np.asarray(
+        dssn_jax.dssn_counts(
+            _apply,
+            jnp.asarray(x),
+            classifier.offsets,
+            classifier.spec,
+            params=classifier.variables,
+        )
+    )
+    pred, _, radius = dssn_jax.certify_from_counts(counts, classifier.spec)
+  else:
+    cert = dssn_jax.certify_randomized(
+        _apply,
+        jnp.asarray(x),
+        classifier.spec,
+        jax.random.key(7),
+        noise=methods.method(method).noise_kind,
+        n0=16,
+        n=64,
+        alpha=0.001,
+        params=classifier.variables,
+        row_ids=index,
+    )
+    pred, radius = cert.pred, cert.radius
+    np.testing.assert_array_equal(got["p_lower"], cert.p_lower)
+    assert (got["samples"] == 64).all()
+  np.testing.assert_array_equal(got["predict"], pred)
+  for r in (0.0, 0.01, 0.02, 0.05):
+    np.testing.assert_array_equal(
+        got["radius"] >= r, (radius >= r) & (pred >= 0)
+    )
+    np.testing.assert_array_equal(
+        got["radius_refused"] <= r, ~((radius >= r) & (pred >= 0))
+    )
 
 
 def test_forward_passes_per_image(classifier):
