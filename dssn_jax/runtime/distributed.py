@@ -315,10 +315,13 @@ def _wait_for_acknowledgements(client) -> None:
 def write_line(line: str) -> None:
   """Writes one line to stderr, on a line of its own even when a progress
   bar (tqdm, which leaves the cursor at the end of its line) is showing."""
-  sys.stdout.flush()
   progress = getattr(sys.modules.get("tqdm"), "tqdm", None)
-  if getattr(progress, "_instances", None):
-    line = "\n" + line
+  for bar in list(getattr(progress, "_instances", ())):
+    try:
+      bar.close()  # Its last state, then a new line (not after ours).
+    except Exception:  # pylint: disable=broad-except
+      pass
+  sys.stdout.flush()
   sys.stderr.write(line.rstrip("\n") + "\n")
   sys.stderr.flush()
 
