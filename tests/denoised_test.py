@@ -16,11 +16,12 @@ from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax.runs import certify_workdir
 from dssn_jax.training import checkpoints
 from dssn_jax.data import datasets
-from dssn_jax.data import input_pipeline
+from dssn_jax.data import eval_input
 from dssn_jax.reports import denoised
 from dssn_jax.training import denoising
 from dssn_jax import models
-from dssn_jax.runs import results
+from dssn_jax.runs import results_metadata
+from dssn_jax.runs import results_reader
 from dssn_jax.core import smoothing
 from dssn_jax.training import denoiser as denoiser_training
 from dssn_jax.training import metrics as training_metrics
@@ -209,7 +210,7 @@ def test_certify_workdir_records_both_and_refuses_another(
   config = certify_config(fashion_mnist_data_dir, str(pair / "den"))
   summary = certify_workdir.certify_workdir(config, clf)
   assert summary["images"] == 4
-  meta = results.read_metadata(summary["results"])["run"]
+  meta = results_metadata.read_metadata(summary["results"])["run"]
   denoised = meta["denoised"]
   assert (
       denoised["denoiser_sha256"]
@@ -221,14 +222,14 @@ def test_certify_workdir_records_both_and_refuses_another(
   assert denoised["denoiser_trained_for_this_classifier"] is None
   assert meta["training_noise"] == "dssn"
   # The rows are those of the library on the composed classifier.
-  rows = results.read_results(summary["results"])
+  rows = results_reader.read_results(summary["results"])
   composed = denoising.compose(
       checkpoints.load_classifier(clf),
       denoising.load_denoiser(str(pair / "den")),
   )
   batch = next(
       iter(
-          input_pipeline.eval_dataset(
+          eval_input.eval_dataset(
               "fashion_mnist",
               max_examples=4,
               batch_size=4,
@@ -313,7 +314,7 @@ def test_cli_certifies_from_two_workdirs(
   run = certify_cli(clf, pair / "den", fashion_mnist_data_dir)
   assert run.returncode == 0, run.stderr[-2000:]
   assert "2 images, dssn at sigma=0.5" in run.stdout
-  meta = results.read_metadata(f"{clf}/certify_dssn.tsv")["run"]
+  meta = results_metadata.read_metadata(f"{clf}/certify_dssn.tsv")["run"]
   assert meta["denoised"]["denoiser_step"] == 1
   # One refusal through the CLI (one line, exit 1); the library tests above
   # cover the others, each a ValueError that `user_errors` turns into one.
@@ -476,10 +477,10 @@ def test_committed_study_tables_regenerate_from_committed_results():
 
 
 def _run(name, sigma, idx, correct, radius):
-  from dssn_jax.reports import analysis  # pylint: disable=g-import-not-at-top
+  from dssn_jax.reports import certified_runs  # pylint: disable=g-import-not-at-top
 
   idx = np.asarray(idx)
-  return analysis.Run(
+  return certified_runs.CertifiedRun(
       name=name,
       dataset="fashion_mnist",
       method="dssn",

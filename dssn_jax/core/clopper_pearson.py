@@ -1,13 +1,9 @@
-"""Clopper-Pearson bounds, and randomized certificates at another sample size.
+"""Clopper-Pearson bounds, and the counts behind them.
 
-`clopper_pearson_lower` is the bound of `certify.certify_randomized`. A
+`clopper_pearson_lower` is the bound of `randomized.certify_randomized`. A
 randomized certificate from N samples stores p_lower = Beta(alpha/2; k,
-N - k + 1), from which the count k of the selected class is recovered
-exactly. `radius_at_n` recomputes the radius for n_new samples with the count
-that keeps the frequency k / N: the certificate the run would have produced
-had it observed the same frequency with n_new samples. It estimates what a
-small N costs the randomized baselines (docs/fashion_mnist.md); it is not a
-certificate.
+N - k + 1), from which `counts_from_p_lower` recovers the count k of the
+selected class exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ def counts_from_p_lower(p_lower, n: int, alpha: float) -> np.ndarray:
   """The counts k in 0..n whose Clopper-Pearson lower bound is p_lower.
 
   Args:
-    p_lower: (M,) lower bounds written by `certify.certify_randomized`.
+    p_lower: (M,) lower bounds written by `randomized.certify_randomized`.
     n: the estimation samples of the run.
     alpha: the run's alpha.
 
@@ -62,22 +58,3 @@ def counts_from_p_lower(p_lower, n: int, alpha: float) -> np.ndarray:
     )
   return nearest.astype(np.int64)
 
-
-def radius_at_n(
-    p_lower, n: int, n_new: int, alpha: float, lam: float
-) -> np.ndarray:
-  """Radii 2 lam (p_lower' - 1/2) at n_new samples and the same frequency.
-
-  Args:
-    p_lower: (M,) lower bounds of a run with n estimation samples.
-    n, n_new: the run's and the hypothetical sample sizes.
-    alpha: the run's alpha.
-    lam: the run's half-width lambda = sigma * sqrt(3).
-
-  Returns:
-    (M,) radii; negative where the bound at n_new would still abstain.
-  """
-  k = counts_from_p_lower(p_lower, n, alpha)
-  k_new = np.rint(k * (n_new / n)).astype(np.int64)
-  bound = clopper_pearson_lower(k_new, n_new, alpha)
-  return 2 * lam * (bound - 0.5)
