@@ -14,7 +14,10 @@ thing every entry point of experiments/ does) and chooses one of three modes:
 CPU processes exchange collectives through gloo. A coordinator that cannot be
 reached, or processes that disagree on the process count, end with a
 ValueError naming the fix after `timeout_s` instead of hanging; a coordinator
-port in use and a process id given twice are refused with one line.
+port in use and a process count other than the coordinator's are refused
+with one line. (A second process with an id already taken that connects
+makes JAX's coordination service abort every process of the job, in C++:
+the client's error callback cannot be replaced from Python.)
 
 Once joined, the processes trust nothing about each other:
 
@@ -170,7 +173,6 @@ def initialize(
     watchdog.cancel()
   _state["timeout_s"] = int(timeout_s)
   watch_for_failures()
-  _claim_process_id()
   if num_processes is not None and num_processes != jax.process_count():
     fail(
         f"--num_processes={num_processes} on process {jax.process_index()}, "
@@ -246,31 +248,6 @@ def _coordination_client():
   except ImportError:
     return None
   return getattr(jax_distributed.global_state, "client", None)
-
-
-def _claim_process_id() -> None:
-  """Refuses a second process with this process's id (without it two
-  processes would train the same data shard, or JAX aborts later)."""
-  client = _coordination_client()
-  if client is None or jax.process_count() == 1:
-    return
-  me = jax.process_index()
-  token = f"{socket.gethostname()}:{os.getpid()}"
-  key = f"{_PREFIX}/process_id/{me}"
-  try:
-    client.key_value_set(key, token)
-  except Exception:  # pylint: disable=broad-except
-    try:
-      other = client.key_value_try_get(key)
-    except Exception:  # pylint: disable=broad-except
-      other = "another process"
-    if other != token:
-      message = (
-          f"Two processes were started with --process_id={me} (this one, "
-          f"{token}, and {other}); give the processes the ids 0 .. "
-          f"{jax.process_count() - 1}, each once."
-      )
-      fail(message)
 
 
 def fail(message: str, exit_code: int = 1, prefix: str = "error: ") -> None:
