@@ -294,9 +294,14 @@ class Checkpointer:
       )
     else:
       restored = array_checksums(state)
+      # Arrays another process held when saving are not checked here.
       bad = sorted(
-          name for name in restored if restored[name] != stored.get(name)
+          name
+          for name in restored
+          if name in stored and restored[name] != stored[name]
       )
+      if stored and not set(stored) & set(restored):
+        bad = sorted(stored)  # Another tree than the checksums describe.
       if bad:
         raise ValueError(
             f"Checkpoint step {step} is corrupt: {len(bad)} of its arrays "
