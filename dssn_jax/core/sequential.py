@@ -23,6 +23,7 @@ it runs under `jax.jit` too (`decide`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
@@ -109,6 +110,13 @@ def plan(
   radii = np.asarray(radii, np.float64).reshape(-1)
   if not radii.size or (radii < 0).any() or not np.isfinite(radii).all():
     raise ValueError(f"radii must be finite and >= 0, got {radii}.")
+  # Seconds of scipy at N_max = 100,000: once per run, not per batch.
+  return _plan(tuple(radii.tolist()), float(lam), alpha, n_max, first_look)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(radii, lam, alpha, n_max, first_look) -> SequentialPlan:
+  radii = np.asarray(radii, np.float64)
   schedule = looks(first_look, n_max)
   level = alpha / len(schedule)
   certify_at = np.empty((len(schedule), radii.size), np.int64)
