@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Certification (experiments/certify.py).
   config.certify = ml_collections.ConfigDict()
   config.certify.method = "dssn"  # dssn (exact) | uniform | ssn (randomized)
+  # (or dssn_early | uniform_seq | ssn_seq: answers at `radii` only, with as
+  # few samples as decide them; docs/design.md, section 7)
   config.certify.split = "test"
   config.certify.start = 0
   config.certify.skip = 1
@@ -76,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.certify.n0 = 64
   config.certify.n = 100_000
   config.certify.alpha = 0.001
+  # Sequential methods: counting draws at the first look, then doubling up
+  # to n (N_max); alpha is split over the looks.
+  config.certify.first_look = 100
   config.certify.seed = 0
   # Smoothing comes from the checkpoint; a config value that disagrees is an
   # error unless this is True (then the config's sigma/seed/layout are used).
