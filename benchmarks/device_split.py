@@ -31,7 +31,7 @@ from dssn_jax.core import smoothing
 def _forwards(text: str, dims: str) -> int:
   """Noisy inputs per forward pass times the trips of the scan over chunks,
   from the HLO (XLA's cost analysis counts a loop body once)."""
-  batches = [int(n) for n in re.findall(r"f32\[(\d+),%s\]" % dims, text)]
+  batches = [int(n) for n in re.findall(rf"f32\[(\d+),{dims}\]", text)]
   trips = [
       int(n) for n in re.findall(r'"known_trip_count":\{"n":"(\d+)"', text)
   ] or [1]
@@ -95,7 +95,7 @@ def split_report(
     # Leading dimensions of the input-shaped arrays of the partitioned
     # (per-device) program: the device's rows and its noisy forward batch.
     input_batches = sorted(
-        {int(n) for n in re.findall(r"f32\[(\d+),%s\]" % dims, text)}
+        {int(n) for n in re.findall(rf"f32\[(\d+),{dims}\]", text)}
     )
     per_device = _forwards(text, dims)
     one_device = _forwards(program(rows, None, one_chunk).as_text(), dims)

@@ -13,6 +13,7 @@ seconds per image, and whether the answers agree (they must, for DSSN).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 
@@ -84,9 +85,11 @@ def _dssn_rows(data_dir, radii):
     _, clf = _train(data_dir, sigma, "dssn", _STEPS.value)
     x, labels, _ = _images(data_dir, _IMAGES.value)
     spec, v, params = clf.spec, clf.offsets, clf.variables
-    run_full = lambda: dssn.dssn_counts(clf.apply_fn, x, v, spec, params=params)
-    run_early = lambda: dssn_decide.dssn_decide(
-        clf.apply_fn, x, v, spec, radii, params=params
+    run_full = functools.partial(
+        dssn.dssn_counts, clf.apply_fn, x, v, spec, params=params
+    )
+    run_early = functools.partial(
+        dssn_decide.dssn_decide, clf.apply_fn, x, v, spec, radii, params=params
     )
     run_full(), run_early()  # Compile both first.
     counts, t_full = _timed(run_full)

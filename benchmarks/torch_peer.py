@@ -2,13 +2,13 @@ r"""dssn-jax's certifier side by side with a PyTorch eager certifier.
 
 What a user would otherwise run: the same WRN-40-2 (the authors' layout, in
 `benchmarks.torch_models`, random weights, converted to ours with
-`dssn_jax.training.convert`) certified by a PyTorch eager loop written the usual way:
-float32 noisy copies generated per noise batch of 128 from the paper's DSSN
-formulas, argmax votes counted on the host. Both run on the same CIFAR-size
-grid images at sigma 0.5 and 3.5, in alternating timed rounds, so that load
-from other processes hits both alike; the ratio of their forward passes per
-second is taken per round and its median reported. The two must agree on the
-counts of every image without a near-tie vote.
+`dssn_jax.training.convert`) certified by a PyTorch eager loop written the
+usual way: float32 noisy copies generated per noise batch of 128 from the
+paper's DSSN formulas, argmax votes counted on the host. Both run on the
+same CIFAR-size grid images at sigma 0.5 and 3.5, in alternating timed
+rounds, so that load from other processes hits both alike; the ratio of
+their forward passes per second is taken per round and its median reported.
+The two must agree on the counts of every image without a near-tie vote.
 
   python -m benchmarks.torch_peer --outdir=runs/torch_peer
 

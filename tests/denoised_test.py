@@ -405,7 +405,7 @@ def test_bad_denoiser_config(tmp_path, field, value, message):
     denoiser_training.train_denoiser(config, str(tmp_path / "run"))
 
 
-class Killed(Exception):
+class KilledError(Exception):
   pass
 
 
@@ -419,11 +419,11 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
 
   def save_then_die(self, step, state, metadata):
     original_save(self, step, state, metadata)
-    raise Killed(f"killed after saving step {step}")
+    raise KilledError(f"killed after saving step {step}")
 
   workdir = str(tmp_path / "b")
   monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
-  with pytest.raises(Killed):
+  with pytest.raises(KilledError):
     denoiser_training.train_denoiser(config, workdir)
   monkeypatch.setattr(checkpoints.Checkpointer, "save", original_save)
   assert checkpoints.Checkpointer(workdir).latest_step() == (

@@ -144,7 +144,7 @@ def test_imagenet_smoke_on_mock_data(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-class Killed(Exception):
+class KilledError(Exception):
   pass
 
 
@@ -160,11 +160,11 @@ def test_resume_after_kill_matches_uninterrupted_run(
 
   def save_then_die(self, step, state, metadata):
     original_save(self, step, state, metadata)
-    raise Killed(f"killed after saving step {step}")
+    raise KilledError(f"killed after saving step {step}")
 
   workdir = str(tmp_path / "killed")
   monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
-  with pytest.raises(Killed):
+  with pytest.raises(KilledError):
     classifier_training.train_and_evaluate(config, workdir)
   assert checkpoints.Checkpointer(workdir).latest_step() == (
       config.steps_per_epoch

@@ -57,4 +57,3 @@ def counts_from_p_lower(p_lower, n: int, alpha: float) -> np.ndarray:
         f"alpha."
     )
   return nearest.astype(np.int64)
-

@@ -269,7 +269,7 @@ def forward_flops(groups, dataset: str = "fashion_mnist") -> dict[str, float]:
         width=denoised["denoiser_width"],
     )
     flops[label] = clf_flops + _flops(
-        lambda v, x: den.apply(v, x), den.init(jax.random.key(0), x), x
+        den.apply, den.init(jax.random.key(0), x), x
     )
   return flops
 
