@@ -7,8 +7,10 @@ Checks the file as every reader does (rows against the run metadata and the
 file's digest), then recertifies the rows (all, or --sample of them drawn
 with --seed) with the checkpoint and test images the file names and compares
 every column but `time`: exactly, for DSSN (integer counts) and for the
-randomized methods (their noise is redrawn with the run's seed). Prints what
-matched and every mismatch; exits 1 on any failed check or mismatch.
+randomized methods (their noise is redrawn with the run's seed), or, with
+--fresh_noise_seed, each randomized row's count against fresh noise by a
+two-sided Fisher exact test at --level. Prints what matched and every
+mismatch; exits 1 on any failed check or mismatch.
 """
 
 import sys
@@ -38,6 +40,16 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the --sample draw.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 16, "Images per certification call."
 )
+_FRESH_NOISE_SEED = flags.DEFINE_integer(
+    "fresh_noise_seed",
+    None,
+    "Randomized methods: test each row's count against n fresh draws of "
+    "this seed (two-sided Fisher exact test at --level) instead of "
+    "redrawing the run's noise and comparing exactly.",
+)
+_LEVEL = flags.DEFINE_float(
+    "level", 1e-3, "Level of the --fresh_noise_seed test, over all rows."
+)
 flags.mark_flags_as_required(["results"])
 
 
@@ -52,6 +64,8 @@ def main(argv):
         sample=_SAMPLE.value,
         seed=_SEED.value,
         batch_size=_BATCH_SIZE.value,
+        fresh_noise_seed=_FRESH_NOISE_SEED.value,
+        level=_LEVEL.value,
     )
   print(report.format())
   if not report.ok:

@@ -43,7 +43,7 @@ def edit(path, line, sign=True, **columns):
     meta["digest"]["row_sha256"] = results_integrity.row_hashes(scan.rows)
     meta_path.write_text(json.dumps(meta))
   return {
-      k: int(v) if k != "radius" and k != "time" else v
+      k: int(v) if k in results_format.INT_COLUMNS else float(v)
       for k, v in before.items()
   }
 
@@ -125,3 +125,28 @@ def test_audit_detects_an_edited_count_and_label(smoke_run, tmp_path):
   assert "line 5 (idx 3) does not match its digest" in result.stdout
   assert "MISMATCH line 3 idx 1: count_top" in result.stdout
   assert "recertified 6 of 6 rows: 3 match, 3 differ" in result.stdout
+
+
+def test_audit_with_fresh_noise_tests_the_counts(smoke_run, tmp_path):
+  workdir = copy_run(smoke_run, tmp_path)
+  path = os.path.join(workdir, "certify_uniform.tsv")
+  rows = smoke_run.config.certify.max_examples
+  report = audit.audit(
+      path, data_dir=smoke_run.data_dir, batch_size=rows, fresh_noise_seed=1
+  )
+  assert report.ok, report.format()
+  assert "two-sided Fisher exact test at level 0.001" in report.format()
+  certified = [
+      line
+      for line in range(2, rows + 2)
+      if edit(path, line)["predict"] != results_format.ABSTAIN
+  ]
+  assert certified, "the smoke classifier certifies some image"
+  edit(path, certified[0], count_top=0)
+  report = audit.audit(
+      path, data_dir=smoke_run.data_dir, batch_size=rows, fresh_noise_seed=1
+  )
+  assert not report.ok
+  assert f"MISMATCH line {certified[0]} idx {certified[0] - 2}: count of" in (
+      report.format()
+  )

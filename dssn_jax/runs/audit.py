@@ -11,7 +11,10 @@ test images the run metadata names, and compares every column but `time`:
 - **randomized methods**: the noise of image idx, draw j, is drawn from
   `fold_in(fold_in(key, j), idx)` with the run's seed, so recertifying with
   the same seed redraws the same noise and the row must be equal too (not a
-  statistical test: any difference is a mismatch).
+  statistical test: any difference is a mismatch). With `fresh_noise_seed`
+  the test is statistical instead: each certified row's count of its class
+  is compared with its count under n fresh draws by a two-sided Fisher exact
+  test at a stated level (Bonferroni over the rows).
 
 Labels are compared with the dataset's. This is how a reader checks
 certificates published with a model: the digest only catches naive edits
@@ -29,10 +32,14 @@ import os
 from typing import Any, Sequence
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
+from scipy import stats
 
+from dssn_jax.core import clopper_pearson
 from dssn_jax.core import methods
+from dssn_jax.core import randomized
 from dssn_jax.core import smoothing
 from dssn_jax.data import eval_input
 from dssn_jax.data import quiet_tensorflow
@@ -101,6 +108,8 @@ def audit(
     sample: int = -1,
     seed: int = 0,
     batch_size: int = 16,
+    fresh_noise_seed: int | None = None,
+    level: float = 1e-3,
 ) -> AuditReport:
   """Re-verifies results file `path` (see the module docstring).
 
@@ -113,6 +122,11 @@ def audit(
     sample: rows to recertify, drawn at random (-1: all).
     seed: seed of that draw.
     batch_size: images per certification call.
+    fresh_noise_seed: randomized methods: instead of redrawing the run's
+      noise, count each row's class under n draws of this seed and test the
+      two counts for equal probabilities (for a file computed elsewhere, where
+      near ties of the logits could move a redrawn vote).
+    level: the statistical test's level, over all tested rows.
 
   Returns:
     An AuditReport; `.ok` is False on any failed check or mismatch.
@@ -148,6 +162,41 @@ def audit(
       run, workdir or os.path.dirname(os.path.abspath(path)), denoiser_workdir
   )
   notes += _computation_note(meta, run)
+  if fresh_noise_seed is not None:
+    method = methods.method(meta["method"])
+    if method.exact or method.decides:
+      raise ValueError(
+          "fresh_noise_seed is for the randomized methods of fixed n "
+          f"(ssn, uniform), not {meta['method']}."
+      )
+    notes[1] = (
+        f"compared statistically: each certified row's count of its class "
+        f"against n fresh draws (seed {fresh_noise_seed}), two-sided Fisher "
+        f"exact test at level {level} (Bonferroni over the rows); abstaining "
+        "rows: labels only"
+    )
+    recounted = _recount(
+        run,
+        meta["method"],
+        classifier,
+        spec,
+        sorted(rows),
+        data_dir,
+        batch_size,
+        fresh_noise_seed,
+    )
+    mismatches, differing = _statistical_mismatches(
+        scan, rows, recounted, run, level
+    )
+    return AuditReport(
+        path,
+        len(scan.rows),
+        sorted(rows),
+        integrity_error,
+        mismatches,
+        differing,
+        notes,
+    )
   recomputed = _recertify(
       run,
       meta["method"],
@@ -255,6 +304,44 @@ def _computation_note(meta, run) -> list[str]:
   return []
 
 
+def _images(run, indices: Sequence[int], data_dir, batch_size: int):
+  """(images, labels, idx) of the images `indices` of the run's subset."""
+  images, labels, found = [], [], []
+  wanted = np.asarray(indices, np.int64)
+  max_examples = run.get("max_examples", -1)
+  for batch in eval_input.eval_dataset(
+      run["dataset"],
+      split=run.get("split"),
+      start=run.get("start", 0),
+      skip=run.get("skip", 1),
+      max_examples=None
+      if max_examples is None or max_examples < 0
+      else max_examples,
+      batch_size=batch_size,
+      data_dir=data_dir,
+      process_index=0,
+      process_count=1,
+  ):
+    keep = batch["mask"] & np.isin(batch["index"], wanted)
+    images.append(batch["image"][keep])
+    labels.append(batch["label"][keep])
+    found.append(batch["index"][keep])
+  return np.concatenate(images), np.concatenate(labels), np.concatenate(found)
+
+
+def _padded_batches(images, found, batch_size: int):
+  """(start, x, idx) batches of batch_size images, the last one padded with
+  copies of its last image (one shape: one compilation)."""
+  for start in range(0, len(found), batch_size):
+    index = found[start : start + batch_size]
+    x = certify_batch.to_inputs(images[start : start + batch_size])
+    pad = batch_size - len(index)
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+      index = np.concatenate([index, np.repeat(index[-1:], pad)])
+    yield start, x, index
+
+
 def _recertify(
     run,
     method: str,
@@ -266,31 +353,7 @@ def _recertify(
     batch_size: int,
 ) -> dict[int, dict[str, Any]]:
   """The rows of the images `indices`, certified again: {idx: columns}."""
-  images, labels, found = [], [], []
-  wanted = np.asarray(indices, np.int64)
-  max_examples = run.get("max_examples", -1)
-  for batch in eval_input.eval_dataset(
-      run["dataset"],
-      split=run.get("split"),
-      start=run.get("start", 0),
-      skip=run.get("skip", 1),
-      max_examples=None
-      if max_examples is None or max_examples < 0
-      else (max_examples),
-      batch_size=batch_size,
-      data_dir=data_dir,
-      process_index=0,
-      process_count=1,
-  ):
-    keep = batch["mask"] & np.isin(batch["index"], wanted)
-    images.append(batch["image"][keep])
-    labels.append(batch["label"][keep])
-    found.append(batch["index"][keep])
-  if not found or not np.concatenate(found).size:
-    return {}
-  images = np.concatenate(images)
-  labels = np.concatenate(labels)
-  found = np.concatenate(found)
+  images, labels, found = _images(run, indices, data_dir, batch_size)
   # The run's certify fields (a deciding method's requested radii and first
   # look too), as certify_batch reads them.
   fields = dict(method=method, chunk_size=-1, seed=run.get("seed", 0))
@@ -299,19 +362,11 @@ def _recertify(
       fields[name] = run[name]
   cfg = ml_collections.ConfigDict(fields)
   out = {}
-  for start in range(0, len(found), batch_size):
-    index = found[start : start + batch_size]
-    x = certify_batch.to_inputs(images[start : start + batch_size])
-    pad = batch_size - len(index)  # One shape: one compilation.
-    if pad:
-      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-      index_padded = np.concatenate([index, np.repeat(index[-1:], pad)])
-    else:
-      index_padded = index
+  for start, x, index in _padded_batches(images, found, batch_size):
     columns = certify_batch.certify_batch(
-        cfg, classifier, spec, offsets, x, index_padded
+        cfg, classifier, spec, offsets, x, index
     )
-    for j, idx in enumerate(index):
+    for j, idx in enumerate(found[start : start + batch_size]):
       label = int(labels[start + j])
       row = {k: np.asarray(v)[j].item() for k, v in columns.items()}
       row.update(
@@ -320,3 +375,83 @@ def _recertify(
       out[int(idx)] = row
   logging.info("Recertified %d rows.", len(out))
   return out
+
+
+def _recount(
+    run,
+    method: str,
+    classifier,
+    spec,
+    indices: Sequence[int],
+    data_dir,
+    batch_size: int,
+    seed: int,
+) -> dict[int, dict[str, Any]]:
+  """{idx: {label, counts}}: the votes of each class of the images
+  `indices` under n fresh noise draws (key `seed`, not the run's)."""
+  images, labels, found = _images(run, indices, data_dir, batch_size)
+  out = {}
+  for start, x, index in _padded_batches(images, found, batch_size):
+    counts = np.asarray(
+        randomized.sample_counts(
+            classifier.apply_fn,
+            x,
+            spec,
+            jax.random.key(seed),
+            noise=methods.method(method).noise_kind,
+            num_samples=int(run["n"]),
+            params=classifier.variables,
+            row_ids=index,
+        )
+    )
+    for j, idx in enumerate(found[start : start + batch_size]):
+      out[int(idx)] = {"label": int(labels[start + j]), "counts": counts[j]}
+  return out
+
+
+def _statistical_mismatches(
+    scan, rows, recounted, run, level: float
+) -> tuple[list[str], set[int]]:
+  """Each certified row's count of its class against n fresh draws: a
+  two-sided Fisher exact test of equal probabilities, at `level` over all
+  tested rows (Bonferroni); labels exactly."""
+  col = {name: j for j, name in enumerate(scan.columns)}
+  n, alpha = int(run["n"]), float(run["alpha"])
+  tested = [
+      idx
+      for idx, (values, _) in rows.items()
+      if values[col["predict"]] != results_format.ABSTAIN
+  ]
+  mismatches, differing = [], set()
+  for idx, (values, line) in rows.items():
+    got = recounted.get(idx)
+    if got is None:
+      differing.add(idx)
+      mismatches.append(f"line {line} idx {idx}: not in the run's subset")
+      continue
+    if values[col["label"]] != got["label"]:
+      differing.add(idx)
+      mismatches.append(
+          f"line {line} idx {idx}: label stored {values[col['label']]}, "
+          f"dataset {got['label']}"
+      )
+    if idx not in tested:
+      continue
+    if "count_top" in col:
+      stored = values[col["count_top"]]
+    else:  # A file of an earlier version: the count behind p_lower.
+      stored = int(
+          clopper_pearson.counts_from_p_lower(
+              [values[col["p_lower"]]], n, alpha
+          )[0]
+      )
+    fresh = int(got["counts"][values[col["predict"]]])
+    p_value = stats.fisher_exact([[stored, n - stored], [fresh, n - fresh]])[1]
+    if p_value < level / max(len(tested), 1):
+      differing.add(idx)
+      mismatches.append(
+          f"line {line} idx {idx}: count of class {values[col['predict']]} "
+          f"stored {stored}/{n}, {fresh}/{n} under fresh noise (Fisher p = "
+          f"{p_value:.3g} < {level}/{len(tested)})"
+      )
+  return mismatches, differing
