@@ -91,13 +91,20 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   subset = range(
       cfg.start, cfg.start + cfg.skip * batches.num_examples, cfg.skip
   )
+  writer, read_only = None, None
   try:
     writer = results_writer.ResultsWriter(path, cfg.method, metadata).open()
   except OSError as e:
     if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
       raise
+    read_only = e
+  # Nobody reads another process's file while that process creates it (its
+  # header would be incomplete): the processes leave the start-up agreement
+  # together.
+  distributed.barrier("certify: files open")
+  if read_only is not None:
     return run_files.summarize_read_only(
-        workdir, cfg, spec.sigma, metadata, subset, e
+        workdir, cfg, spec.sigma, metadata, subset, read_only
     )
   done_elsewhere = run_files.done_in_other_files(workdir, cfg, metadata)
   # Nobody writes before everyone has read the others' files.
