@@ -1,6 +1,7 @@
 """Thin absl entry points: `python -m experiments.<name>`."""
 
 import contextlib
+import logging as std_logging
 import os
 import sys
 
@@ -13,6 +14,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import dssn_jax
 from dssn_jax.runtime import xla_options
 
 # The CPU's XLA options, before anything starts a JAX backend (importing
@@ -46,14 +48,32 @@ _TIMEOUT = flags.DEFINE_integer(
 )
 
 
+class _OwnInfoOnly(std_logging.Filter):
+  """Warnings and errors from anywhere, INFO lines from dssn-jax itself
+  (epoch lines, resumes): the per-file INFO logs of Orbax and TFDS stay
+  hidden without an explicit --verbosity."""
+
+  _OWN = tuple(
+      os.path.dirname(os.path.abspath(package.__file__)) + os.sep
+      for package in (dssn_jax, sys.modules[__name__])
+  )
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return os.path.abspath(record.pathname).startswith(self._OWN)
+
+
 def start(argv) -> None:
-  """The common start of an entry point: no stray arguments, Orbax's
-  per-file INFO logs hidden unless --verbosity was given, and the
-  distributed runtime joined when the flags ask for it."""
+  """The common start of an entry point: no stray arguments, INFO lines of
+  dssn-jax only (Orbax's and TFDS's per-file ones hidden) unless --verbosity
+  was given, and the distributed runtime joined when the flags ask for
+  it."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
   from dssn_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
 
   with user_errors():

@@ -442,7 +442,9 @@ def run_steps(
       summary["epoch"] = done // steps_per_epoch
       metrics_lib.write_metrics(workdir, writer, done, summary)
       if distributed.is_primary():
+        progress.clear()  # The line goes above the bar, not into it.
         logging.info("%s", epoch_message(summary))
+        progress.refresh()
       run.checkpointer.save(done, state, run.metadata)
       # Do not count evaluation or saving as stepping time.
       window_start = epoch_start = time.perf_counter()
