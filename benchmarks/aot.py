@@ -125,7 +125,7 @@ PROGRAMS = [
 ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward_flops(model: str, dataset: str, dtype: str) -> float:
   """FLOPs of one image's forward pass, counted by the host CPU's XLA (the
   GPU compiler gives no cost analysis)."""
@@ -286,7 +286,7 @@ def run_matrix(path: str, targets, programs) -> None:
       print(json.dumps({k: v for k, v in row.items() if k != "traceback"}))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def versions() -> dict:
   from importlib import metadata  # pylint: disable=g-import-not-at-top
 

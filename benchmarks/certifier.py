@@ -41,6 +41,7 @@ checks included) are also timed to check that extrapolation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import functools
 import json
 import math
@@ -49,7 +50,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from absl import logging
 import jax

@@ -8,7 +8,8 @@ with [min, max] over the timed rounds; the tuning sections come from
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from benchmarks import measure
 from benchmarks import tuning

@@ -45,6 +45,7 @@ def bfloat16_ratio(name: str, batch: int, repeats: int):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from benchmarks import measure  # pylint: disable=g-import-not-at-top
 
   fns = {}

@@ -10,6 +10,7 @@ median with min and max over the rounds (`summarize`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
 import functools
 import glob
@@ -17,15 +18,15 @@ import os
 import platform
 import re
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax.data import datasets
-from dssn_jax.core import chunking
 from dssn_jax import models
+from dssn_jax.core import chunking
+from dssn_jax.data import datasets
 
 # ----------------------------------------------------------------------------
 # Timing and statistics.

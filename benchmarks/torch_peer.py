@@ -96,6 +96,7 @@ def _grid_images(n: int, seed: int = 0) -> np.ndarray:
 def _converted_pair(workdir: str):
   """(torch WRN-40-2, our classifier converted from its state_dict)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   from dssn_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   from dssn_jax.training import convert  # pylint: disable=g-import-not-at-top
@@ -122,6 +123,7 @@ def compare(
   """Alternating timed rounds of both certifiers at one sigma."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   import dssn_jax  # pylint: disable=g-import-not-at-top
 
   spec = dssn_jax.SmoothingSpec(sigma)
@@ -199,8 +201,10 @@ def _loadavg() -> str:
 def environment() -> dict[str, Any]:
   """The machine and software a table was measured with."""
   import platform  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+
   from dssn_jax.runtime import xla_options  # pylint: disable=g-import-not-at-top
 
   cpu = platform.processor() or platform.machine()

@@ -44,6 +44,7 @@ def train_step_images_per_second(config, rounds: int, steps: int):
   """Images/s of the jitted train step alone (median over rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from dssn_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from dssn_jax.training import classifier  # pylint: disable=g-import-not-at-top
 

@@ -18,12 +18,13 @@ docs/performance.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import functools
 import json
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from absl import logging
 import jax

@@ -8,11 +8,11 @@ killed job continues where it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import copy
 import dataclasses
 import os
 import shutil
-from typing import Callable, Sequence
 
 from absl import logging
 

@@ -21,10 +21,10 @@ import numpy as np
 
 from configs import fashion_mnist as fashion_mnist_config
 import dssn_jax
+from dssn_jax import models
 from dssn_jax.data import datasets
 from dssn_jax.reports import denoised
 from dssn_jax.training import denoising
-from dssn_jax import models
 import experiments
 
 _RESULTS = flags.DEFINE_string("results", None, "Denoised runs' results.")

@@ -12,8 +12,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from dssn_jax.runtime import host_memory
 from dssn_jax import jobs
+from dssn_jax.runtime import host_memory
 import experiments
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -30,8 +30,8 @@ from dssn_jax.core import dssn
 from dssn_jax.core import smoothing
 from dssn_jax.runs import aot
 from dssn_jax.runtime import accelerators
-from tests.conftest import REPO_ROOT
 from tests.conftest import cpu_subprocess_env
+from tests.conftest import REPO_ROOT
 
 AOT_PYTHON = REPO_ROOT / ".venv-aot" / "bin" / "python"
 

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import optimize, stats
+from scipy import optimize
+from scipy import stats
 
 import dssn_jax
 from dssn_jax.core import dssn

@@ -15,20 +15,20 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
+import dssn_jax
 from dssn_jax import models
 from dssn_jax.core import box
 from dssn_jax.core import methods
 from dssn_jax.data import datasets
 from dssn_jax.data import eval_input
+from dssn_jax.reports import analyze
 from dssn_jax.runs import certify_batch
 from dssn_jax.runs import certify_workdir
 from dssn_jax.runs import results_metadata
 from dssn_jax.runs import results_reader
-from dssn_jax.reports import analyze
 from dssn_jax.runs import run_files
 from dssn_jax.training import checkpoints
 from tests.conftest import cpu_subprocess_env

@@ -22,15 +22,15 @@ import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
 from dssn_jax.core import smoothing
+from dssn_jax.data import eval_input
 from dssn_jax.reports import analyze
 from dssn_jax.runs import certify_workdir
-from dssn_jax.runtime import config_checks
-from dssn_jax.data import eval_input
 from dssn_jax.runs import results_metadata
 from dssn_jax.runs import results_reader
 from dssn_jax.runs import results_writer
-from tests import certify_workdir_test
+from dssn_jax.runtime import config_checks
 import experiments
+from tests import certify_workdir_test
 
 REPO = pathlib.Path(__file__).parents[1]
 

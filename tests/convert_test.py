@@ -19,12 +19,11 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import torch_models
 import dssn_jax
+from dssn_jax.models import layers
 from dssn_jax.training import checkpoints
 from dssn_jax.training import convert
-from dssn_jax.models import layers
-
-from benchmarks import torch_models
 from tests import torch_reference
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

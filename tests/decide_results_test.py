@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-import dssn_jax
 from configs import fashion_mnist as fashion_mnist_config
+import dssn_jax
 from dssn_jax.core import methods
 from dssn_jax.reports import tables
 from dssn_jax.reports.certified_runs import CertifiedRun

@@ -11,21 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import dssn_jax
 from configs import fashion_mnist as fashion_mnist_config
-from dssn_jax.runs import certify_workdir
-from dssn_jax.training import checkpoints
+import dssn_jax
+from dssn_jax import models
+from dssn_jax.core import smoothing
 from dssn_jax.data import datasets
 from dssn_jax.data import eval_input
+from dssn_jax.models import dncnn
 from dssn_jax.reports import denoised
-from dssn_jax.training import denoising
-from dssn_jax import models
+from dssn_jax.runs import certify_workdir
 from dssn_jax.runs import results_metadata
 from dssn_jax.runs import results_reader
-from dssn_jax.core import smoothing
+from dssn_jax.training import checkpoints
 from dssn_jax.training import denoiser as denoiser_training
+from dssn_jax.training import denoising
 from dssn_jax.training import metrics as training_metrics
-from dssn_jax.models import dncnn
 
 
 def smoke_config(data_dir=None, **overrides):

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import dssn_jax
 from configs import fashion_mnist as fashion_mnist_config
+import dssn_jax
 from dssn_jax.core import dssn
 from dssn_jax.core import dssn_decide
 from dssn_jax.core import early_exit

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dssn_jax.core import clopper_pearson
-from dssn_jax.runs import results_writer
 from dssn_jax.reports import sample_size
+from dssn_jax.runs import results_writer
 from tests.conftest import run_python
 from tests.randomized_rows import top2_columns
 

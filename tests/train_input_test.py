@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dssn_jax.data import transforms
 from dssn_jax.data import train_input
+from dssn_jax.data import transforms
 
 ONE_PROCESS = dict(process_index=0, process_count=1)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import dssn_jax
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
 from configs import imagenet as imagenet_config
-from dssn_jax.training import checkpoints
+import dssn_jax
 from dssn_jax.data import fashion_mnist
+from dssn_jax.training import checkpoints
 from dssn_jax.training import classifier as classifier_training
 from dssn_jax.training import metrics
 

@@ -177,7 +177,7 @@ def device_memory_budget(device=None) -> int | None:
   )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_memory_budget(device) -> int | None:
   try:
     stats = device.memory_stats()

@@ -14,12 +14,13 @@ near the caches (`chunking.default_forward_batch`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
-from jax.sharding import Mesh
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from dssn_jax.core import chunking
@@ -30,7 +31,7 @@ from dssn_jax.core.smoothing import SmoothingSpec
 from dssn_jax.core.votes import VoteProgram
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dssn_sample(spec: SmoothingSpec):
   """make_noisy for DSSN: item k is the k-th deterministic sample."""
 

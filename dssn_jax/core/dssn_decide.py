@@ -11,13 +11,14 @@ input is decided at epsilon.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
-from jax.sharding import Mesh
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from dssn_jax.core import chunking
@@ -29,7 +30,7 @@ from dssn_jax.core import smoothing
 from dssn_jax.core.smoothing import SmoothingSpec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _split_noise(spec: SmoothingSpec):
   """Packed make_noisy of DSSN: split k of one input (one group)."""
 

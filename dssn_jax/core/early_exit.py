@@ -22,7 +22,8 @@ arithmetic only); counts of -1 (an invalid row) are the caller's business.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,9 @@ no array on any device: the mesh may be made of compile-only devices.
 from __future__ import annotations
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from dssn_jax.core.inputs import has_values

@@ -18,8 +18,8 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-from jax.sharding import Mesh
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from dssn_jax.core import chunking
@@ -32,7 +32,7 @@ from dssn_jax.core.smoothing import SmoothingSpec
 from dssn_jax.core.votes import VoteProgram
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _random_sample(kind: str, spec: SmoothingSpec):
   """make_noisy for sampling: item j of row i uses key fold_in(key, j, i)."""
 

@@ -11,13 +11,14 @@ selection and counting keys of `randomized.certify_randomized`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
-from jax.sharding import Mesh
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
 from dssn_jax.core import chunking
@@ -31,7 +32,7 @@ from dssn_jax.core.methods import RANDOMIZED_NOISE_KINDS
 from dssn_jax.core.smoothing import SmoothingSpec
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _draw(kind: str, spec: SmoothingSpec):
   """Packed make_noisy: draw j of group g (0 selection, 1 counting)."""
 

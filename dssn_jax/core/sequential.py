@@ -22,9 +22,10 @@ it runs under `jax.jit` too (`decide`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np

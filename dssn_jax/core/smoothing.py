@@ -14,10 +14,10 @@ device, batch size and chunk size) rather than the result of float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp

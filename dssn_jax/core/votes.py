@@ -23,14 +23,16 @@ devices this process cannot run on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from dssn_jax.core import chunking
 from dssn_jax.core import placement

@@ -35,8 +35,7 @@ Two ways to read an epoch (`datasets.DatasetInfo.in_memory`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import dataclasses
 import itertools
 

@@ -34,7 +34,8 @@ without `downsample`, and `linear.*` for this module's `fc`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ fan-out scaling (`std = sqrt(2 / (kh * kw * out_channels))`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

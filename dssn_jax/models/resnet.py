@@ -29,7 +29,8 @@ normalization is `norm.module.mu` and `std = exp(norm.module.log_sig)`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -13,7 +13,8 @@ params/dense1/{kernel,bias}, params/fc/{kernel,bias}.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -37,7 +37,8 @@ their normalization is `norm.module.mu` and `norm.module.log_sig` (shape
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -12,11 +12,11 @@ paper's (Yang et al. 2020), top-2 and box-constrained (Voracek & Hein 2023).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import math
 import os
 from pathlib import Path
 import re
-from typing import Sequence
 
 from dssn_jax.reports import certified_runs
 from dssn_jax.reports import estimate

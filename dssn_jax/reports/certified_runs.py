@@ -18,11 +18,12 @@ Pure NumPy: nothing here imports JAX, TensorFlow or matplotlib.
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Mapping, Sequence
 import dataclasses
 import glob as glob_lib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from absl import logging
 import numpy as np

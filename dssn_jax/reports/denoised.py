@@ -11,9 +11,9 @@ like the rest of `dssn_jax.reports`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import os
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -8,9 +8,9 @@ come from `core.methods`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -11,10 +11,10 @@ the rest of `dssn_jax.reports`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import os
-from typing import Sequence
 
 import numpy as np
 

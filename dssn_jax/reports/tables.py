@@ -11,8 +11,8 @@ Pure NumPy: nothing here imports JAX, TensorFlow or matplotlib.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 import dataclasses
-from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -181,7 +181,7 @@ device_description_str: "{chip.name}"
 """
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_only_devices(target: Target) -> tuple[jax.Device, ...]:
   """The target's compile-only JAX devices (`Target.devices` of them).
 

@@ -8,8 +8,8 @@ naming the field and its allowed values, never a silent fallback.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 import math
-from typing import Iterable
 
 # Integer fields whose documented values are -1 (all / automatic) or >= 1.
 SENTINEL_FIELDS = (

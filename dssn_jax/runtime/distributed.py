@@ -39,6 +39,7 @@ touches it).
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 import errno
 import json
 import os
@@ -46,7 +47,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import jax

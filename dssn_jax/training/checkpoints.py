@@ -21,10 +21,11 @@ refuses non-finite parameters (a diverged run) instead of keeping them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -34,8 +35,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dssn_jax import models
-from dssn_jax.data import datasets
 from dssn_jax.core import smoothing
+from dssn_jax.data import datasets
 
 CHECKPOINT_DIR = "checkpoints"
 # The fields that define the smoothed classifier; certification and resumed

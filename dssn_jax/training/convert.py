@@ -34,21 +34,22 @@ ValueError that names the offending keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import functools
 import os
 import re
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dssn_jax.training import checkpoints
-from dssn_jax.data import datasets
 from dssn_jax import models
 from dssn_jax.core import smoothing
+from dssn_jax.data import datasets
+from dssn_jax.training import checkpoints
 
 ARCHITECTURES = ("wrn_40_2", "resnet110", "resnet110_zero_pad", "resnet50")
 # The torch name of the classifier layer (our models call it `fc`).
@@ -194,7 +195,7 @@ def _to_flax(array: np.ndarray) -> np.ndarray:
   return array
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expected_state_dict(arch: str, num_classes: int) -> dict[str, tuple]:
   """Network key -> torch shape of the architecture's PyTorch state_dict
   (without `num_batches_tracked`), derived from the Flax model."""

@@ -16,19 +16,20 @@ without noise has none to agree with), and composes the two into one
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import dataclasses
 import hashlib
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dssn_jax.training import checkpoints
-from dssn_jax.data import datasets
 from dssn_jax import models
 from dssn_jax.core import smoothing
+from dssn_jax.data import datasets
+from dssn_jax.training import checkpoints
 
 OBJECTIVES = ("mse", "stability")
 # Fields of a denoiser checkpoint's metadata beyond the smoothing metadata.

@@ -18,16 +18,18 @@ uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 from flax.training import train_state
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import tqdm
 

@@ -16,8 +16,9 @@ output shapes.
 import json
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import cifar10
 from configs import imagenet

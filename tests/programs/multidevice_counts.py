@@ -11,8 +11,9 @@ whose counts differ from the one-device counts, and the row sums of those.
 import json
 
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 import dssn_jax

@@ -15,9 +15,9 @@ them waiting); `--hang` makes the others wait in a barrier instead. Prints
 from absl import app
 from absl import flags
 
-import experiments
 from dssn_jax.runtime import distributed
 from dssn_jax.runtime import xla_options
+import experiments
 
 _VALUE = flags.DEFINE_string("value", "same", "The value to agree on.")
 _FAIL_ON = flags.DEFINE_integer("fail_on", None, "This process fails.")
