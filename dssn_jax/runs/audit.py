@@ -26,10 +26,11 @@ the one the file records.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import math
 import os
-from typing import Any, Sequence
+from typing import Any
 
 from absl import logging
 import jax
@@ -134,47 +135,18 @@ def audit(
   path = os.fspath(path)
   meta = results_metadata.read_metadata(path)
   run = meta.get("run") or {}
-  integrity_error = None
-  try:
-    results_reader.read_verified(path)
-  except ValueError as e:
-    integrity_error = str(e)
+  integrity_error = _integrity_error(path)
   with open(path, "rb") as f:  # The rows as they are, checked or not.
     scan = results_format.scan(f.read(), path)
-  rng = np.random.default_rng(seed)
-  chosen = np.arange(len(scan.rows))
-  if 0 <= sample < len(scan.rows):
-    chosen = np.sort(rng.choice(len(scan.rows), sample, replace=False))
-  rows = {scan.rows[i][0]: (scan.rows[i], scan.lines[i]) for i in chosen}
-  notes = [
-      f"{len(rows)} rows drawn with seed {seed}"
-      if len(rows) < len(scan.rows)
-      else "every row recertified",
-      "compared exactly: "
-      + (
-          "DSSN counts are integers"
-          if methods.method(meta["method"]).exact
-          else f"the randomized noise is redrawn with the run's seed "
-          f"{run.get('seed')}"
-      ),
-  ]
+  rows = _draw_rows(scan, sample, seed)
+  notes = _draw_notes(meta, run, len(rows), len(scan.rows), seed)
   classifier, spec, offsets = _classifier(
       run, workdir or os.path.dirname(os.path.abspath(path)), denoiser_workdir
   )
   notes += _computation_note(meta, run)
   if fresh_noise_seed is not None:
-    method = methods.method(meta["method"])
-    if method.exact or method.decides:
-      raise ValueError(
-          "fresh_noise_seed is for the randomized methods of fixed n "
-          f"(ssn, uniform), not {meta['method']}."
-      )
-    notes[1] = (
-        f"compared statistically: each certified row's count of its class "
-        f"against n fresh draws (seed {fresh_noise_seed}), two-sided Fisher "
-        f"exact test at level {level} (Bonferroni over the rows); abstaining "
-        "rows: labels only"
-    )
+    _check_fixed_n(meta["method"])
+    notes[1] = _statistical_note(fresh_noise_seed, level)
     recounted = _recount(
         run,
         meta["method"],
@@ -188,25 +160,92 @@ def audit(
     mismatches, differing = _statistical_mismatches(
         scan, rows, recounted, run, level
     )
-    return AuditReport(
-        path,
-        len(scan.rows),
+  else:
+    recomputed = _recertify(
+        run,
+        meta["method"],
+        classifier,
+        spec,
+        offsets,
         sorted(rows),
-        integrity_error,
-        mismatches,
-        differing,
-        notes,
+        data_dir,
+        batch_size,
     )
-  recomputed = _recertify(
-      run,
-      meta["method"],
-      classifier,
-      spec,
-      offsets,
+    mismatches, differing = _exact_mismatches(scan, rows, recomputed, run)
+  return AuditReport(
+      path,
+      len(scan.rows),
       sorted(rows),
-      data_dir,
-      batch_size,
+      integrity_error,
+      mismatches,
+      differing,
+      notes,
   )
+
+
+def _draw_notes(meta, run, drawn: int, total: int, seed: int) -> list[str]:
+  """The report's first two notes: which rows were drawn, and how they are
+  compared (exactly; `_statistical_note` replaces the second for a
+  fresh-noise audit)."""
+  return [
+      f"{drawn} rows drawn with seed {seed}"
+      if drawn < total
+      else "every row recertified",
+      "compared exactly: "
+      + (
+          "DSSN counts are integers"
+          if methods.method(meta["method"]).exact
+          else f"the randomized noise is redrawn with the run's seed "
+          f"{run.get('seed')}"
+      ),
+  ]
+
+
+def _statistical_note(fresh_noise_seed: int, level: float) -> str:
+  """How a fresh-noise audit compares the rows."""
+  return (
+      f"compared statistically: each certified row's count of its class "
+      f"against n fresh draws (seed {fresh_noise_seed}), two-sided Fisher "
+      f"exact test at level {level} (Bonferroni over the rows); abstaining "
+      "rows: labels only"
+  )
+
+
+def _integrity_error(path: str) -> str | None:
+  """Why the file fails the checks every reader applies (None: it passes)."""
+  try:
+    results_reader.read_verified(path)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def _draw_rows(scan, sample: int, seed: int) -> dict[int, tuple[Any, int]]:
+  """{idx: (values, line)} of `sample` rows of `scan` drawn at random with
+  `seed` (every row when sample is -1 or not below the row count)."""
+  rng = np.random.default_rng(seed)
+  chosen = np.arange(len(scan.rows))
+  if 0 <= sample < len(scan.rows):
+    chosen = np.sort(rng.choice(len(scan.rows), sample, replace=False))
+  return {scan.rows[i][0]: (scan.rows[i], scan.lines[i]) for i in chosen}
+
+
+def _check_fixed_n(method_name: str) -> None:
+  """Raises ValueError unless `method_name` is a randomized method of fixed
+  n, the only ones a fresh-noise test applies to."""
+  method = methods.method(method_name)
+  if method.exact or method.decides:
+    raise ValueError(
+        "fresh_noise_seed is for the randomized methods of fixed n "
+        f"(ssn, uniform), not {method_name}."
+    )
+
+
+def _exact_mismatches(
+    scan, rows, recomputed, run
+) -> tuple[list[str], set[int]]:
+  """Every value of `rows` but `time` that differs from the recomputed row
+  (or a row whose image is not in the run's subset): (lines, idx)."""
   mismatches, differing = [], set()
   for idx, (values, line) in rows.items():
     got = recomputed.get(idx)
@@ -224,15 +263,7 @@ def audit(
             f"line {line} idx {idx}: {column} stored {stored!r}, recomputed "
             f"{got[column]!r}"
         )
-  return AuditReport(
-      path,
-      len(scan.rows),
-      sorted(rows),
-      integrity_error,
-      mismatches,
-      differing,
-      notes,
-  )
+  return mismatches, differing
 
 
 def _same(stored, recomputed) -> bool:

@@ -110,6 +110,42 @@ def initialize(
   explicit = (coordinator_address, num_processes, process_id)
   if not auto and all(v is None for v in explicit):
     return False
+  _check_settings(
+      coordinator_address, num_processes, process_id, auto, timeout_s
+  )
+  # Only read by the CPU client; GPUs and TPUs use their own collectives.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if process_id == 0 and coordinator_address:
+    _check_port_free(coordinator_address)
+  _join(coordinator_address, num_processes, process_id, timeout_s, on_timeout)
+  _state["timeout_s"] = int(timeout_s)
+  watch_for_failures()
+  if num_processes is not None and num_processes != jax.process_count():
+    fail(
+        f"--num_processes={num_processes} on process {jax.process_index()}, "
+        f"but the coordinator started a job of {jax.process_count()} "
+        "processes; give every process the same --num_processes."
+    )
+  logging.info(
+      "Process %d of %d: %d local, %d global devices.",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
+  return True
+
+
+def _check_settings(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    auto: bool,
+    timeout_s: int,
+) -> None:
+  """Raises ValueError on incomplete or inconsistent settings of
+  `initialize` (before anything starts)."""
+  explicit = (coordinator_address, num_processes, process_id)
   if not auto and any(v is None for v in explicit):
     raise ValueError(
         "A multi-process run needs --coordinator_address, --num_processes "
@@ -131,8 +167,18 @@ def initialize(
     )
   if timeout_s < 1:
     raise ValueError(f"--distributed_timeout={timeout_s} must be >= 1 s.")
-  # Only read by the CPU client; GPUs and TPUs use their own collectives.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def _join(
+    coordinator_address: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    timeout_s: int,
+    on_timeout: Callable[[str], None],
+) -> None:
+  """Calls jax.distributed.initialize under a watchdog that calls
+  `on_timeout` after timeout_s; raises ValueError naming the fix when JAX
+  reports a failed start-up."""
   where = (
       f"the coordinator at {coordinator_address}"
       if coordinator_address
@@ -143,8 +189,6 @@ def initialize(
       "--num_processes and distinct --process_id values 0 .. N-1 (process "
       "0 hosts the coordinator), or raise --distributed_timeout."
   )
-  if process_id == 0 and coordinator_address:
-    _check_port_free(coordinator_address)
   watchdog = threading.Timer(
       timeout_s,
       on_timeout,
@@ -172,22 +216,6 @@ def initialize(
     ) from None
   finally:
     watchdog.cancel()
-  _state["timeout_s"] = int(timeout_s)
-  watch_for_failures()
-  if num_processes is not None and num_processes != jax.process_count():
-    fail(
-        f"--num_processes={num_processes} on process {jax.process_index()}, "
-        f"but the coordinator started a job of {jax.process_count()} "
-        "processes; give every process the same --num_processes."
-    )
-  logging.info(
-      "Process %d of %d: %d local, %d global devices.",
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
-  )
-  return True
 
 
 def is_primary() -> bool:
