@@ -63,11 +63,9 @@ def _compile_for_accelerators(model: str) -> dict:
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _check_fits(report: dict) -> None:
+def _check_fits(report: dict, programs) -> None:
   assert sorted(report) == sorted(
-      f"{t}/{p}"
-      for t in ("v5e-8", "8x H100")
-      for p in ("dssn", "uniform", "train_step")
+      f"{t}/{p}" for t in ("v5e-8", "8x H100") for p in programs
   )
   for name, program in report.items():
     assert 0 < program["device_bytes"] <= program["hbm_bytes"], (name, program)
@@ -78,12 +76,14 @@ def _check_fits(report: dict) -> None:
 
 
 def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm():
-  _check_fits(_compile_for_accelerators("small_cnn"))
+  _check_fits(
+      _compile_for_accelerators("small_cnn"), ("dssn", "uniform", "train_step")
+  )
 
 
 @pytest.mark.slow
 def test_resnet50_compiles_for_tpu_and_gpu_within_hbm():
-  _check_fits(_compile_for_accelerators("resnet50"))
+  _check_fits(_compile_for_accelerators("resnet50"), ("dssn",))
 
 
 def _small_classifier():
