@@ -47,6 +47,8 @@ def _compile_for_accelerators(model: str) -> dict:
     pytest.skip(message)
   env = cpu_subprocess_env()
   env.pop("XLA_FLAGS", None)  # The CPU backend's options, not theirs.
+  # Compile-only devices cannot load executables from the persistent cache.
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   # libtpu locks a file for one process per host; none opens a chip here,
   # so a benchmark or another test may compile at the same time.
   env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"

@@ -53,6 +53,10 @@ _NOT_RUN = {
         "README.md",
         "import jax, jax.numpy as jnp",
     ): "tests/readme_test.py runs it",
+    ("docs/accelerators.md", "from dssn_jax.core import placement"): (
+        "needs .venv-aot's TPU compiler and minutes per ResNet-50 compile; "
+        "tests/aot_test.py compiles the same program through the same calls"
+    ),
 }
 
 
