@@ -389,6 +389,10 @@ def test_ctrl_c_during_certification_is_one_line_and_resumes(
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
+      # As in a terminal's foreground job: a test run started in the
+      # background (`&`) would hand SIGINT down ignored, and Python then
+      # never raises KeyboardInterrupt.
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   path = pathlib.Path(workdir) / "certify_dssn.tsv"
   deadline = time.monotonic() + 240
