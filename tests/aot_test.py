@@ -77,6 +77,7 @@ def _check_fits(report: dict, programs) -> None:
       assert 256 <= program["forward_batch"] <= 512, (name, program)
 
 
+@pytest.mark.slow  # About a minute on a 2-core host: over the fast tier.
 def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm():
   _check_fits(
       _compile_for_accelerators("small_cnn"), ("dssn", "uniform", "train_step")
