@@ -84,6 +84,7 @@ def start(argv) -> None:
         auto=_AUTO.value,
         timeout_s=_TIMEOUT.value,
         on_timeout=_exit_now,
+        workdir=getattr(flags.FLAGS, "workdir", None),
     )
 
 

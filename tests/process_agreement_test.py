@@ -17,6 +17,7 @@ import time
 import pytest
 
 from configs import fashion_mnist as fashion_mnist_config
+from dssn_jax.runtime import process_ids
 from tests import certify_workdir_test
 from tests.conftest import cpu_subprocess_env
 from tests.conftest import REPO_ROOT
@@ -170,6 +171,60 @@ def test_coordinator_port_in_use_is_one_line():
   line = last_line(err)
   assert line.startswith(f"error: Port {port} of --coordinator_address=")
   assert "already in use" in line
+
+
+def test_a_duplicate_process_id_is_one_line_and_the_job_goes_on():
+  """Issue 24, case 7: a second process 1 made JAX's coordination service
+  abort every process of the job (C++ fatal error, rc 134)."""
+  port = free_port()
+  procs = start("tests.programs.process_agreement", [[], []], port=port)
+  procs += start(
+      "tests.programs.process_agreement", [["--process_id=1"]], port=port
+  )
+  results, _ = finish(procs)
+  (rc0, out0, err0), *ones = results
+  assert rc0 == 0, err0[-2000:]
+  assert out0.strip().splitlines()[-1] == "agreed"
+  # Whichever of the two processes 1 claimed the id first joins the job.
+  assert sorted(rc for rc, _, _ in ones) == [0, 1], [
+      e[-2000:] for *_, e in ones
+  ]
+  for rc, out, err in ones:
+    if rc == 0:
+      assert out.strip().splitlines()[-1] == "agreed"
+    else:
+      line = last_line(err)
+      assert line.startswith("error: --process_id=1 is already taken by ")
+      assert "give every process its own id 0 .. N-1" in line
+
+
+def test_a_process_id_is_claimed_once_per_lock_directory(tmp_path):
+  directory = process_ids.lock_directory(str(tmp_path / "workdir"))
+  assert directory == str(tmp_path / "workdir" / ".process_ids")
+  holder = subprocess.Popen(
+      [
+          sys.executable,
+          "-c",
+          "import sys, time; from dssn_jax.runtime import process_ids; "
+          f"process_ids.claim({directory!r}, '127.0.0.1:1', 3); "
+          "print('held', flush=True); time.sleep(60)",
+      ],
+      cwd=REPO_ROOT,
+      env=cpu_subprocess_env(),
+      stdout=subprocess.PIPE,
+      text=True,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ValueError, match=r"--process_id=3 is already taken"):
+      process_ids.claim(directory, "127.0.0.1:1", 3)
+    process_ids.claim(directory, "127.0.0.1:2", 3)  # Another job's id 3.
+  finally:
+    holder.kill()
+    holder.wait()
+  process_ids.claim(directory, "127.0.0.1:1", 3)  # Released by the kill.
+  # A remote workdir cannot hold locks: this machine's temporary directory.
+  assert "://" not in process_ids.lock_directory("gs://bucket/run")
 
 
 @pytest.mark.slow

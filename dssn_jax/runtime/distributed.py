@@ -15,9 +15,9 @@ CPU processes exchange collectives through gloo. A coordinator that cannot be
 reached, or processes that disagree on the process count, end with a
 ValueError naming the fix after `timeout_s` instead of hanging; a coordinator
 port in use and a process count other than the coordinator's are refused
-with one line. (A second process with an id already taken that connects
-makes JAX's coordination service abort every process of the job, in C++:
-the client's error callback cannot be replaced from Python.)
+with one line. A second process with an id already taken would make JAX's
+coordination service abort every process of the job, in C++, so every
+process claims its id with a lock file first (`process_ids`).
 
 Once joined, the processes trust nothing about each other:
 
@@ -52,6 +52,8 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+
+from dssn_jax.runtime import process_ids
 
 # Seconds a process waits for all processes to join; then a clear error.
 DEFAULT_TIMEOUT_S = 120
@@ -88,6 +90,7 @@ def initialize(
     auto: bool = False,
     timeout_s: int = DEFAULT_TIMEOUT_S,
     on_timeout: Callable[[str], None] = _exit_with,
+    workdir: str | None = None,
 ) -> bool:
   """Joins the distributed runtime when asked; returns whether it did.
 
@@ -102,10 +105,13 @@ def initialize(
       processes have not all joined after timeout_s; it must end the process
       (the default logs and exits with status 1), since the XLA runtime
       cannot be stopped while it waits.
+    workdir: the run's directory, shared by its hosts: where the processes
+      claim their ids (`process_ids.lock_directory`).
 
   Raises:
-    ValueError: incomplete or inconsistent settings, or a start-up that
-      failed (unreachable coordinator, a process missing after timeout_s).
+    ValueError: incomplete or inconsistent settings, an id another process
+      holds, or a start-up that failed (unreachable coordinator, a process
+      missing after timeout_s).
   """
   explicit = (coordinator_address, num_processes, process_id)
   if not auto and all(v is None for v in explicit):
@@ -117,6 +123,10 @@ def initialize(
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if process_id == 0 and coordinator_address:
     _check_port_free(coordinator_address)
+  if process_id is not None and coordinator_address:
+    process_ids.claim(
+        process_ids.lock_directory(workdir), coordinator_address, process_id
+    )
   _join(coordinator_address, num_processes, process_id, timeout_s, on_timeout)
   _state["timeout_s"] = int(timeout_s)
   watch_for_failures()
