@@ -36,7 +36,10 @@ from tests.conftest import REPO_ROOT
 AOT_PYTHON = REPO_ROOT / ".venv-aot" / "bin" / "python"
 
 
-def _compile_for_accelerators(model: str) -> dict:
+@pytest.fixture(scope="module")
+def compiled():
+  """{model: {"target/program": record}} of both models, compiled in one
+  process of .venv-aot (its start-up is paid once)."""
   if not AOT_PYTHON.exists():
     message = (
         f"{AOT_PYTHON} is missing: `bash setup.sh` builds it (libtpu and the "
@@ -53,7 +56,13 @@ def _compile_for_accelerators(model: str) -> dict:
   # so a benchmark or another test may compile at the same time.
   env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
   result = subprocess.run(
-      [AOT_PYTHON, "-m", "tests.programs.compile_for_accelerators", model],
+      [
+          AOT_PYTHON,
+          "-m",
+          "tests.programs.compile_for_accelerators",
+          "small_cnn",
+          "resnet50",
+      ],
       cwd=REPO_ROOT,
       env=env,
       capture_output=True,
@@ -77,16 +86,16 @@ def _check_fits(report: dict, programs) -> None:
       assert 256 <= program["forward_batch"] <= 512, (name, program)
 
 
-@pytest.mark.slow  # About a minute on a 2-core host: over the fast tier.
-def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm():
-  _check_fits(
-      _compile_for_accelerators("small_cnn"), ("dssn", "uniform", "train_step")
-  )
+# Slow tier: the two models' compiles take about two minutes on a 2-core
+# host (the TPU compiles of the training step and of ResNet-50 most).
+@pytest.mark.slow
+def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm(compiled):
+  _check_fits(compiled["small_cnn"], ("dssn", "uniform", "train_step"))
 
 
 @pytest.mark.slow
-def test_resnet50_compiles_for_tpu_and_gpu_within_hbm():
-  _check_fits(_compile_for_accelerators("resnet50"), ("dssn",))
+def test_resnet50_compiles_for_tpu_and_gpu_within_hbm(compiled):
+  _check_fits(compiled["resnet50"], ("dssn",))
 
 
 def _small_classifier():

@@ -1,7 +1,7 @@
 r"""Compiles the vote programs and the training step for a TPU and a GPU.
 
   JAX_PLATFORMS=cpu .venv-aot/bin/python \
-      -m tests.programs.compile_for_accelerators small_cnn
+      -m tests.programs.compile_for_accelerators small_cnn resnet50
 
 aot_test.py runs it in a subprocess with the interpreter of .venv-aot (the
 virtualenv with libtpu and the CUDA plugin that setup.sh builds). For the
@@ -11,9 +11,10 @@ model given (small_cnn: Fashion-MNIST, sigma 0.5; resnet50: ImageNet, sigma
 forward batch per chip): the DSSN vote program and, for the small CNN, the
 randomized (uniform) vote program at N = 100,000 and the training step at
 the config's batch size per chip (`PROGRAMS`). One image per chip, the
-batch split over the chips. Prints one JSON line: per target and program,
-the chip's memory, the program's per-chip memory, the forward batch per
-chip and the compile time.
+batch split over the chips. Prints one JSON line: per model, target and
+program, the chip's memory, the program's per-chip memory, the forward
+batch per chip and the compile time. (One process for all the models given:
+the compilers' start-up is paid once.)
 """
 
 import json
@@ -49,7 +50,8 @@ def _record(compiled: aot.CompiledProgram, target, forward_batch=None):
   }
 
 
-def main(model_name: str) -> None:
+def compile_model(model_name: str) -> dict:
+  """{"target/program": record} for one model of SETTINGS."""
   get_config, dataset, sigma = SETTINGS[model_name]
   report = {}
   for name in TARGETS:
@@ -75,8 +77,8 @@ def main(model_name: str) -> None:
     report[f"{name}/train_step"] = _record(
         aot.compile_train_step(config, mesh), target
     )
-  print(json.dumps(report))
+  return report
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  print(json.dumps({name: compile_model(name) for name in sys.argv[1:]}))
