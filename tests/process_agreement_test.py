@@ -173,6 +173,7 @@ def test_coordinator_port_in_use_is_one_line():
   assert "already in use" in line
 
 
+@pytest.mark.slow  # Three processes.
 def test_a_duplicate_process_id_is_one_line_and_the_job_goes_on():
   """Issue 24, case 7: a second process 1 made JAX's coordination service
   abort every process of the job (C++ fatal error, rc 134)."""
