@@ -56,6 +56,7 @@ class Program:
   batch: int | None = None  # Images per call; None: one per chip.
   num_samples: int = 100_000  # uniform: N.
   global_batch: int = 0  # train.
+  chunk_size: int | None = None  # Noisy inputs per image per forward pass.
 
 
 PROGRAMS = [
@@ -122,6 +123,19 @@ PROGRAMS = [
     Program(
         "wrn_40_2 train 1024", "train", "wrn_40_2", "cifar10", global_batch=1024
     ),
+] + [
+    # The forward-batch sweep of the accelerator defaults (docs/
+    # accelerators.md): one image per chip, a chunk of this many of its
+    # 3,091 noisy inputs per forward pass instead of the default's ~512.
+    Program(
+        f"resnet50 dssn s3.5 bf16 chunk {chunk}",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        sigma=3.5,
+        chunk_size=chunk,
+    )
+    for chunk in (128, 256, 1031, 1546)
 ]
 
 
@@ -159,7 +173,9 @@ def _vote_row(program: Program, target, mesh) -> dict:
         model, program.sigma, batch, mesh, num_samples=program.num_samples
     )
   else:
-    vote, args = aot.dssn_program(model, program.sigma, batch, mesh)
+    vote, args = aot.dssn_program(
+        model, program.sigma, batch, mesh, chunk_size=program.chunk_size
+    )
   full = aot.compile_vote_program(vote, args)
   body = aot.compile_vote_program(aot.one_chunk(vote, batch), args)
   chunks = aot.chunks_per_device(vote, batch)
