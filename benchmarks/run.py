@@ -43,9 +43,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from benchmarks import certifier
   from benchmarks import certifier_markdown
-  from dssn_jax.data import quiet_tensorflow
   # pylint: enable=g-import-not-at-top
-  quiet_tensorflow.hide_tf_from_accelerators()
   report = certifier.run_benchmark(config, _WORKDIR.value, log=print)
   print(certifier_markdown.to_markdown(report))
   if config.get("torch_peer"):

@@ -37,10 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9
   config.nesterov = True
   config.weight_decay = 1e-4
-  # Examples in the training shuffle buffer. -1: the dataset's default
-  # (dssn_jax/data/datasets.py: the whole split, in memory, for the small
-  # datasets); fewer than the split streams it instead.
-  config.shuffle_buffer = -1
+  # Grain worker processes that decode training batches, per process. -1:
+  # the dataset's default (dssn_jax/data/datasets.py: none for the small
+  # datasets, one per core but one for ImageNet's JPEGs); 0: in threads.
+  config.decode_workers = -1
   # Disjoint shards the training data is read in; the batches depend on it,
   # not on the process count. -1: one per process (fixed at a run's start).
   config.data_shards = -1
@@ -107,7 +107,7 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.num_epochs = 2
   config.steps_per_epoch = 3
   config.batch_size = 8
-  config.shuffle_buffer = 256  # Do not decode a whole split before step 1.
+  config.decode_workers = 0  # No worker to start for a run of seconds.
   config.eval_batch_size = 16
   config.eval_max_examples = 32
   config.log_every_steps = 1

@@ -83,7 +83,6 @@ def smoke_config(data_dir, **certify):
         ("certify.chunk_size", -2),
         ("steps_per_epoch", 0),
         ("eval_max_examples", -3),
-        ("shuffle_buffer", -7),
         ("certify.batch_size", 0),
         ("certify.start", -1),
     ],

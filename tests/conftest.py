@@ -88,30 +88,42 @@ def fashion_mnist_data_dir(tmp_path_factory):
 MOCK_CIFAR10_EXAMPLES = 40
 
 
-def _mock_cifar10_as_dataset(
-    self, split, decoders=None, read_config=None, shuffle_files=False
-):
+class MockRecords(list):
+  """A list of examples with the data sources' batched read."""
+
+  def __getitems__(self, keys):
+    return [self[k] for k in keys]
+
+
+def _mock_cifar10_as_data_source(self, split, decoders=None, **kwargs):
   """Random cifar10 examples whose `id` is '<split>_<index>' like the real
   builder's (tfds.testing.mock_data's own ids are random strings), stored in
-  a shuffled order as TFDS stores them."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  a shuffled order as TFDS stores them; images PNG-encoded (the pipelines
+  read them with the image decoding skipped)."""
+  import io  # pylint: disable=g-import-not-at-top
 
-  del self, read_config, shuffle_files
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  del self, decoders, kwargs
   prefix = "train" if "train" in str(split) else "test"
   rng = np.random.RandomState(0 if prefix == "train" else 1)
   order = rng.permutation(MOCK_CIFAR10_EXAMPLES)
   images = rng.randint(0, 256, (MOCK_CIFAR10_EXAMPLES, 32, 32, 3), np.uint8)
-  ds = tf.data.Dataset.from_tensor_slices(
+
+  def png(image):
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+  return MockRecords(
       {
-          "id": [f"{prefix}_{i:05d}" for i in order],
-          "image": [tf.io.encode_png(images[i]).numpy() for i in order],
-          "label": (order % 10).astype(np.int64),
+          "id": f"{prefix}_{i:05d}".encode(),
+          "image": png(images[i]),
+          "label": np.int64(i % 10),
       }
+      for i in order
   )
-  if not (decoders and "image" in decoders):
-    ds = ds.map(lambda ex: {**ex, "image": tf.io.decode_png(ex["image"], 3)})
-  return ds
 
 
 @pytest.fixture
@@ -120,7 +132,45 @@ def mock_cifar10():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   with tfds.testing.mock_data(
-      num_examples=MOCK_CIFAR10_EXAMPLES, as_dataset_fn=_mock_cifar10_as_dataset
+      num_examples=MOCK_CIFAR10_EXAMPLES,
+      as_data_source_fn=_mock_cifar10_as_data_source,
+  ):
+    yield
+
+
+MOCK_IMAGENET_EXAMPLES = 8
+
+
+def _mock_imagenet_as_data_source(self, split, decoders=None, **kwargs):
+  """Random JPEGs of random sizes (40-300 pixels a side), as encoded
+  records in a list, which pickles into Grain's worker processes as a real
+  data source does (tfds.testing.mock_data's own source does not)."""
+  import io  # pylint: disable=g-import-not-at-top
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  del self, decoders, kwargs
+  rng = np.random.default_rng(0 if "train" in str(split) else 1)
+  records = MockRecords()
+  for i in range(MOCK_IMAGENET_EXAMPLES):
+    shape = (int(rng.integers(40, 300)), int(rng.integers(40, 300)), 3)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(out, "JPEG")
+    records.append(
+        {"image": out.getvalue(), "label": np.int64(i * 100), "file_name": b""}
+    )
+  return records
+
+
+@pytest.fixture
+def mock_imagenet():
+  """tfds.testing.mock_data for imagenet2012: random JPEGs."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  with tfds.testing.mock_data(
+      num_examples=MOCK_IMAGENET_EXAMPLES,
+      as_data_source_fn=_mock_imagenet_as_data_source,
   ):
     yield
 

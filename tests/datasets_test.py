@@ -44,14 +44,13 @@ def test_pipeline_facts():
   fashion, cifar, imagenet = map(
       datasets.dataset_info, ("fashion_mnist", "cifar10", "imagenet2012")
   )
-  # The small datasets are batched from memory, ImageNet streams.
-  assert (fashion.in_memory, cifar.in_memory, imagenet.in_memory) == (
-      True,
-      True,
-      False,
-  )
-  assert (fashion.shuffle_buffer, cifar.shuffle_buffer) == (None, None)
-  assert imagenet.shuffle_buffer == 10_000
+  # The small datasets decode in the training process, ImageNet's JPEGs in
+  # worker processes (one per core but one).
+  assert (
+      fashion.decode_workers,
+      cifar.decode_workers,
+      imagenet.decode_workers,
+  ) == (0, 0, -1)
   assert (
       fashion.train_augmentation,
       cifar.train_augmentation,
@@ -85,12 +84,10 @@ def test_table_is_consistent():
     assert info.name == name
     assert info.preparation in datasets.PREPARATIONS
     assert len(info.mean) == len(info.std) == info.input_shape[-1]
-    # In memory means shuffled whole; a streamed dataset needs a buffer.
-    assert (info.shuffle_buffer is None) == info.in_memory
-    if info.train_augmentation in datasets.JPEG_AUGMENTATIONS:
-      assert not info.in_memory  # It decodes the JPEG itself, in tf.data.
-    else:
-      assert info.train_augmentation in datasets.BATCH_AUGMENTATIONS
+    assert info.decode_workers >= -1
+    assert info.train_augmentation in (
+        datasets.BATCH_AUGMENTATIONS + datasets.JPEG_AUGMENTATIONS
+    )
     if info.eval_resize is not None:
       assert info.eval_resize >= max(info.input_shape[:2])
 

@@ -10,6 +10,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dssn_jax.data import eval_input
+from dssn_jax.data import sources
+from dssn_jax.data import transforms
+from tests.conftest import MockRecords
 
 ONE_PROCESS = dict(process_index=0, process_count=1)
 
@@ -17,9 +20,10 @@ ONE_PROCESS = dict(process_index=0, process_count=1)
 @pytest.fixture(scope="session")
 def fashion_test_split(fashion_mnist_data_dir):
   """The TFDS fashion_mnist test split, in TFDS order, as numpy arrays."""
-  builder = tfds.builder("fashion_mnist", data_dir=fashion_mnist_data_dir)
-  ex = tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1))
-  return ex["image"], ex["label"]
+  source = sources.open_split("fashion_mnist", "test", fashion_mnist_data_dir)
+  records = source.__getitems__(list(range(len(source))))
+  images = np.stack([transforms.decode(r["image"], 1) for r in records])
+  return images, np.array([r["label"] for r in records])
 
 
 # --------------------------------------------------------------------------
@@ -126,9 +130,12 @@ def test_eval_errors(fashion_mnist_data_dir):
 def _stored_by_id(split):
   """{index of the id '<split>_<index>': (image, label)} of the mocked
   split, read as stored (shuffled)."""
-  stored = tfds.as_numpy(tfds.builder("cifar10").as_dataset(split=split))
+  stored = sources.open_split("cifar10", split, None)
   return {
-      int(ex["id"].decode().split("_")[1]): (ex["image"], ex["label"])
+      int(ex["id"].decode().split("_")[1]): (
+          transforms.decode(ex["image"], 3),
+          ex["label"],
+      )
       for ex in stored
   }
 
@@ -191,7 +198,15 @@ def test_cifar10_eval_per_process(mock_cifar10):
 
 
 def test_cifar10_malformed_ids():
-  with tfds.testing.mock_data(num_examples=4):  # Random text ids.
+  def random_text_ids(self, split, **kwargs):
+    del self, split, kwargs
+    return MockRecords(
+        {"id": b"x7Qz", "image": b"", "label": np.int64(0)} for _ in range(4)
+    )
+
+  with tfds.testing.mock_data(
+      num_examples=4, as_data_source_fn=random_text_ids
+  ):
     with pytest.raises(ValueError, match="unexpected cifar10 id"):
       eval_input.eval_dataset("cifar10", batch_size=4, **ONE_PROCESS)
 

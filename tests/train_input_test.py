@@ -1,14 +1,16 @@
-"""Tests of dssn_jax.data.train_input: training batches, in memory and
-streamed, deterministic and resumable at any step.
+"""Tests of dssn_jax.data.train_input: Grain training batches,
+deterministic and resumable at any step (by start_step or by the iterator's
+state).
 
 Fashion-MNIST is the real Debian data (tests/conftest.py); cifar10 and
 imagenet2012 go through tfds.testing.mock_data.
 """
 
+from absl import flags
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from dssn_jax.data import sources
 from dssn_jax.data import train_input
 from dssn_jax.data import transforms
 
@@ -72,7 +74,6 @@ def test_fashion_train_per_process(fashion_mnist_data_dir):
               batch_size=64,
               seed=0,
               data_dir=fashion_mnist_data_dir,
-              shuffle_buffer=64,  # Streaming path.
               process_index=p,
               process_count=2,
           )
@@ -91,38 +92,35 @@ def test_fashion_train_per_process(fashion_mnist_data_dir):
 def _crop_sources():
   """{augmented image bytes: [(index, crop offset, flip)]} of every padded
   crop (+ flip) of every mocked training image."""
-  stored = tfds.as_numpy(tfds.builder("cifar10").as_dataset(split="train"))
+  stored = sources.open_split("cifar10", "train", None)
   pad = transforms.CROP_PADDING
-  sources = {}
+  crops = {}
   for ex in stored:
     index = int(ex["id"].decode().split("_")[1])
     assert ex["label"] == index % 10
-    padded = np.pad(ex["image"], [(pad, pad), (pad, pad), (0, 0)])
+    image = transforms.decode(ex["image"], 3)
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
     for dy in range(2 * pad + 1):
       for dx in range(2 * pad + 1):
         crop = padded[dy : dy + 32, dx : dx + 32]
         for flip in (False, True):
           key = (crop[:, ::-1] if flip else crop).tobytes()
-          sources.setdefault(key, []).append((index, (dy, dx), flip))
-  return sources
+          crops.setdefault(key, []).append((index, (dy, dx), flip))
+  return crops
 
 
-# None: the split in memory; 16: streamed through a shuffle buffer. Both
-# augment each decoded batch with the same numpy crop and flip.
-@pytest.mark.parametrize("shuffle_buffer", [None, 16])
-def test_cifar10_train_augmentation(mock_cifar10, shuffle_buffer):
+def test_cifar10_train_augmentation(mock_cifar10):
   del mock_cifar10
   num_train = 40  # The mock's examples per split.
   it = train_input.train_dataset(
       "cifar10",
       batch_size=8,
       seed=0,
-      shuffle_buffer=shuffle_buffer,
       **ONE_PROCESS,
   )
   epoch = _take(it, num_train // 8)
   crop_sources = _crop_sources()
-  sources = []
+  drawn = []
   for batch in epoch:
     assert (
         batch["image"].shape == (8, 32, 32, 3)
@@ -134,16 +132,13 @@ def test_cifar10_train_augmentation(mock_cifar10, shuffle_buffer):
       (source,) = crop_sources[image.tobytes()]
       index, offset, flip = source
       assert label == index % 10
-      sources.append((index, offset, flip))
-  assert sorted(s[0] for s in sources) == list(range(num_train))  # One epoch.
-  assert {s[2] for s in sources} == {False, True}
-  assert len({s[1] for s in sources}) > 1
+      drawn.append((index, offset, flip))
+  assert sorted(s[0] for s in drawn) == list(range(num_train))  # One epoch.
+  assert {s[2] for s in drawn} == {False, True}
+  assert len({s[1] for s in drawn}) > 1
 
 
-@pytest.mark.parametrize("shuffle_buffer", [None, 16])
-def test_cifar10_train_deterministic_and_resumable(
-    mock_cifar10, shuffle_buffer
-):
+def test_cifar10_train_deterministic_and_resumable(mock_cifar10):
   del mock_cifar10
 
   def run(seed, start_step=0, n=12):
@@ -153,7 +148,6 @@ def test_cifar10_train_deterministic_and_resumable(
             batch_size=8,
             seed=seed,
             start_step=start_step,
-            shuffle_buffer=shuffle_buffer,
             **ONE_PROCESS,
         ),
         n,
@@ -169,35 +163,73 @@ def test_cifar10_train_deterministic_and_resumable(
     )
   # Epochs reshuffle and re-augment.
   assert not np.array_equal(reference[0]["image"], reference[5]["image"])
+  # The iterator's state, taken mid-epoch and at a boundary, resumes a new
+  # iterator exactly there (what a checkpoint saves).
+  for taken in (3, 5):
+    it = train_input.train_dataset(
+        "cifar10", batch_size=8, seed=0, **ONE_PROCESS
+    )
+    _take(it, taken)
+    state = it.get_state()
+    resumed = train_input.train_dataset(
+        "cifar10", batch_size=8, seed=0, **ONE_PROCESS
+    )
+    resumed.set_state(state)
+    _assert_batches_equal(_take(resumed, 12 - taken), reference[taken:])
 
 
 # --------------------------------------------------------------------------
 # ImageNet (mocked: random JPEGs of random sizes).
 
 
-def test_imagenet_train_shapes_and_resume():
-  with tfds.testing.mock_data(num_examples=6):
-    it = train_input.train_dataset(
-        "imagenet2012", batch_size=4, seed=0, **ONE_PROCESS
-    )
-    batch = next(it)
-    assert (
-        batch["image"].shape == (4, 224, 224, 3)
-        and batch["image"].dtype == np.uint8
-    )
-    assert batch["label"].dtype == np.int32
-    assert ((batch["label"] >= 0) & (batch["label"] < 1000)).all()
-    _assert_batches_equal(
-        [
-            next(
-                train_input.train_dataset(
-                    "imagenet2012",
-                    batch_size=4,
-                    seed=0,
-                    start_step=1,
-                    **ONE_PROCESS,
-                )
-            )
-        ],
-        [next(it)],
-    )
+def test_imagenet_train_shapes_and_resume(mock_imagenet):
+  del mock_imagenet
+  # Grain's worker start reads its absl flags (parsed by absl.app in the
+  # entry points).
+  flags.FLAGS.mark_as_parsed()
+  # The dataset's default: batches made in a Grain worker process.
+  it = train_input.train_dataset(
+      "imagenet2012", batch_size=4, seed=0, workers=1, **ONE_PROCESS
+  )
+  batch = next(it)
+  state = it.get_state()
+  assert (
+      batch["image"].shape == (4, 224, 224, 3)
+      and batch["image"].dtype == np.uint8
+  )
+  assert batch["label"].dtype == np.int32
+  assert ((batch["label"] >= 0) & (batch["label"] < 1000)).all()
+  _assert_batches_equal(
+      [
+          next(
+              train_input.train_dataset(
+                  "imagenet2012",
+                  batch_size=4,
+                  seed=0,
+                  start_step=1,
+                  workers=0,  # In this process: the same batches.
+                  **ONE_PROCESS,
+              )
+          )
+      ],
+      [next(it)],
+  )
+  resumed = train_input.train_dataset(
+      "imagenet2012", batch_size=4, seed=0, workers=1, **ONE_PROCESS
+  )
+  resumed.set_state(state)
+  _assert_batches_equal(
+      [next(resumed)],
+      [
+          next(
+              train_input.train_dataset(
+                  "imagenet2012",
+                  batch_size=4,
+                  seed=0,
+                  start_step=1,
+                  workers=0,
+                  **ONE_PROCESS,
+              )
+          )
+      ],
+  )

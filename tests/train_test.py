@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import cifar10 as cifar10_config
 from configs import fashion_mnist as fashion_mnist_config
@@ -132,10 +131,10 @@ def test_cifar10_smoke_on_mock_data(tmp_path, mock_cifar10):
   check_mock_run(str(tmp_path / "run"), "cifar10", (32, 32, 3), "ssn")
 
 
-def test_imagenet_smoke_on_mock_data(tmp_path):
+def test_imagenet_smoke_on_mock_data(tmp_path, mock_imagenet):
+  del mock_imagenet
   config = smoke_config(imagenet_config)
-  with tfds.testing.mock_data(num_examples=8):
-    classifier_training.train_and_evaluate(config, str(tmp_path / "run"))
+  classifier_training.train_and_evaluate(config, str(tmp_path / "run"))
   check_mock_run(str(tmp_path / "run"), "imagenet2012", (224, 224, 3), "dssn")
 
 
@@ -158,8 +157,8 @@ def test_resume_after_kill_matches_uninterrupted_run(
 
   original_save = checkpoints.Checkpointer.save
 
-  def save_then_die(self, step, state, metadata):
-    original_save(self, step, state, metadata)
+  def save_then_die(self, step, state, metadata, **kwargs):
+    original_save(self, step, state, metadata, **kwargs)
     raise KilledError(f"killed after saving step {step}")
 
   workdir = str(tmp_path / "killed")

@@ -1,9 +1,20 @@
 """Tests of dssn_jax.data.transforms: pixels stay on the uint8 grid."""
 
+import io
+
 import numpy as np
-import tensorflow as tf
+from PIL import Image
 
 from dssn_jax.data import transforms
+
+
+def _encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
+  out = io.BytesIO()
+  kwargs = {"quality": 100} if fmt == "JPEG" else {}
+  Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+      out, fmt, **kwargs
+  )
+  return out.getvalue()
 
 
 def test_crop_flip_moves_whole_pixels():
@@ -37,12 +48,8 @@ def test_crop_flip_moves_whole_pixels():
 
 def test_imagenet_resizes_round_to_the_grid():
   # A constant image stays exactly constant through resize + rounding.
-  wide = tf.io.encode_jpeg(
-      tf.fill([300, 500, 3], tf.constant(77, tf.uint8)), quality=100
-  )
-  image = transforms.resize_shorter_and_centre_crop(
-      wide, 256, (224, 224)
-  ).numpy()
+  wide = _encode(np.full([300, 500, 3], 77, np.uint8))
+  image = transforms.resize_shorter_and_centre_crop(wide, 256, (224, 224))
   assert image.shape == (224, 224, 3) and image.dtype == np.uint8
   values = np.unique(image)
   assert len(values) == 1 and abs(int(values[0]) - 77) <= 1
@@ -52,13 +59,51 @@ def test_imagenet_resizes_round_to_the_grid():
       [256, 1, 3],
   )
   image = transforms.resize_shorter_and_centre_crop(
-      tf.io.encode_jpeg(ramp, quality=100), 256, (224, 224)
-  ).numpy()
+      _encode(ramp), 256, (224, 224)
+  )
   np.testing.assert_allclose(
       image[0, :, 0].astype(int), ramp[0, 144:368, 0].astype(int), atol=8
   )
   crop = transforms.random_resized_crop(
-      wide, tf.constant([1, 2], tf.int64), (224, 224)
-  ).numpy()
+      wide, np.random.default_rng([1, 2]), (224, 224)
+  )
   assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
   assert np.abs(crop.astype(int) - 77).max() <= 1
+  # A pure function of the generator's seed.
+  np.testing.assert_array_equal(
+      crop,
+      transforms.random_resized_crop(
+          wide, np.random.default_rng([1, 2]), (224, 224)
+      ),
+  )
+
+
+def test_random_resized_crop_windows():
+  # Columns are numbered by their value: a crop's columns are increasing
+  # (or decreasing, flipped) runs of the source's, over 8-100% of its area.
+  ramp = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], [150, 1, 3])
+  encoded = _encode(ramp, "PNG")
+  flips = set()
+  for seed in range(20):
+    crop = transforms.random_resized_crop(
+        encoded, np.random.default_rng(seed), (32, 32)
+    ).astype(int)
+    row = crop[0, :, 0]
+    flips.add(bool(row[0] > row[-1]))
+    assert (np.diff(row) >= 0).all() or (np.diff(row) <= 0).all()
+    top, left, h, w = transforms._crop_box(  # pylint: disable=protected-access
+        150, 200, np.random.default_rng(seed)
+    )
+    assert 0.08 * 150 * 200 - 1 <= h * w <= 150 * 200
+    assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+    assert 0 <= top <= 150 - h and 0 <= left <= 200 - w
+  assert flips == {False, True}
+
+
+def test_decode_is_lossless_for_png():
+  rng = np.random.default_rng(0)
+  for shape in ((28, 28, 1), (32, 32, 3)):
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(
+        transforms.decode(_encode(image, "PNG"), shape[-1]), image
+    )

@@ -1,12 +1,14 @@
-"""TFDS builders of the known datasets: data_dir checks, preparation, reading.
+"""Preparing the known datasets with TFDS, in the ArrayRecord format.
 
 :func:`get_builder` returns the TFDS builder of a dataset in a data dir,
 preparing the dataset first when it is not there yet, the way its row of the
 dataset table (`datasets.DatasetInfo.preparation`) says: TFDS downloads
 cifar10, fashion_mnist is built offline from Debian's package
 (`fashion_mnist.py`), imagenet2012 from the ILSVRC tars in TFDS's manual dir.
-Every read of a split goes through :func:`read_config`, so tf.data keeps the
-order deterministic.
+Every dataset is written as ArrayRecord files (:data:`FILE_FORMAT`), which
+`sources` reads by index without TensorFlow. This is the only module (with
+`fashion_mnist`) that needs TensorFlow: TFDS encodes and writes examples
+with it.
 """
 
 from __future__ import annotations
@@ -16,22 +18,11 @@ import os
 from dssn_jax.data import fashion_mnist
 from dssn_jax.data.datasets import dataset_info
 from dssn_jax.data.quiet_tensorflow import hide_tf_from_accelerators
-from dssn_jax.data.quiet_tensorflow import tf
 from dssn_jax.data.quiet_tensorflow import tfds
+from dssn_jax.data.sources import check_data_dir
 
-
-def check_data_dir(data_dir) -> None:
-  """Raises FileNotFoundError unless data_dir (when given) is a directory.
-
-  A mistyped data_dir would otherwise be created and the dataset prepared
-  (or downloaded) there; creating the directory is how a user asks for that.
-  """
-  if data_dir is not None and not os.path.isdir(data_dir):
-    raise FileNotFoundError(
-        f"data_dir {os.fspath(data_dir)!r} does not exist. Fix the path, "
-        f"leave data_dir unset for TFDS's default, or create the directory "
-        f"(mkdir -p {os.fspath(data_dir)}) to prepare the dataset there."
-    )
+# The file format datasets are prepared in: random access by index.
+FILE_FORMAT = "array_record"
 
 
 def _download(builder, data_dir: str | None):
@@ -42,7 +33,7 @@ def _download(builder, data_dir: str | None):
 
 def _from_debian_package(builder, data_dir: str | None):
   fashion_mnist.prepare_fashion_mnist(data_dir)
-  return tfds.builder(builder.name, data_dir=data_dir)
+  return tfds.builder(builder.name, data_dir=data_dir, file_format=FILE_FORMAT)
 
 
 def _from_manual_tars(builder, data_dir: str | None):
@@ -86,43 +77,7 @@ def get_builder(name: str, data_dir) -> tfds.core.DatasetBuilder:
   hide_tf_from_accelerators()
   check_data_dir(data_dir)
   data_dir = os.fspath(data_dir) if data_dir is not None else None
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = tfds.builder(name, data_dir=data_dir, file_format=FILE_FORMAT)
   if not builder.is_prepared():
     builder = _PREPARE[info.preparation](builder, data_dir)
   return builder
-
-
-def deterministic_options() -> tf.data.Options:
-  """tf.data options of every pipeline: outputs in a deterministic order."""
-  options = tf.data.Options()
-  options.deterministic = True
-  return options
-
-
-def read_config(**kwargs) -> tfds.ReadConfig:
-  """A tfds.ReadConfig with deterministic tf.data options and without
-  TFDS's automatic caching of small datasets."""
-  return tfds.ReadConfig(
-      try_autocache=False, options=deterministic_options(), **kwargs
-  )
-
-
-def num_examples(builder, split) -> int:
-  """Examples in a (sub)split; falls back to the cardinality (mocked TFDS)."""
-  try:
-    n = builder.info.splits[split].num_examples
-  except KeyError:  # No split metadata (e.g. under tfds.testing.mock_data).
-    n = 0
-  if n <= 0:
-    ds = builder.as_dataset(
-        split=split, decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    n = int(ds.cardinality())
-    if n < 0:
-      raise RuntimeError(f"cannot count the examples of {builder.name}/{split}")
-  return n
-
-
-def decode_image(builder, encoded: tf.Tensor) -> tf.Tensor:
-  """Decodes one stored image with the builder's own image feature."""
-  return builder.info.features["image"].decode_example(encoded)

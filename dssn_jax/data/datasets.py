@@ -2,9 +2,9 @@
 
 Shapes, classes, splits and normalization (what models and converters
 need), and how the input pipeline reads each dataset: how it is prepared,
-whether its training split is held in memory, its shuffle buffer, its
-training augmentation, its evaluation resize and where an example's
-original index comes from. The pipeline modules read these fields instead
+its training augmentation, whether its training images are decoded in
+worker processes, its evaluation resize and where an example's original
+index comes from. The pipeline modules read these fields instead
 of branching on dataset names, so adding a dataset is adding a row here.
 
 This module imports no TensorFlow, so that code which needs a dataset's facts
@@ -34,9 +34,9 @@ PREPARATIONS = (
     "manual_tars",  # From the ILSVRC tars in TFDS's manual dir.
 )
 
-# Training augmentations (`transforms`). "none" and "crop_flip" act on decoded
-# uint8 batches in numpy; "random_resized_crop" acts on one JPEG in TensorFlow
-# (it decodes only the crop window), so only a streamed dataset can use it.
+# Training augmentations (`transforms`, numpy and PIL). "none" and
+# "crop_flip" act on decoded uint8 batches; "random_resized_crop" acts on
+# each encoded JPEG (it resizes only the crop window).
 BATCH_AUGMENTATIONS = ("none", "crop_flip")
 JPEG_AUGMENTATIONS = ("random_resized_crop",)
 
@@ -54,14 +54,12 @@ class DatasetInfo:
     train_split, eval_split: TFDS split names.
     num_eval: number of examples in ``eval_split``.
     preparation: one of :data:`PREPARATIONS`.
-    in_memory: the decoded training split is small enough (<= 150 MB) to be
-      read once into host memory and batched by numpy; False: streamed by
-      tf.data, images still encoded until after the shuffle and the skip.
-    shuffle_buffer: default number of examples in the shuffle buffer of a
-      streamed epoch; None: the whole split (in memory).
-    train_augmentation: one of :data:`BATCH_AUGMENTATIONS` (applied in numpy
-      to each decoded batch) or :data:`JPEG_AUGMENTATIONS` (applied in
-      TensorFlow to each encoded image; needs ``in_memory=False``).
+    decode_workers: training batches are read and decoded in this many Grain
+      worker processes per training process (-1: one per CPU core but one);
+      0: in threads of the training process (cheap PNG decoding).
+    train_augmentation: one of :data:`BATCH_AUGMENTATIONS` (applied to each
+      decoded batch) or :data:`JPEG_AUGMENTATIONS` (applied to each encoded
+      image).
     eval_resize: evaluation images are resized so that their shorter side
       is this many pixels (then rounded to uint8) and centre-cropped to
       ``input_shape``; None: stored at ``input_shape``, only decoded.
@@ -79,8 +77,7 @@ class DatasetInfo:
   eval_split: str
   num_eval: int
   preparation: str
-  in_memory: bool
-  shuffle_buffer: int | None
+  decode_workers: int
   train_augmentation: str
   eval_resize: int | None = None
   index_feature: str | None = None
@@ -98,8 +95,7 @@ _DATASETS = {
         eval_split="test",
         num_eval=10_000,
         preparation="debian_package",
-        in_memory=True,  # 60,000 x 784 bytes = 47 MB.
-        shuffle_buffer=None,
+        decode_workers=0,
         train_augmentation="none",
     ),
     # The constants of Cohen et al. 2019, which the authors' code reuses.
@@ -113,8 +109,7 @@ _DATASETS = {
         eval_split="test",
         num_eval=10_000,
         preparation="download",
-        in_memory=True,  # 50,000 x 3,072 bytes = 154 MB.
-        shuffle_buffer=None,
+        decode_workers=0,
         train_augmentation="crop_flip",
         # The order of the CIFAR-10 binary batches (torchvision's CIFAR10,
         # which the reference PyTorch code iterates); TFDS stores the
@@ -131,8 +126,7 @@ _DATASETS = {
         eval_split="validation",
         num_eval=50_000,
         preparation="manual_tars",
-        in_memory=False,
-        shuffle_buffer=10_000,  # ~1 GB of JPEGs.
+        decode_workers=-1,  # JPEG decoding and resizing: ~5 ms an image.
         train_augmentation="random_resized_crop",
         eval_resize=256,
     ),

@@ -1,17 +1,21 @@
-"""Evaluation batches: a subset of a split by original index, padded.
+"""Evaluation batches: a subset of a split by original index, padded, read
+by index from the split's ArrayRecord data source (no TensorFlow).
 
 ``eval_dataset`` yields the examples with original dataset index
 ``start, start + skip, ...`` (at most ``max_examples``), in increasing index
 order, then pads the last batch with ``mask=False`` rows (index -1, zero
-image, label 0), so that every example counts exactly once. The index is
-(`datasets.DatasetInfo.index_feature`):
+image, label 0), so that every example counts exactly once. Only the
+examples of the subset (of this process) are read: a run that starts at
+image 9,000, or resumes after its first 9,000 rows, reads no image before
+those. The index is (`datasets.DatasetInfo.index_feature`):
 
 * cifar10: the original position in the CIFAR-10 binary batches (the order
   of torchvision's ``CIFAR10``, which the reference PyTorch code iterates),
   parsed from the TFDS ``id`` feature, which is ``"test_00042"`` /
   ``"train_01234"`` (``"{split}_{index:05d}"``). TFDS stores examples in a
-  shuffled order, so the selected subset is read and sorted by id (cheap at
-  CIFAR sizes).
+  shuffled order, so the ids of the whole split are read once (their
+  records, not decoded: under a second for 10,000) to map an index to its
+  stored position.
 * fashion_mnist, imagenet2012: the position in the TFDS split. TFDS shuffles
   examples (by hashed key) when it writes a dataset, so this is *not* the
   order of the original idx / ILSVRC files; it is stable for a given TFDS
@@ -21,24 +25,26 @@ Batch sizes are GLOBAL: with several processes the subset is cut into
 ``process_count`` contiguous chunks of ``ceil(n / process_count)`` examples;
 every process yields the same number of batches of ``batch_size //
 process_count`` rows (padding as needed), as a multi-host jit requires.
+Images are read and decoded by Grain in a few threads, ahead of the batch
+being certified.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 import re
 
+import grain
 import numpy as np
 
-from dssn_jax.data import builders
 from dssn_jax.data import sharding
+from dssn_jax.data import sources
 from dssn_jax.data import transforms
 from dssn_jax.data.datasets import dataset_info
 from dssn_jax.data.datasets import DatasetInfo
-from dssn_jax.data.quiet_tensorflow import tf
-from dssn_jax.data.quiet_tensorflow import tfds
 
-_AUTOTUNE = tf.data.AUTOTUNE
+# Grain threads that read and decode examples ahead of the consumer.
+READ_THREADS = 4
 
 
 class EvalBatches(Iterator):
@@ -51,34 +57,32 @@ class EvalBatches(Iterator):
   """
 
   def __init__(
-      self, ds: tf.data.Dataset, *, num_examples, indices, num_batches
+      self, examples: grain.MapDataset, batch: int, *, num_examples, indices
   ):
-    self._iterator = ds.as_numpy_iterator()
+    self._examples = examples
+    self._batch = batch
+    self._iterator = None  # Reading starts at the first next().
     self.num_examples = num_examples
     self.indices = indices
     self.num_local_examples = len(indices)
-    self.num_batches = num_batches
+    self.num_batches = len(examples) // batch
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      # Threads read and decode single examples; batched in order.
+      self._iterator = iter(
+          self._examples.to_iter_dataset(
+              grain.ReadOptions(num_threads=READ_THREADS)
+          ).batch(self._batch)
+      )
     return next(self._iterator)
 
   def __len__(self) -> int:
     return self.num_batches
 
 
-def _check_split_name(builder, split: str) -> None:
-  if not isinstance(split, str) or not re.fullmatch(r"[A-Za-z0-9_\-]+", split):
-    raise ValueError(
-        f"split must be a plain split name such as 'test' (no slicing; use "
-        f"start/skip/max_examples), got {split!r}"
-    )
-  known = list(builder.info.splits.keys())
-  if known and split not in known:
-    raise ValueError(f"{builder.name} has no split {split!r}; splits: {known}")
-
-
 def _subset(name, split, start, skip, max_examples, data_dir):
-  """Returns (builder, split, range of original indices) of an eval subset."""
+  """Returns (data source, split, range of original indices) of a subset."""
   info = dataset_info(name)
   split = info.eval_split if split is None else split
   for arg, value, low in (("start", start, 0), ("skip", skip, 1)):
@@ -88,16 +92,15 @@ def _subset(name, split, start, skip, max_examples, data_dir):
       not isinstance(max_examples, (int, np.integer)) or max_examples < 0
   ):
     raise ValueError(f"max_examples must be None or >= 0, got {max_examples!r}")
-  builder = builders.get_builder(name, data_dir)
-  _check_split_name(builder, split)
-  size = builders.num_examples(builder, split)
+  source = sources.open_split(name, split, data_dir)
+  size = len(source)
   indices = range(int(start), size, int(skip))[:max_examples]
   if not indices:
     raise ValueError(
         f"empty evaluation subset: {name}/{split} has {size} examples, "
         f"start={start}, skip={skip}, max_examples={max_examples}"
     )
-  return builder, split, indices
+  return source, split, indices
 
 
 def num_examples_in_subset(
@@ -113,32 +116,10 @@ def num_examples_in_subset(
   return len(_subset(name, split, start, skip, max_examples, data_dir)[2])
 
 
-def _examples_by_position(
-    builder, split: str, indices: range
-) -> tf.data.Dataset:
-  """Examples at TFDS-split positions `indices` (a range), as index-tagged
-  dicts with the image still encoded."""
-  first, stop, skip = indices[0], indices[-1] + 1, indices.step
-  ds = builder.as_dataset(
-      split=f"{split}[{first}:{stop}]",
-      decoders={"image": tfds.decode.SkipDecoding()},
-      read_config=builders.read_config(),
-  )
-  ds = ds.take(stop - first).enumerate()
-  ds = ds.filter(lambda pos, ex: pos % skip == 0)
-  ds = ds.map(
-      lambda pos, ex: {
-          "image": ex["image"],
-          "label": ex["label"],
-          "index": pos + first,
-      }
-  )
-  # Raises at the end of iteration if examples are missing.
-  return ds.apply(tf.data.experimental.assert_cardinality(len(indices)))
-
-
-def _parse_index(name: str, example_id: bytes) -> int:
+def _parse_index(name: str, example_id) -> int:
   """The index of an id '<split>_<index>' such as b'test_00042'."""
+  if isinstance(example_id, np.ndarray):
+    example_id = example_id.item()
   text = (
       example_id.decode() if isinstance(example_id, bytes) else str(example_id)
   )
@@ -151,61 +132,46 @@ def _parse_index(name: str, example_id: bytes) -> int:
   return int(match.group(1))
 
 
-def _examples_by_id(
-    builder, info: DatasetInfo, split: str, indices: range
-) -> tf.data.Dataset:
-  """Examples whose `info.index_feature` holds an index in `indices`, sorted
-  by index, with the image still encoded (reads the whole split: small
-  datasets)."""
+def _positions_by_id(
+    source: Sequence, info: DatasetInfo, split: str, indices: range
+) -> list[int]:
+  """The stored positions of the examples whose `info.index_feature` holds
+  the indices `indices` (reads every record of the split, decodes none)."""
   id_key = info.index_feature
-  ds = builder.as_dataset(
-      split=split,
-      decoders={"image": tfds.decode.SkipDecoding()},
-      read_config=builders.read_config(),
-  )
   found = {}
-  for ex in ds.as_numpy_iterator():
+  records = source.__getitems__(list(range(len(source))))
+  for position, ex in enumerate(records):
     index = _parse_index(info.name, ex[id_key])
     if index in indices:
       if index in found:
         raise ValueError(
             f"duplicate {info.name} id {ex[id_key]!r} in split {split!r}"
         )
-      found[index] = (ex["image"], ex["label"])
+      found[index] = position
   missing = [i for i in indices if i not in found]
   if missing:
     raise ValueError(
         f"{info.name}/{split}: no example with index {missing[:5]} (ids are "
         "expected to cover 0..n-1)"
     )
-  return tf.data.Dataset.from_tensor_slices(
-      {
-          "image": np.array([found[i][0] for i in indices], dtype=object),
-          "label": np.array([found[i][1] for i in indices], dtype=np.int64),
-          "index": np.array(indices, dtype=np.int64),
-      }
-  )
+  return [found[i] for i in indices]
 
 
-def _preprocess(builder, info: DatasetInfo):
-  """Per-example eval preprocessing: decoding, or the dataset's resize and
-  centre crop, to a masked uint8 example."""
-
-  def preprocess(ex):
-    if info.eval_resize is None:
-      image = builders.decode_image(builder, ex["image"])
-    else:
-      image = transforms.resize_shorter_and_centre_crop(
-          ex["image"], info.eval_resize, info.input_shape[:2]
-      )
-    return {
-        "image": tf.ensure_shape(image, info.input_shape),
-        "label": tf.cast(ex["label"], tf.int32),
-        "index": tf.cast(ex["index"], tf.int64),
-        "mask": tf.constant(True),
-    }
-
-  return preprocess
+def eval_image(info: DatasetInfo, encoded: bytes) -> np.ndarray:
+  """An evaluation image: decoded, or the dataset's resize and centre crop;
+  uint8 ``info.input_shape``."""
+  if info.eval_resize is None:
+    image = transforms.decode(encoded, info.input_shape[-1])
+  else:
+    image = transforms.resize_shorter_and_centre_crop(
+        encoded, info.eval_resize, info.input_shape[:2]
+    )
+  if image.shape != info.input_shape:
+    raise ValueError(
+        f"{info.name} image of shape {image.shape}, expected "
+        f"{info.input_shape}"
+    )
+  return image
 
 
 def eval_dataset(
@@ -245,7 +211,7 @@ def eval_dataset(
       process_index, process_count
   )
   local_batch = sharding.local_batch_size(batch_size, process_count)
-  builder, split, indices = _subset(
+  source, split, indices = _subset(
       name, split, start, skip, max_examples, data_dir
   )
   per_process = -(-len(indices) // process_count)
@@ -253,29 +219,28 @@ def eval_dataset(
       process_index * per_process : (process_index + 1) * per_process
   ]
   num_batches = -(-per_process // local_batch)
+  if info.index_feature is None or not local:
+    positions = list(local)
+  else:
+    positions = _positions_by_id(source, info, split, local)
 
-  padding = {
-      "image": tf.zeros(info.input_shape, tf.uint8),
-      "label": tf.constant(0, tf.int32),
-      "index": tf.constant(-1, tf.int64),
-      "mask": tf.constant(False),
-  }
-  ds = tf.data.Dataset.from_tensors(padding).repeat(
-      num_batches * local_batch - len(local)
-  )
-  if local:
-    if info.index_feature is None:
-      examples = _examples_by_position(builder, split, local)
-    else:
-      examples = _examples_by_id(builder, info, split, local)
-    examples = examples.map(
-        _preprocess(builder, info), num_parallel_calls=_AUTOTUNE
-    )
-    ds = examples.concatenate(ds)
-  ds = ds.batch(local_batch, drop_remainder=True).prefetch(_AUTOTUNE)
+  def example(i: int) -> dict[str, np.ndarray]:
+    if i >= len(local):
+      return {
+          "image": np.zeros(info.input_shape, np.uint8),
+          "label": np.int32(0),
+          "index": np.int64(-1),
+          "mask": np.bool_(False),
+      }
+    ex = source[positions[i]]
+    return {
+        "image": eval_image(info, ex["image"]),
+        "label": np.int32(ex["label"]),
+        "index": np.int64(local[i]),
+        "mask": np.bool_(True),
+    }
+
+  examples = grain.MapDataset.range(num_batches * local_batch).map(example)
   return EvalBatches(
-      ds.with_options(builders.deterministic_options()),
-      num_examples=len(indices),
-      indices=local,
-      num_batches=num_batches,
+      examples, local_batch, num_examples=len(indices), indices=local
   )

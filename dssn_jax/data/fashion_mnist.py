@@ -2,7 +2,7 @@
 
 `prepare_fashion_mnist(data_dir)` writes the standard TFDS `fashion_mnist`
 (same version, features, splits and record order as a build from the
-upstream archives) from the four idx files of Debian's
+upstream archives), as ArrayRecord files, from the four idx files of Debian's
 `dataset-fashion-mnist`, so the quickstart and the tests run without network.
 `builders.get_builder` calls it when the dataset is not prepared yet, after
 hiding accelerators from TensorFlow; other callers on GPU or TPU machines
@@ -146,7 +146,11 @@ def prepare_fashion_mnist(
         "dataset-fashion-mnist` (files go to "
         f"{FASHION_MNIST_MANUAL_DIR}) or pass manual_dir=."
     )
-  debian = _debian_fashion_mnist_cls()(data_dir=data_dir)
+  # ArrayRecord, as builders.FILE_FORMAT (not imported: builders imports
+  # this module).
+  debian = _debian_fashion_mnist_cls()(
+      data_dir=data_dir, file_format="array_record"
+  )
   debian.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
   )

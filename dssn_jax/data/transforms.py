@@ -1,30 +1,35 @@
-"""Pixel transforms that keep images exactly on the uint8 grid.
+"""Pixel transforms that keep images exactly on the uint8 grid, in numpy and
+PIL (no TensorFlow).
 
 The DSSN certificate only holds for inputs on the grid {0, 1/q, ..., 1} with
-q = 255, so images stay ``uint8`` from the TFDS records to the host batch;
+q = 255, so images stay ``uint8`` from the stored records to the host batch;
 the jitted step divides by 255 on device. Every transform here either moves
 whole pixels (pad, crop, flip) or resizes and then rounds back to ``uint8``.
 
-Training augmentations (`datasets.DatasetInfo.train_augmentation`):
+Training augmentations (`datasets.DatasetInfo.train_augmentation`) draw
+from an ``np.random.Generator`` (Grain's ``random_map`` hands one to each
+element, seeded by the pipeline's seed and the element's position), so an
+augmented batch is a pure function of that seed:
 
-* on decoded uint8 batches, in numpy (:data:`BATCH_AUGMENTATIONS`): a
-  batch's draws come from one ``np.random.Generator``, so the batch is a
-  pure function of the generator's seed;
-* on one encoded JPEG, in TensorFlow (:data:`JPEG_AUGMENTATIONS`), with
-  stateless ops keyed by a (2,) int64 seed: decoding only the crop window is
-  what makes ImageNet's crop cheap.
+* on decoded uint8 batches (:data:`BATCH_AUGMENTATIONS`): CIFAR's crop and
+  flip;
+* on one encoded JPEG (:data:`JPEG_AUGMENTATIONS`): ImageNet's random
+  resized crop, which resizes only the crop window.
 
-:func:`resize_shorter_and_centre_crop` is the evaluation transform of the
-datasets with an ``eval_resize``.
+Resizes are PIL's bilinear with antialiasing, the resize of torchvision's
+``Resize`` and ``RandomResizedCrop`` on PIL images, which the reference
+PyTorch code uses. :func:`resize_shorter_and_centre_crop` is the evaluation
+transform of the datasets with an ``eval_resize``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import io
+import math
 
 import numpy as np
-
-from dssn_jax.data.quiet_tensorflow import tf
+from PIL import Image
 
 # Zero padding (pixels per side) before the random crop of "crop_flip": the
 # standard CIFAR recipe of the paper.
@@ -62,86 +67,106 @@ def _no_augmentation(
   return images
 
 
-def to_uint8(image: tf.Tensor) -> tf.Tensor:
-  """Rounds a float image (0..255 scale) back onto the uint8 grid."""
-  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+def _open(encoded: bytes, channels: int) -> Image.Image:
+  """A PIL image of PNG or JPEG bytes with `channels` channels (1 or 3);
+  nothing is decoded until its pixels are used."""
+  image = Image.open(io.BytesIO(encoded))
+  mode = "L" if channels == 1 else "RGB"
+  return image if image.mode == mode else image.convert(mode)
 
 
-def resize(image: tf.Tensor, size) -> tf.Tensor:
-  """Resizes to size = (height, width), then rounds to uint8.
-
-  Bilinear with antialiasing, like torchvision's PIL resize.
-  """
-  return to_uint8(
-      tf.image.resize(image, size, method="bilinear", antialias=True)
-  )
+def _array(image: Image.Image, channels: int) -> np.ndarray:
+  array = np.asarray(image, dtype=np.uint8)
+  return array[..., None] if channels == 1 else array
 
 
-def random_resized_crop(
-    encoded: tf.Tensor, seed: tf.Tensor, size: tuple[int, int]
-) -> tf.Tensor:
-  """Random-resized crop of a JPEG (area 8-100%, aspect 3/4-4/3) and h-flip.
-
-  Args:
-    encoded: scalar string, JPEG bytes.
-    seed: int64 (2,), the stateless seed of every draw.
-    size: (height, width) of the output.
-
-  Returns:
-    uint8 (height, width, 3): the crop window, decoded alone, resized to
-    ``size`` and rounded to uint8, mirrored left-right with probability 1/2.
-  """
-  box_seed, flip_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 2)
-  )
-  shape = tf.image.extract_jpeg_shape(encoded)
-  begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape,
-      bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-      seed=box_seed,
-      min_object_covered=0.1,
-      aspect_ratio_range=(3 / 4, 4 / 3),
-      area_range=(0.08, 1.0),
-      max_attempts=10,
-      use_image_if_no_bounding_boxes=True,
-  )
-  offset_y, offset_x, _ = tf.unstack(begin)
-  height, width, _ = tf.unstack(box_size)
-  window = tf.stack([offset_y, offset_x, height, width])
-  image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-  image = resize(image, size)
-  return tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+def decode(encoded: bytes, channels: int) -> np.ndarray:
+  """uint8 (H, W, channels) pixels of PNG or JPEG bytes (PNG: lossless,
+  the stored pixels exactly)."""
+  return _array(_open(encoded, channels), channels)
 
 
 def resize_shorter_and_centre_crop(
-    encoded: tf.Tensor, shorter: int, size: tuple[int, int]
-) -> tf.Tensor:
+    encoded: bytes, shorter: int, size: tuple[int, int]
+) -> np.ndarray:
   """Evaluation transform of a JPEG: shorter side to `shorter`, centre crop.
 
   Like torchvision's ``Resize(shorter)`` then ``CenterCrop(size)``: the long
   side is scaled by the same factor and truncated to an integer.
 
   Args:
-    encoded: scalar string, JPEG bytes.
+    encoded: JPEG bytes.
     shorter: pixels of the shorter side after the resize (rounded to uint8).
     size: (height, width) of the centre crop.
 
   Returns:
     uint8 (height, width, 3).
   """
-  image = tf.io.decode_jpeg(encoded, channels=3)
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
-  short = tf.minimum(height, width)
-  new_h = height * shorter // short
-  new_w = width * shorter // short
-  image = resize(image, tf.stack([new_h, new_w]))
-  top = (new_h - size[0]) // 2
-  left = (new_w - size[1]) // 2
-  return image[top : top + size[0], left : left + size[1]]
+  image = _open(encoded, 3)
+  width, height = image.size
+  short = min(height, width)
+  new_h, new_w = height * shorter // short, width * shorter // short
+  image = image.resize((new_w, new_h), Image.BILINEAR)
+  top, left = (new_h - size[0]) // 2, (new_w - size[1]) // 2
+  return _array(image, 3)[top : top + size[0], left : left + size[1]]
+
+
+def _crop_box(
+    height: int, width: int, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+  """(top, left, h, w) of a random crop: area 8-100% of the image, aspect
+  ratio 3/4-4/3 (log-uniform), 10 tries, else the centre crop at the
+  nearest allowed ratio (torchvision's RandomResizedCrop.get_params)."""
+  area = height * width
+  log_ratio = (math.log(3 / 4), math.log(4 / 3))
+  for _ in range(10):
+    target = area * rng.uniform(0.08, 1.0)
+    ratio = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * ratio)))
+    h = int(round(math.sqrt(target / ratio)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  ratio = width / height
+  if ratio < 3 / 4:
+    w, h = width, int(round(width / (3 / 4)))
+  elif ratio > 4 / 3:
+    h, w = height, int(round(height * (4 / 3)))
+  else:
+    w, h = width, height
+  h, w = min(h, height), min(w, width)
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(
+    encoded: bytes, rng: np.random.Generator, size: tuple[int, int]
+) -> np.ndarray:
+  """Random-resized crop of a JPEG (area 8-100%, aspect 3/4-4/3) and h-flip.
+
+  Args:
+    encoded: JPEG bytes.
+    rng: the source of every draw (the crop box, then the flip).
+    size: (height, width) of the output.
+
+  Returns:
+    uint8 (height, width, 3): the crop window resized to ``size`` and
+    rounded to uint8, mirrored left-right with probability 1/2.
+  """
+  image = _open(encoded, 3)
+  width, height = image.size
+  top, left, h, w = _crop_box(height, width, rng)
+  image = image.resize(
+      (size[1], size[0]), Image.BILINEAR, box=(left, top, left + w, top + h)
+  )
+  array = _array(image, 3)
+  return array[:, ::-1] if rng.random() < 0.5 else array
 
 
 BatchAugmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-JpegAugmentation = Callable[[tf.Tensor, tf.Tensor, tuple[int, int]], tf.Tensor]
+JpegAugmentation = Callable[
+    [bytes, np.random.Generator, tuple[int, int]], np.ndarray
+]
 
 # The implementations of datasets.BATCH_AUGMENTATIONS and JPEG_AUGMENTATIONS.
 BATCH_AUGMENTATIONS: dict[str, BatchAugmentation] = {

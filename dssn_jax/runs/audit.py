@@ -43,7 +43,6 @@ from dssn_jax.core import methods
 from dssn_jax.core import randomized
 from dssn_jax.core import smoothing
 from dssn_jax.data import eval_input
-from dssn_jax.data import quiet_tensorflow
 from dssn_jax.runs import certify_batch
 from dssn_jax.runs import results_format
 from dssn_jax.runs import results_metadata
@@ -276,7 +275,6 @@ def _same(stored, recomputed) -> bool:
 def _classifier(run, workdir: str, denoiser_workdir: str | None):
   """The classifier, spec and offsets the run metadata names, checked
   against it (checkpoint step, model, offsets)."""
-  quiet_tensorflow.hide_tf_from_accelerators()
   compute_dtype = run.get("compute_dtype")
   classifier = checkpoints.load_classifier(
       workdir, step=run.get("checkpoint_step"), compute_dtype=compute_dtype

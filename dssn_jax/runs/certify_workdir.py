@@ -29,10 +29,11 @@ certification in certify_batch.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import errno
 import functools
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,9 +42,8 @@ import tqdm
 from dssn_jax.core import methods
 from dssn_jax.core import placement
 from dssn_jax.core import smoothing
-from dssn_jax.data import builders
 from dssn_jax.data import eval_input
-from dssn_jax.data import quiet_tensorflow
+from dssn_jax.data import sources
 from dssn_jax.runs import certify_batch
 from dssn_jax.runs import results_writer
 from dssn_jax.runs import run_files
@@ -158,14 +158,13 @@ def _check_config(config) -> None:
       ],
   )
   config_checks.check_certify_fields(config)
-  builders.check_data_dir(config.data_dir)
+  sources.check_data_dir(config.data_dir)
 
 
 def _load_classifier(config, workdir: str):
   """The classifier to certify (behind the config's denoiser, if any), with
   the smoothing spec and offsets to certify it with."""
   cfg = config.certify
-  quiet_tensorflow.hide_tf_from_accelerators()
   classifier = checkpoints.load_classifier(
       workdir, compute_dtype=cfg.get("compute_dtype") or None
   )

@@ -14,7 +14,6 @@ import math
 # Integer fields whose documented values are -1 (all / automatic) or >= 1.
 SENTINEL_FIELDS = (
     "steps_per_epoch",
-    "shuffle_buffer",
     "eval_max_examples",
     "certify.max_examples",
     "certify.chunk_size",

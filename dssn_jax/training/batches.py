@@ -4,8 +4,10 @@ sums over the evaluation split.
 The training data is read in `data_shards` disjoint shards (default: one per
 process, fixed when a run starts and stored in its checkpoints); each process
 reads its share of the shards and its rows of every global batch, so the
-batches do not depend on how many processes read them. Evaluation sums a
-jitted step's masked per-batch sums on the device and reads them once.
+batches do not depend on how many processes read them. Each shard is a
+Grain iterator whose state goes into every checkpoint (`ShardBatches`).
+Evaluation sums a jitted step's masked per-batch sums on the device and
+reads them once.
 """
 
 from __future__ import annotations
@@ -60,31 +62,67 @@ def data_shards(config, stored: dict[str, Any] | None, workdir: str) -> int:
   return shards
 
 
-def train_batches(config, shards: int, start_step: int):
-  """This process's rows of every global batch from `start_step` on: the
-  concatenated batches of its consecutive shards (numpy, uint8 images)."""
+class ShardBatches:
+  """This process's rows of every global batch: the concatenated batches of
+  its consecutive training-data shards (numpy, uint8 images), one Grain
+  iterator per shard.
+
+  ``get_state()`` is ``{shard: its iterator's state}`` for this process's
+  shards (JSON-able; saved with each checkpoint, one file per shard, so a
+  run resumes on any process count that divides `data_shards`);
+  ``set_state`` restores any subset of the shards that covers this
+  process's.
+  """
+
+  def __init__(self, iterators: dict[int, Any]):
+    self._iterators = iterators
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    parts = [next(it) for it in self._iterators.values()]
+    if len(parts) == 1:
+      return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self) -> dict[int, Any]:
+    return {s: it.get_state() for s, it in self._iterators.items()}
+
+  def set_state(self, states: dict[int, Any]) -> None:
+    for s, it in self._iterators.items():
+      it.set_state(states[s])
+
+
+def process_shards(shards: int) -> list[int]:
+  """The training-data shards this process reads (consecutive)."""
   per_process = shards // jax.process_count()
   first = jax.process_index() * per_process
-  streams = [
-      train_input.train_dataset(
-          config.dataset,
-          batch_size=config.batch_size,
-          seed=config.seed,
-          data_dir=config.data_dir,
-          start_step=start_step,
-          shuffle_buffer=(
-              config.shuffle_buffer if config.shuffle_buffer > 0 else None
-          ),
-          process_index=first + i,
-          process_count=shards,
-      )
-      for i in range(per_process)
-  ]
-  if per_process == 1:
-    yield from streams[0]
-    return
-  for parts in zip(*streams):
-    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return list(range(first, first + per_process))
+
+
+def train_batches(
+    config, shards: int, start_step: int, states: dict[int, Any] | None
+) -> ShardBatches:
+  """This process's rows of every global batch from `start_step` on, or
+  from the shard iterators' saved `states` (a checkpoint's) when given."""
+  batches = ShardBatches(
+      {
+          shard: train_input.train_dataset(
+              config.dataset,
+              batch_size=config.batch_size,
+              seed=config.seed,
+              data_dir=config.data_dir,
+              start_step=0 if states is not None else start_step,
+              process_index=shard,
+              process_count=shards,
+          )
+          for shard in process_shards(shards)
+      }
+  )
+  if states is not None:
+    batches.set_state(states)
+  return batches
 
 
 def global_batch(sharding, batch):

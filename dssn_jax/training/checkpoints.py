@@ -17,6 +17,12 @@ verifies every array against it and refuses non-finite parameters, with one
 line naming the step directory to delete; checkpoints saved before checksums
 existed are restored with the finite check alone (and a warning). Saving
 refuses non-finite parameters (a diverged run) instead of keeping them.
+
+A training checkpoint also holds `data`: the state of the input pipeline's
+iterator of every training-data shard (`batches.ShardBatches`), one JSON
+file per shard, each written by the process that reads the shard, so that a
+resumed run, on any number of processes that divides the shards, reads
+exactly the batches an uninterrupted run would have read next.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 import dataclasses
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -150,6 +157,51 @@ def offsets_from_metadata(metadata: Mapping[str, Any]) -> jax.Array:
 
 
 CHECKSUMS_ITEM = "checksums"
+DATA_ITEM = "data"
+
+
+def _shard_file(directory: epath.Path, shard: int) -> epath.Path:
+  return directory / f"shard_{shard}.json"
+
+
+class ShardStatesHandler(ocp.CheckpointHandler):
+  """Orbax handler of the `data` item: {shard: iterator state (JSON-able)}.
+
+  Every process saves the states of its own shards; a process restores the
+  states of the shards it reads now, whichever process saved them.
+  """
+
+  def save(self, directory: epath.Path, args: ShardStatesSave):
+    for shard, state in args.states.items():
+      _shard_file(directory, shard).write_text(json.dumps(state))
+
+  def restore(self, directory: epath.Path, args: ShardStatesRestore):
+    return {
+        shard: json.loads(_shard_file(directory, shard).read_text())
+        for shard in args.shards
+    }
+
+  def metadata(self, directory: epath.Path):
+    del directory
+    return None
+
+  def finalize(self, directory: epath.Path):
+    del directory
+
+  def close(self):
+    pass
+
+
+@ocp.args.register_with_handler(ShardStatesHandler, for_save=True)
+@dataclasses.dataclass
+class ShardStatesSave(ocp.args.CheckpointArgs):
+  states: dict[int, Any]
+
+
+@ocp.args.register_with_handler(ShardStatesHandler, for_restore=True)
+@dataclasses.dataclass
+class ShardStatesRestore(ocp.args.CheckpointArgs):
+  shards: list[int]
 
 
 def _leaf_name(path) -> str:
@@ -222,9 +274,17 @@ class Checkpointer:
     """The directory of checkpoint step `step`."""
     return os.path.join(self.directory, str(step))
 
-  def save(self, step: int, state, metadata: Mapping[str, Any]) -> None:
-    """Saves state with its smoothing record and checksums; non-finite
-    parameters are refused (nothing saved)."""
+  def save(
+      self,
+      step: int,
+      state,
+      metadata: Mapping[str, Any],
+      data_state: dict[int, Any] | None = None,
+  ) -> None:
+    """Saves state with its smoothing record and checksums, and the input
+    iterators' states of this process's shards (`data_state`, {shard:
+    JSON-able state}) when given; non-finite parameters are refused
+    (nothing saved)."""
     bad = non_finite_leaves(state)
     if bad:
       raise ValueError(
@@ -233,14 +293,14 @@ class Checkpointer:
           f"{', ...' if len(bad) > 3 else ''}); training diverged. Lower the "
           f"learning rate, or resume from the last checkpoint."
       )
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            smoothing=ocp.args.JsonSave(dict(metadata)),
-            **{CHECKSUMS_ITEM: ocp.args.JsonSave(array_checksums(state))},
-        ),
-    )
+    items = {
+        "state": ocp.args.StandardSave(state),
+        "smoothing": ocp.args.JsonSave(dict(metadata)),
+        CHECKSUMS_ITEM: ocp.args.JsonSave(array_checksums(state)),
+    }
+    if data_state is not None:
+      items[DATA_ITEM] = ShardStatesSave(dict(data_state))
+    self._manager.save(step, args=ocp.args.Composite(**items))
     self._manager.wait_until_finished()
 
   def metadata(self, step: int | None = None) -> dict[str, Any]:
@@ -315,6 +375,32 @@ class Checkpointer:
           f"Checkpoint step {step} holds non-finite values "
           f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). {fix}"
       )
+
+  def data_state(
+      self, shards: list[int], step: int | None = None
+  ) -> dict[int, Any] | None:
+    """The saved input iterators' states of `shards` ({shard: state}); None
+    for a checkpoint saved without them (a converted model)."""
+    step = self._step(step)
+    if not os.path.isdir(os.path.join(self.step_dir(step), DATA_ITEM)):
+      return None
+    try:
+      return getattr(
+          self._manager.restore(
+              step,
+              args=ocp.args.Composite(
+                  **{DATA_ITEM: ShardStatesRestore(list(shards))}
+              ),
+          ),
+          DATA_ITEM,
+      )
+    except Exception as e:  # Orbax raises several types for damaged files.
+      raise ValueError(
+          f"The input pipeline state of checkpoint step {step} is "
+          f"unreadable ({type(e).__name__}: {e}). Delete "
+          f"{self.step_dir(step)} to fall back to an earlier step, or "
+          "retrain."
+      ) from e
 
   def _checksums(self, step: int) -> dict[str, str] | None:
     """The checksums saved with a step (None: saved without them)."""

@@ -10,10 +10,10 @@ metrics of its evaluation (`classifier.trainer`, `denoiser.trainer`).
 
 Checkpoints are saved and restored by all processes together; only process
 0 writes config.json, metrics.jsonl and TensorBoard events. Every random
-choice is a function of the config's seed and the step number, and the input
-pipeline can skip to any step (`batches.train_batches`), so a run killed and
-resumed from its last checkpoint ends with the same parameters as an
-uninterrupted one.
+choice is a function of the config's seed and the step number, and every
+checkpoint holds the input pipeline's state (`batches.train_batches`), so a
+run killed and resumed from its last checkpoint ends with the same
+parameters as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import tqdm
 from dssn_jax.core import placement
 from dssn_jax.core import smoothing
 from dssn_jax.data import datasets
-from dssn_jax.data import quiet_tensorflow
 from dssn_jax.data import train_input
 from dssn_jax.runtime import config_checks
 from dssn_jax.runtime import distributed
@@ -155,7 +154,6 @@ def train(config, workdir: str, trainer: Trainer) -> TrainState:
   Returns:
     The final training state.
   """
-  quiet_tensorflow.hide_tf_from_accelerators()
   run = start_run(
       config,
       workdir,
@@ -237,6 +235,9 @@ class TrainingRun:
   metadata: dict[str, Any]  # The checkpoints' record, with data_shards.
   shards: int  # Training-data shards (`data_shards`).
   start_step: int
+  # The training-data iterators' states at start_step ({shard: state}, this
+  # process's shards); None: a fresh run, or a checkpoint without them.
+  data_state: dict[int, Any] | None
   total_steps: int
   steps_per_epoch: int
   replicated: NamedSharding  # The state's and the keys' sharding.
@@ -313,8 +314,10 @@ def start_run(
   mesh = placement.make_mesh()
   replicated = NamedSharding(mesh, P())
   state = jax.jit(lambda: init_state(total_steps), out_shardings=replicated)()
+  data_state = None
   if stored is not None:
     state = checkpointer.restore(state)
+    data_state = checkpointer.data_state(batches.process_shards(shards))
     logging.info("Resuming from step %d.", int(state.step))
   start_step = int(state.step)
   metrics_lib.truncate_metrics(workdir, start_step)
@@ -329,6 +332,7 @@ def start_run(
       metadata={**metadata, "data_shards": shards},
       shards=shards,
       start_step=start_step,
+      data_state=data_state,
       total_steps=total_steps,
       steps_per_epoch=steps_per_epoch,
       replicated=replicated,
@@ -390,16 +394,9 @@ def run_steps(
   Returns:
     The final state.
   """
-  # Imported here, after the input pipeline: clu imports TensorFlow, which
-  # dssn_jax.data.quiet_tensorflow imports with its C++ start-up lines silenced.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0
-  )
-  stream = (
-      batches.global_batch(run.batch_sharding, b)
-      for b in batches.train_batches(config, run.shards, run.start_step)
+  writer = metrics_lib.ScalarWriter(workdir, enabled=distributed.is_primary())
+  local_batches = batches.train_batches(
+      config, run.shards, run.start_step, run.data_state
   )
   start_step, steps_per_epoch = run.start_step, run.steps_per_epoch
   state = run.state
@@ -414,7 +411,8 @@ def run_steps(
   epoch_start = window_start  # Stepping time of the epoch, from here.
   previous = None  # The last step's metrics, still being computed.
   for step in range(start_step, run.total_steps):
-    state, metrics = train_step(state, next(stream))
+    batch = batches.global_batch(run.batch_sharding, next(local_batches))
+    state, metrics = train_step(state, batch)
     if previous is not None:
       jax.block_until_ready(previous)
       progress.update(1)
@@ -447,13 +445,15 @@ def run_steps(
         progress.clear()  # The line goes above the bar, not into it.
         logging.info("%s", epoch_message(summary))
         progress.refresh()
-      run.checkpointer.save(done, state, run.metadata)
+      run.checkpointer.save(
+          done, state, run.metadata, data_state=local_batches.get_state()
+      )
       # Do not count evaluation or saving as stepping time.
       window_start = epoch_start = time.perf_counter()
   if previous is not None:
     jax.block_until_ready(previous)
     progress.update(1)
   progress.close()
-  writer.flush()
+  writer.close()
   run.checkpointer.close()
   return state
