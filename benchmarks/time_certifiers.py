@@ -35,9 +35,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _certifier(config, workdir, x, index):
+def _certifier(config, c: checkpoints.Classifier, x, index):
   """A call certifying x with the run's method, and its forwards per image."""
-  c = checkpoints.load_classifier(workdir)
   return (
       lambda: certify_batch.certify_batch(
           config.certify, c, c.spec, c.offsets, x, index
@@ -55,6 +54,14 @@ def main(argv):
 def _time_certifiers(config):
   """Times every study run of config side by side; prints and saves."""
   cfg = config.certify
+  runs = [
+      (jobs.configure(config, r), r.name) for r in jobs.study_grid(config.study)
+  ]
+  # The checkpoints first: a missing run is named before any data is read.
+  classifiers = {
+      name: checkpoints.load_classifier(f"{_WORKDIR.value}/{name}")
+      for _, name in runs
+  }
   batch = next(
       iter(
           eval_input.eval_dataset(
@@ -70,12 +77,9 @@ def _time_certifiers(config):
   )
   x = certify_batch.to_inputs(batch["image"])
   calls, forwards = {}, {}
-  for run in jobs.study_grid(config.study):
-    calls[run.name], forwards[run.name] = _certifier(
-        jobs.configure(config, run),
-        f"{_WORKDIR.value}/{run.name}",
-        x,
-        batch["index"],
+  for run_config, name in runs:
+    calls[name], forwards[name] = _certifier(
+        run_config, classifiers[name], x, batch["index"]
     )
   seconds = measure.timed_rounds(calls, repeats=_ROUNDS.value, warmup=1)
   report = {

@@ -417,8 +417,8 @@ def test_kill_and_resume_matches_uninterrupted_and_refuses_other_objective(
   straight = denoiser_training.train_denoiser(config, str(tmp_path / "a"))
   original_save = checkpoints.Checkpointer.save
 
-  def save_then_die(self, step, state, metadata):
-    original_save(self, step, state, metadata)
+  def save_then_die(self, step, state, metadata, **kwargs):
+    original_save(self, step, state, metadata, **kwargs)
     raise KilledError(f"killed after saving step {step}")
 
   workdir = str(tmp_path / "b")

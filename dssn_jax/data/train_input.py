@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -89,6 +90,15 @@ def _load_batch(source, info: DatasetInfo):
   return load
 
 
+def _let_grain_read_its_flags() -> None:
+  """Grain reads its own absl flags (worker profiling) when it starts worker
+  processes, which fails in a program that has parsed none (a notebook, a
+  test, a library caller without absl.app): such a program gets the
+  defaults, as an entry point without those flags does."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def _workers(info: DatasetInfo, workers: int | None) -> int:
   workers = info.decode_workers if workers is None else workers
   return max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
@@ -118,9 +128,7 @@ def train_dataset(
       exactly the batches N, N+1, ... of ``train_dataset(..., start_step=0)``
       (as does the latter after ``set_state`` of its state after N batches).
     workers: Grain worker processes that make the batches (default: the
-      dataset's ``decode_workers``; 0: threads of this process). Grain reads
-      its absl flags when it starts them: a program without ``absl.app``
-      calls ``absl.flags.FLAGS.mark_as_parsed()`` first.
+      dataset's ``decode_workers``; 0: threads of this process).
     process_index, process_count: default to JAX's.
 
   Returns:
@@ -173,6 +181,7 @@ def train_dataset(
   )
   workers = _workers(info, workers)
   if workers:
+    _let_grain_read_its_flags()
     ds = ds.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=PREFETCH_BATCHES

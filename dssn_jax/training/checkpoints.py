@@ -312,11 +312,7 @@ class Checkpointer:
           ).smoothing
       )
     except Exception as e:  # Orbax raises several types for damaged files.
-      raise ValueError(
-          f"Checkpoint step {step} in {self.directory} is unreadable or "
-          f"corrupt ({type(e).__name__}: {e}); delete that step directory "
-          f"to fall back to an earlier one, or retrain."
-      ) from e
+      raise self._damaged(step, "is unreadable or corrupt", e) from e
 
   def restore(self, target=None, step: int | None = None):
     """Restores `state` into the structure and shardings of target
@@ -330,13 +326,19 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=args)
       ).state
     except Exception as e:  # Orbax raises several types for damaged files.
-      raise ValueError(
-          f"Checkpoint step {step} in {self.directory} could not be "
-          f"restored ({type(e).__name__}: {e}). Delete that step directory "
-          f"to fall back to an earlier one, or retrain."
-      ) from e
+      raise self._damaged(step, "could not be restored", e) from e
     self._verify(step, state)
     return state
+
+  def _damaged(self, step: int, what: str, cause: Exception) -> ValueError:
+    """The error for a step Orbax cannot read: the step to delete first (the
+    command line shows the first line only), then the cause's first line."""
+    lines = str(cause).strip().splitlines()
+    return ValueError(
+        f"Checkpoint step {step} in {self.directory} {what}. Delete "
+        f"{self.step_dir(step)} to fall back to an earlier step, or retrain "
+        f"({type(cause).__name__}: {lines[0][:300] if lines else ''})."
+    )
 
   def _verify(self, step: int, state) -> None:
     """Refuses a restored state that differs from the checksums saved with
@@ -437,11 +439,7 @@ class Checkpointer:
     try:
       tree = ocp.StandardCheckpointHandler().metadata(path).tree
     except Exception as e:  # Orbax raises several types for damaged files.
-      raise ValueError(
-          f"Checkpoint step {step} in {self.directory} is unreadable or "
-          f"corrupt ({type(e).__name__}: {e}); delete that step directory "
-          f"to fall back to an earlier one, or retrain."
-      ) from e
+      raise self._damaged(step, "is unreadable or corrupt", e) from e
     return jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
     )
