@@ -147,14 +147,18 @@ class KilledError(Exception):
   pass
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, fashion_mnist_data_dir):
+  """The final parameters of an uninterrupted Fashion-MNIST smoke run."""
+  config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir)
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  return params_of(classifier_training.train_and_evaluate(config, workdir))
+
+
 def test_resume_after_kill_matches_uninterrupted_run(
-    tmp_path, fashion_mnist_data_dir, monkeypatch
+    tmp_path, fashion_mnist_data_dir, monkeypatch, uninterrupted
 ):
   config = smoke_config(fashion_mnist_config, fashion_mnist_data_dir)
-  uninterrupted = params_of(
-      classifier_training.train_and_evaluate(config, str(tmp_path / "straight"))
-  )
-
   original_save = checkpoints.Checkpointer.save
 
   def save_then_die(self, step, state, metadata, **kwargs):
@@ -178,6 +182,47 @@ def test_resume_after_kill_matches_uninterrupted_run(
   assert steps == sorted(set(steps)), "no duplicated metric rows"
 
 
+def test_resume_mid_epoch_matches_uninterrupted_run(
+    tmp_path, fashion_mnist_data_dir, monkeypatch, uninterrupted
+):
+  # Epochs of 3 steps, a checkpoint 2 steps into each: killed right after
+  # the one at step 2, the run resumes there (with its iterators' states),
+  # not at step 0, and ends where the run without mid-epoch saves ends.
+  config = smoke_config(
+      fashion_mnist_config, fashion_mnist_data_dir, checkpoint_every_steps=2
+  )
+  assert config.steps_per_epoch == 3
+  original_save = checkpoints.Checkpointer.save
+  saved = []
+
+  def save_then_die(self, step, state, metadata, **kwargs):
+    original_save(self, step, state, metadata, **kwargs)
+    raise KilledError(f"killed after saving step {step}")
+
+  workdir = str(tmp_path / "killed")
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", save_then_die)
+  with pytest.raises(KilledError, match="step 2$"):
+    classifier_training.train_and_evaluate(config, workdir)
+
+  def save_and_record(self, step, state, metadata, **kwargs):
+    saved.append(step)
+    original_save(self, step, state, metadata, **kwargs)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", save_and_record)
+  original_write = metrics.write_metrics
+  rows = []
+
+  def write_and_record(workdir, writer, step, summary):
+    rows.append(step)
+    original_write(workdir, writer, step, summary)
+
+  monkeypatch.setattr(metrics, "write_metrics", write_and_record)
+  resumed = params_of(classifier_training.train_and_evaluate(config, workdir))
+  assert rows[0] == 3, "the resumed run steps on from step 2, no replay"
+  assert saved == [3, 5, 6]
+  assert_trees_equal(resumed, uninterrupted)
+
+
 # ---------------------------------------------------------------------------
 # Bad input.
 # ---------------------------------------------------------------------------
@@ -190,6 +235,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
         ("model", "vit", "Unknown model"),
         ("noise", "gaussian", "Unknown noise kind"),
         ("q", 127, "8-bit"),
+        ("checkpoint_every_steps", -1, "checkpoint_every_steps must be an"),
     ],
 )
 def test_bad_config(tmp_path, field, value, message):

@@ -30,7 +30,7 @@ POSITIVE_FIELDS = (
     "certify.n0",
     "certify.n",
 )
-NON_NEGATIVE_FIELDS = ("certify.start",)
+NON_NEGATIVE_FIELDS = ("checkpoint_every_steps", "certify.start")
 
 
 def _get(config, dotted: str):

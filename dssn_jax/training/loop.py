@@ -4,7 +4,8 @@
 there (`start_run`), then steps it to the end (`run_steps`): one jitted step
 on a global mesh of all devices of all processes (the batch split along
 "data", the state replicated), an evaluation, a metrics line and a checkpoint
-at the end of every epoch. A `Trainer` is what a specialisation brings: its
+at the end of every epoch, and a checkpoint every `checkpoint_every_steps`
+steps into an epoch. A `Trainer` is what a specialisation brings: its
 checkpoint record, its initial state, its train and evaluation steps and the
 metrics of its evaluation (`classifier.trainer`, `denoiser.trainer`).
 
@@ -85,7 +86,11 @@ def check_training_config(config) -> None:
       config,
       [
           f
-          for f in config_checks.SENTINEL_FIELDS + config_checks.POSITIVE_FIELDS
+          for f in (
+              config_checks.SENTINEL_FIELDS
+              + config_checks.POSITIVE_FIELDS
+              + config_checks.NON_NEGATIVE_FIELDS
+          )
           if not f.startswith("certify.")
       ],
   )
@@ -361,6 +366,15 @@ def _timed_evaluation(evaluate_epoch, state, done: int) -> dict[str, Any]:
   return {**metrics, "eval_seconds": time.perf_counter() - start}
 
 
+def mid_epoch_checkpoint(config, done: int, steps_per_epoch: int) -> bool:
+  """Whether a run saves a checkpoint after `done` steps inside an epoch:
+  every `config.checkpoint_every_steps` steps into each epoch (0: never;
+  epoch ends are saved anyway)."""
+  every = config.get("checkpoint_every_steps", 0)
+  into_epoch = done % steps_per_epoch
+  return every > 0 and into_epoch > 0 and into_epoch % every == 0
+
+
 def run_steps(
     run: TrainingRun,
     train_step: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]],
@@ -378,14 +392,17 @@ def run_steps(
   images/s every `config.log_every_steps` steps; at the end of every epoch
   evaluates (`evaluate_epoch(state, steps_done)`), writes metrics (with the
   epoch's seconds of stepping and of evaluation, `train_seconds` and
-  `eval_seconds`), logs `epoch_message` and saves a checkpoint. Dispatch
+  `eval_seconds`), logs `epoch_message` and saves a checkpoint; saves one
+  inside an epoch too where `mid_epoch_checkpoint` says so (the time saving
+  takes is not counted as stepping). Dispatch
   runs at most one step ahead, so the progress bar counts finished steps
   and a log step never waits for a backlog.
 
   Args:
     run: the run set up by `start_run`.
     train_step: (state, global batch) -> (state, metrics), jitted.
-    config: the run's config (batch_size, log_every_steps, data fields).
+    config: the run's config (batch_size, log_every_steps,
+      checkpoint_every_steps, data fields).
     workdir: where metrics go (metrics.jsonl, TensorBoard).
     desc: the progress bar's label.
     evaluate_epoch: evaluation metrics at the end of an epoch.
@@ -436,6 +453,13 @@ def run_steps(
       if done % steps_per_epoch:
         metrics_lib.write_metrics(workdir, writer, done, summary)
       window_start, window_images, train_metrics = time.perf_counter(), 0, []
+    if mid_epoch_checkpoint(config, done, steps_per_epoch):
+      saving = time.perf_counter()
+      run.checkpointer.save(
+          done, state, run.metadata, data_state=local_batches.get_state()
+      )
+      saving = time.perf_counter() - saving  # Not stepping time.
+      window_start, epoch_start = window_start + saving, epoch_start + saving
     if done % steps_per_epoch == 0:
       summary["train_seconds"] = time.perf_counter() - epoch_start
       summary.update(_timed_evaluation(evaluate_epoch, state, done))

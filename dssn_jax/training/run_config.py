@@ -28,6 +28,7 @@ IGNORED = frozenset(
         "eval_batch_size",
         "eval_max_examples",
         "keep_checkpoints",
+        "checkpoint_every_steps",
         "log_every_steps",
         "allow_changed_config",
     }
