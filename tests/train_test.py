@@ -236,6 +236,7 @@ def test_resume_mid_epoch_matches_uninterrupted_run(
         ("noise", "gaussian", "Unknown noise kind"),
         ("q", 127, "8-bit"),
         ("checkpoint_every_steps", -1, "checkpoint_every_steps must be an"),
+        ("decode_workers", -2, "decode_workers must be -1"),
     ],
 )
 def test_bad_config(tmp_path, field, value, message):

@@ -31,6 +31,8 @@ POSITIVE_FIELDS = (
     "certify.n",
 )
 NON_NEGATIVE_FIELDS = ("checkpoint_every_steps", "certify.start")
+# Worker-process counts: -1 (the dataset's default), 0 (none) or more.
+WORKER_FIELDS = ("decode_workers",)
 
 
 def _get(config, dotted: str):
@@ -70,6 +72,15 @@ def check_integer_fields(config, fields: Iterable[str] | None = None) -> None:
       + [
           (name, "an integer >= 0", lambda v: v >= 0)
           for name in NON_NEGATIVE_FIELDS
+      ]
+      + [
+          (
+              name,
+              "-1 (the default), 0 (no worker processes) or a positive "
+              "integer",
+              lambda v: v >= -1,
+          )
+          for name in WORKER_FIELDS
       ]
   )
   for name, allowed, ok in rules:

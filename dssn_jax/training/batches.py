@@ -101,6 +101,13 @@ def process_shards(shards: int) -> list[int]:
   return list(range(first, first + per_process))
 
 
+def _decode_workers(config) -> int | None:
+  """config.decode_workers as `train_input.train_dataset` takes it: None for
+  the dataset's default (-1)."""
+  workers = config.get("decode_workers", -1)
+  return None if workers == -1 else workers
+
+
 def train_batches(
     config, shards: int, start_step: int, states: dict[int, Any] | None
 ) -> ShardBatches:
@@ -114,6 +121,7 @@ def train_batches(
               seed=config.seed,
               data_dir=config.data_dir,
               start_step=0 if states is not None else start_step,
+              workers=_decode_workers(config),
               process_index=shard,
               process_count=shards,
           )

@@ -90,6 +90,7 @@ def check_training_config(config) -> None:
               config_checks.SENTINEL_FIELDS
               + config_checks.POSITIVE_FIELDS
               + config_checks.NON_NEGATIVE_FIELDS
+              + config_checks.WORKER_FIELDS
           )
           if not f.startswith("certify.")
       ],

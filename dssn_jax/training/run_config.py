@@ -29,6 +29,7 @@ IGNORED = frozenset(
         "eval_max_examples",
         "keep_checkpoints",
         "checkpoint_every_steps",
+        "decode_workers",
         "log_every_steps",
         "allow_changed_config",
     }
