@@ -48,7 +48,7 @@ class Program:
   """One row of the matrix: a certification or a training step."""
 
   name: str
-  kind: str  # "dssn", "uniform", "denoised" or "train".
+  kind: str  # "dssn", "uniform", "denoised", "forward" or "train".
   model: str
   dataset: str
   dtype: str = "bfloat16"
@@ -59,84 +59,114 @@ class Program:
   chunk_size: int | None = None  # Noisy inputs per image per forward pass.
 
 
-PROGRAMS = [
-    Program(
-        "resnet50 dssn s3.5 bf16", "dssn", "resnet50", "imagenet2012", sigma=3.5
-    ),
-    Program(
-        "resnet50 dssn s2 bf16", "dssn", "resnet50", "imagenet2012", sigma=2.0
-    ),
-    Program("resnet50 dssn s0.5 bf16", "dssn", "resnet50", "imagenet2012"),
-    Program(
-        "resnet50 dssn s3.5 f32",
-        "dssn",
-        "resnet50",
-        "imagenet2012",
-        dtype="float32",
-        sigma=3.5,
-    ),
-    Program(
-        "resnet50 dssn s2 f32",
-        "dssn",
-        "resnet50",
-        "imagenet2012",
-        dtype="float32",
-        sigma=2.0,
-    ),
-    Program(
-        "resnet50 dssn s0.5 f32",
-        "dssn",
-        "resnet50",
-        "imagenet2012",
-        dtype="float32",
-    ),
-    Program(
-        "resnet50 dssn s3.5 bf16 batch 4",
-        "dssn",
-        "resnet50",
-        "imagenet2012",
-        sigma=3.5,
-        batch=4,
-    ),
-    Program("wrn_40_2 dssn s0.5 bf16", "dssn", "wrn_40_2", "cifar10"),
-    Program(
-        "resnet50 uniform N=1e5 s0.5 bf16",
-        "uniform",
-        "resnet50",
-        "imagenet2012",
-    ),
-    Program("wrn_40_2+dncnn dssn s0.5 bf16", "denoised", "wrn_40_2", "cifar10"),
-    Program(
-        "resnet50 train 1024",
-        "train",
-        "resnet50",
-        "imagenet2012",
-        global_batch=1024,
-    ),
-    Program(
-        "resnet50 train 4096",
-        "train",
-        "resnet50",
-        "imagenet2012",
-        global_batch=4096,
-    ),
-    Program(
-        "wrn_40_2 train 1024", "train", "wrn_40_2", "cifar10", global_batch=1024
-    ),
-] + [
-    # The forward-batch sweep of the accelerator defaults (docs/
-    # accelerators.md): one image per chip, a chunk of this many of its
-    # 3,091 noisy inputs per forward pass instead of the default's ~512.
-    Program(
-        f"resnet50 dssn s3.5 bf16 chunk {chunk}",
-        "dssn",
-        "resnet50",
-        "imagenet2012",
-        sigma=3.5,
-        chunk_size=chunk,
-    )
-    for chunk in (128, 256, 1031, 1546)
-]
+PROGRAMS = (
+    [
+        Program(
+            "resnet50 dssn s3.5 bf16",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            sigma=3.5,
+        ),
+        Program(
+            "resnet50 dssn s2 bf16",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            sigma=2.0,
+        ),
+        Program("resnet50 dssn s0.5 bf16", "dssn", "resnet50", "imagenet2012"),
+        Program(
+            "resnet50 dssn s3.5 f32",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            dtype="float32",
+            sigma=3.5,
+        ),
+        Program(
+            "resnet50 dssn s2 f32",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            dtype="float32",
+            sigma=2.0,
+        ),
+        Program(
+            "resnet50 dssn s0.5 f32",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            dtype="float32",
+        ),
+        Program(
+            "resnet50 dssn s3.5 bf16 batch 4",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            sigma=3.5,
+            batch=4,
+        ),
+        Program("wrn_40_2 dssn s0.5 bf16", "dssn", "wrn_40_2", "cifar10"),
+        Program(
+            "resnet50 uniform N=1e5 s0.5 bf16",
+            "uniform",
+            "resnet50",
+            "imagenet2012",
+        ),
+        Program(
+            "wrn_40_2+dncnn dssn s0.5 bf16", "denoised", "wrn_40_2", "cifar10"
+        ),
+        Program(
+            "resnet50 train 1024",
+            "train",
+            "resnet50",
+            "imagenet2012",
+            global_batch=1024,
+        ),
+        Program(
+            "resnet50 train 4096",
+            "train",
+            "resnet50",
+            "imagenet2012",
+            global_batch=4096,
+        ),
+        Program(
+            "wrn_40_2 train 1024",
+            "train",
+            "wrn_40_2",
+            "cifar10",
+            global_batch=1024,
+        ),
+    ]
+    + [
+        # The forward-batch sweep of the accelerator defaults (docs/
+        # accelerators.md): one image per chip, a chunk of this many of its
+        # 3,091 noisy inputs per forward pass instead of the default's ~512.
+        Program(
+            f"resnet50 dssn s3.5 bf16 chunk {chunk}",
+            "dssn",
+            "resnet50",
+            "imagenet2012",
+            sigma=3.5,
+            chunk_size=chunk,
+        )
+        for chunk in (128, 256, 1031, 1546)
+    ]
+    + [
+        # The classifier's forward pass and argmax alone, at the DSSN program's
+        # default forward batch per device (442 at sigma 3.5): what the vote
+        # program's noise and counting cost on top of it.
+        Program(
+            "resnet50 forward 442 bf16",
+            "forward",
+            "resnet50",
+            "imagenet2012",
+            sigma=3.5,
+            chunk_size=442,
+        )
+    ]
+)
 
 
 @functools.cache
@@ -218,6 +248,63 @@ def _vote_row(program: Program, target, mesh) -> dict:
   return row
 
 
+def _forward_row(program: Program, target, mesh) -> dict:
+  """The forward pass alone, chunk_size inputs per device, reported per
+  image of the DSSN program at program.sigma (its L forward passes)."""
+  from dssn_jax.core import smoothing  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runs import aot  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
+
+  model = _model(program)
+  sharded = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(mesh.axis_names)
+  )
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  x = jax.ShapeDtypeStruct(
+      (program.chunk_size * mesh.size,) + model.input_shape,
+      jnp.float32,
+      sharding=sharded,
+  )
+  variables = jax.tree.map(
+      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated),
+      model.variables,
+  )
+  forward = jax.jit(lambda v, b: jnp.argmax(model.apply_fn(v, b), axis=-1))
+  step = aot.compile_lowered(forward.lower(variables, x))
+  levels = smoothing.SmoothingSpec(program.sigma, 255).levels
+  per_image = levels / program.chunk_size  # Steps of one chip per image.
+  model_flops = forward_flops(program.model, program.dataset, program.dtype)
+  flops = step.flops or model_flops * program.chunk_size
+  row = {
+      "forward_batch_per_device": program.chunk_size,
+      "items_per_image": levels,
+      "compile_seconds": step.compile_seconds,
+      "device_bytes": step.device_bytes,
+      "temp_bytes": step.temp_bytes,
+      "flops_counted_by": "target" if step.flops else "host cpu (model)",
+      "flops_per_image": flops * per_image,
+      "model_flops_per_image": model_flops * levels,
+      # One image per chip, as the vote programs: slice time = chip time /
+      # chips.
+      "roofline_seconds_per_image_slice": (
+          accelerators.roofline_seconds(
+              flops * target.devices_per_chip,
+              step.bytes_accessed
+              and step.bytes_accessed * target.devices_per_chip,
+              target.chip,
+              program.dtype,
+          )
+          * per_image
+          / target.chips
+      ),
+  }
+  if step.optimal_seconds:
+    row["compiler_seconds_per_image_slice"] = (
+        step.optimal_seconds * per_image / target.chips
+    )
+  return row
+
+
 def _train_row(program: Program, target, mesh) -> dict:
   from configs import cifar10  # pylint: disable=g-import-not-at-top
   from configs import imagenet  # pylint: disable=g-import-not-at-top
@@ -268,7 +355,9 @@ def run_one(program: Program, target) -> dict:
   }
   try:
     mesh = placement.make_mesh(accelerators.compile_only_devices(target))
-    fn = _train_row if program.kind == "train" else _vote_row
+    fn = {"train": _train_row, "forward": _forward_row}.get(
+        program.kind, _vote_row
+    )
     row.update(fn(program, target, mesh))
   except Exception as e:  # pylint: disable=broad-except
     row["error"] = f"{type(e).__name__}: {e}"[:2000]

@@ -6,7 +6,10 @@ per slice: the wall time per image of the whole slice) come from the TPU
 compiler's own estimate where it gives one, else from the roofline bound.
 Model FLOP utilization (MFU) = the model's FLOPs per image (the classifier
 alone, forward passes only) over chip-seconds per image times the chip's
-peak: of the estimate, so an estimate too.
+peak: of the estimate, so an estimate too; none from a roofline without
+the bytes accessed (GPUs, where XLA gives no cost analysis), whose MFU is
+100% by construction.
+Memory over the device's is marked "does not fit".
 """
 
 from __future__ import annotations
@@ -42,16 +45,22 @@ def _row(r: dict, peak_flops) -> str:
   per_chip = 3600 / (best * chips) if best else None
   per_slice = 3600 / best if best else None
   mfu = None
-  if best and r.get("model_flops_per_image") and peak_flops:
-    mfu = r["model_flops_per_image"] / (best * chips * peak_flops)
+  # From the roofline only where the target's compiler counted the bytes
+  # too (TPUs): without them (GPUs) it is 100% by construction.
+  counted = compiler or (r.get("flops_counted_by") == "target" and roofline)
+  if counted and r.get("model_flops_per_image") and peak_flops:
+    mfu = r["model_flops_per_image"] / (counted * chips * peak_flops)
+  memory = f"{r['device_bytes'] / GIB:.2f} ({r['hbm_bytes'] / GIB:.0f})"
+  if r["device_bytes"] > r["hbm_bytes"]:
+    memory += " does not fit"
   flops = r.get("flops_per_image")
   return (
       f"| {r['target']} | {r['batch']} | "
       f"{r.get('forward_batch_per_device', '-')} | "
       f"{r['compile_seconds']:.0f} | "
-      f"{r['device_bytes'] / GIB:.2f} ({r['hbm_bytes'] / GIB:.0f}) | "
+      f"{memory} | "
       f"{_fmt(flops / 1e9 if flops else None, '.1f')} | "
-      f"{_fmt(compiler_chip, '.4f')} | {_fmt(roofline_chip, '.4f')} | "
+      f"{_fmt(compiler_chip, '.3g')} | {_fmt(roofline_chip, '.3g')} | "
       f"{_fmt(per_chip, ',.0f')} | {_fmt(per_slice, ',.0f')} | "
       f"{_fmt(mfu, '.0%')} |"
   )
