@@ -197,29 +197,3 @@ def smoke_run(tmp_path_factory, fashion_mnist_data_dir):
   return types.SimpleNamespace(
       workdir=workdir, config=config, data_dir=fashion_mnist_data_dir
   )
-
-
-# The files that take longest (real processes, accelerator compiles), run
-# first: the two xdist workers (`--dist loadfile` hands out whole files in
-# collection order) then finish together instead of one waiting for a long
-# file started last.
-LONGEST_FIRST = (
-    "multiprocess_test.py",
-    "aot_test.py",
-    "process_agreement_test.py",
-    "certify_workdir_test.py",
-    "convert_test.py",
-    "cli_errors_test.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-  def rank(item):
-    name = pathlib.Path(str(item.fspath)).name
-    return (
-        LONGEST_FIRST.index(name)
-        if name in LONGEST_FIRST
-        else len(LONGEST_FIRST)
-    )
-
-  items.sort(key=rank)  # Stable: each file keeps its own order.
