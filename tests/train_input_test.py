@@ -6,7 +6,6 @@ Fashion-MNIST is the real Debian data (tests/conftest.py); cifar10 and
 imagenet2012 go through tfds.testing.mock_data.
 """
 
-from absl import flags
 import numpy as np
 import pytest
 
@@ -182,11 +181,23 @@ def test_cifar10_train_deterministic_and_resumable(mock_cifar10):
 # ImageNet (mocked: random JPEGs of random sizes).
 
 
+def _second_batch_in_process():
+  """Batch 1 of the mock ImageNet stream, made in this process (no worker
+  processes: the same batches)."""
+  return next(
+      train_input.train_dataset(
+          "imagenet2012",
+          batch_size=4,
+          seed=0,
+          start_step=1,
+          workers=0,
+          **ONE_PROCESS,
+      )
+  )
+
+
 def test_imagenet_train_shapes_and_resume(mock_imagenet):
   del mock_imagenet
-  # Grain's worker start reads its absl flags (parsed by absl.app in the
-  # entry points).
-  flags.FLAGS.mark_as_parsed()
   # The dataset's default: batches made in a Grain worker process.
   it = train_input.train_dataset(
       "imagenet2012", batch_size=4, seed=0, workers=1, **ONE_PROCESS
@@ -200,18 +211,7 @@ def test_imagenet_train_shapes_and_resume(mock_imagenet):
   assert batch["label"].dtype == np.int32
   assert ((batch["label"] >= 0) & (batch["label"] < 1000)).all()
   _assert_batches_equal(
-      [
-          next(
-              train_input.train_dataset(
-                  "imagenet2012",
-                  batch_size=4,
-                  seed=0,
-                  start_step=1,
-                  workers=0,  # In this process: the same batches.
-                  **ONE_PROCESS,
-              )
-          )
-      ],
+      [_second_batch_in_process()],
       [next(it)],
   )
   resumed = train_input.train_dataset(
@@ -220,16 +220,5 @@ def test_imagenet_train_shapes_and_resume(mock_imagenet):
   resumed.set_state(state)
   _assert_batches_equal(
       [next(resumed)],
-      [
-          next(
-              train_input.train_dataset(
-                  "imagenet2012",
-                  batch_size=4,
-                  seed=0,
-                  start_step=1,
-                  workers=0,
-                  **ONE_PROCESS,
-              )
-          )
-      ],
+      [_second_batch_in_process()],
   )

@@ -384,48 +384,32 @@ class Checkpointer:
     """The saved input iterators' states of `shards` ({shard: state}); None
     for a checkpoint saved without them (a converted model)."""
     step = self._step(step)
-    if not os.path.isdir(os.path.join(self.step_dir(step), DATA_ITEM)):
-      return None
-    try:
-      return getattr(
-          self._manager.restore(
-              step,
-              args=ocp.args.Composite(
-                  **{DATA_ITEM: ShardStatesRestore(list(shards))}
-              ),
-          ),
-          DATA_ITEM,
-      )
-    except Exception as e:  # Orbax raises several types for damaged files.
-      raise ValueError(
-          f"The input pipeline state of checkpoint step {step} is "
-          f"unreadable ({type(e).__name__}: {e}). Delete "
-          f"{self.step_dir(step)} to fall back to an earlier step, or "
-          "retrain."
-      ) from e
+    return self._optional_item(
+        step,
+        DATA_ITEM,
+        ShardStatesRestore(list(shards)),
+        "has an unreadable input pipeline state",
+    )
 
   def _checksums(self, step: int) -> dict[str, str] | None:
     """The checksums saved with a step (None: saved without them)."""
-    if not os.path.isdir(os.path.join(self.step_dir(step), CHECKSUMS_ITEM)):
+    checksums = self._optional_item(
+        step, CHECKSUMS_ITEM, ocp.args.JsonRestore(), "has unreadable checksums"
+    )
+    return None if checksums is None else dict(checksums)
+
+  def _optional_item(self, step: int, item: str, args, what: str):
+    """Restores `item` of a step with `args` (None: saved without it);
+    a damaged one is the one-line error naming the step to delete."""
+    if not os.path.isdir(os.path.join(self.step_dir(step), item)):
       return None
     try:
-      return dict(
-          getattr(
-              self._manager.restore(
-                  step,
-                  args=ocp.args.Composite(
-                      **{CHECKSUMS_ITEM: ocp.args.JsonRestore()}
-                  ),
-              ),
-              CHECKSUMS_ITEM,
-          )
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(**{item: args})
       )
     except Exception as e:  # Orbax raises several types for damaged files.
-      raise ValueError(
-          f"The checksums of checkpoint step {step} are unreadable "
-          f"({type(e).__name__}: {e}). Delete {self.step_dir(step)} to fall "
-          "back to an earlier step, or retrain."
-      ) from e
+      raise self._damaged(step, what, e) from e
+    return getattr(restored, item)
 
   def _local_target(self, step: int):
     """The saved state's shapes and dtypes on this process's first device.
