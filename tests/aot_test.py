@@ -36,10 +36,9 @@ from tests.conftest import REPO_ROOT
 AOT_PYTHON = REPO_ROOT / ".venv-aot" / "bin" / "python"
 
 
-@pytest.fixture(scope="module")
-def compiled():
-  """{model: {"target/program": record}} of both models, compiled in one
-  process of .venv-aot (its start-up is paid once)."""
+def _compile_in_aot_venv(model: str) -> dict:
+  """{"target/program": record} of one model, compiled by
+  tests/programs/compile_for_accelerators.py in a process of .venv-aot."""
   if not AOT_PYTHON.exists():
     message = (
         f"{AOT_PYTHON} is missing: `bash setup.sh` builds it (libtpu and the "
@@ -56,13 +55,7 @@ def compiled():
   # so a benchmark or another test may compile at the same time.
   env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
   result = subprocess.run(
-      [
-          AOT_PYTHON,
-          "-m",
-          "tests.programs.compile_for_accelerators",
-          "small_cnn",
-          "resnet50",
-      ],
+      [AOT_PYTHON, "-m", "tests.programs.compile_for_accelerators", model],
       cwd=REPO_ROOT,
       env=env,
       capture_output=True,
@@ -71,7 +64,7 @@ def compiled():
       check=False,
   )
   assert result.returncode == 0, result.stderr[-5000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return json.loads(result.stdout.strip().splitlines()[-1])[model]
 
 
 def _check_fits(report: dict, programs) -> None:
@@ -86,16 +79,17 @@ def _check_fits(report: dict, programs) -> None:
       assert 256 <= program["forward_batch"] <= 512, (name, program)
 
 
-# Slow tier: the two models' compiles take about two minutes on a 2-core
-# host (the TPU compiles of the training step and of ResNet-50 most).
-@pytest.mark.slow
-def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm(compiled):
-  _check_fits(compiled["small_cnn"], ("dssn", "uniform", "train_step"))
+# Fast tier: the small CNN's six compiles take about 20 s on a 2-core host.
+def test_small_cnn_compiles_for_tpu_and_gpu_within_hbm():
+  _check_fits(
+      _compile_in_aot_venv("small_cnn"), ("dssn", "uniform", "train_step")
+  )
 
 
+# Slow tier: ResNet-50's DSSN vote program takes about 45 s on the TPU.
 @pytest.mark.slow
-def test_resnet50_compiles_for_tpu_and_gpu_within_hbm(compiled):
-  _check_fits(compiled["resnet50"], ("dssn",))
+def test_resnet50_compiles_for_tpu_and_gpu_within_hbm():
+  _check_fits(_compile_in_aot_venv("resnet50"), ("dssn",))
 
 
 def _small_classifier():

@@ -29,7 +29,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
+
+from dssn_jax.core.clopper_pearson import beta_quantile
 
 DEFAULT_N_MAX = 100_000
 DEFAULT_FIRST_LOOK = 100
@@ -51,14 +52,14 @@ def looks(first: int, n_max: int) -> np.ndarray:
 def cp_lower(k, n, level):
   """Two-sided Clopper-Pearson lower end at level `level` (0 at k = 0)."""
   k = np.asarray(k)
-  bound = stats.beta.ppf(level / 2, np.maximum(k, 1), n - k + 1)
+  bound = beta_quantile(level / 2, np.maximum(k, 1), n - k + 1)
   return np.where(k == 0, 0.0, bound)
 
 
 def cp_upper(k, n, level):
   """Two-sided Clopper-Pearson upper end at level `level` (1 at k = n)."""
   k = np.asarray(k)
-  bound = stats.beta.ppf(1 - level / 2, k + 1, np.maximum(n - k, 1))
+  bound = beta_quantile(1 - level / 2, k + 1, np.maximum(n - k, 1))
   return np.where(k == n, 1.0, bound)
 
 

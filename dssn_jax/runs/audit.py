@@ -36,7 +36,6 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-from scipy import stats
 
 from dssn_jax.core import clopper_pearson
 from dssn_jax.core import methods
@@ -475,7 +474,7 @@ def _statistical_mismatches(
           )[0]
       )
     fresh = int(got["counts"][values[col["predict"]]])
-    p_value = stats.fisher_exact([[stored, n - stored], [fresh, n - fresh]])[1]
+    p_value = _fisher_exact([[stored, n - stored], [fresh, n - fresh]])
     if p_value < level / max(len(tested), 1):
       differing.add(idx)
       mismatches.append(
@@ -484,3 +483,11 @@ def _statistical_mismatches(
           f"{p_value:.3g} < {level}/{len(tested)})"
       )
   return mismatches, differing
+
+
+def _fisher_exact(table) -> float:
+  """Fisher's exact test's two-sided p-value of a 2 x 2 table (scipy.stats
+  is imported here: see `clopper_pearson.beta_quantile`)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+
+  return float(stats.fisher_exact(table)[1])
