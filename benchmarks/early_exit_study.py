@@ -66,6 +66,17 @@ def _common(a, b):
   return pick(a), pick(b)
 
 
+def _pair(run: str, full_name: str, deciding_name: str):
+  """(full rows, deciding rows, full run's metadata, requested radii) over
+  the images both files have, or None if either file is missing."""
+  full, deciding = _read(run, full_name), _read(run, deciding_name)
+  if full is None or deciding is None:
+    return None
+  (full_rows, meta), (deciding_rows, deciding_meta) = full, deciding
+  full_rows, deciding_rows = _common(full_rows, deciding_rows)
+  return full_rows, deciding_rows, meta, _radii(deciding_meta)
+
+
 def _percent(answers: np.ndarray) -> str:
   return ", ".join(f"{100 * a:.1f}" for a in answers.mean(0))
 
@@ -81,15 +92,14 @@ def dssn_rows(workdir: str, sigmas) -> list[str]:
       "|---|---|---|---|---|---|---|",
   ]
   for sigma in sigmas:
-    run = os.path.join(workdir, f"dssn_{sigma}")
-    full, early = _read(run, "study_dssn.tsv"), _read(
-        run, "study_dssn_early.tsv"
+    pair = _pair(
+        os.path.join(workdir, f"dssn_{sigma}"),
+        "study_dssn.tsv",
+        "study_dssn_early.tsv",
     )
-    if full is None or early is None:
+    if pair is None:
       continue
-    (full_rows, meta), (early_rows, early_meta) = full, early
-    radii = _radii(early_meta)
-    full_rows, early_rows = _common(full_rows, early_rows)
+    full_rows, early_rows, meta, radii = pair
     same = np.array_equal(
         full_rows["predict"], early_rows["predict"]
     ) and np.array_equal(
@@ -112,14 +122,14 @@ def uniform_rows(workdir: str, sigmas) -> list[str]:
       "|---|---|---|---|---|---|---|---|",
   ]
   for sigma in sigmas:
-    run = os.path.join(workdir, f"uniform_{sigma}")
-    fixed = _read(run, "full_n_uniform.tsv")
-    seq = _read(run, "full_n_uniform_seq.tsv")
-    if fixed is None or seq is None:
+    pair = _pair(
+        os.path.join(workdir, f"uniform_{sigma}"),
+        "full_n_uniform.tsv",
+        "full_n_uniform_seq.tsv",
+    )
+    if pair is None:
       continue
-    (fixed_rows, meta), (seq_rows, seq_meta) = fixed, seq
-    radii = _radii(seq_meta)
-    fixed_rows, seq_rows = _common(fixed_rows, seq_rows)
+    fixed_rows, seq_rows, meta, radii = pair
     fixed_acc = _answers(fixed_rows, radii).mean(0)
     seq_acc = _answers(seq_rows, radii).mean(0)
     draws = float(np.mean(seq_rows["samples"]))

@@ -13,10 +13,12 @@ import pytest
 
 from benchmarks import certifier
 from benchmarks import certifier_markdown
+from benchmarks import early_exit_study
 from benchmarks import measure
 from benchmarks import tuning
 from configs import benchmark as benchmark_config
 import dssn_jax
+from tests.conftest import REPO_ROOT
 from tests.conftest import run_python
 
 
@@ -234,3 +236,18 @@ def test_markdown_of_the_device_split_and_its_errors():
   assert "| 2 | error | | | | | |" in markdown
   assert "| 4 | 8 | batch | 44 | [2, 88] | 0.25 | True |" in markdown
   assert "## Training step" not in markdown  # Sections not measured.
+
+
+def test_early_exit_study_tables_from_the_committed_results():
+  """docs/early_exit.md's tables: early-exit DSSN gives the full run's
+  answers at every sigma, sequential uniform the fixed run's certified
+  accuracy (the per-image files are checked on reading)."""
+  results = str(REPO_ROOT / "docs" / "early_exit" / "results")
+  dssn = early_exit_study.dssn_rows(results, ["0.25", "0.5", "1", "2"])
+  assert len(dssn) == 2 + 4
+  assert all("| 1000 |" in row and "| yes |" in row for row in dssn[2:])
+  uniform = early_exit_study.uniform_rows(results, ["0.5", "1"])
+  assert len(uniform) == 2 + 2
+  assert all(row.endswith("| 0 |") for row in uniform[2:])
+  study = early_exit_study.study_rows(results, ["1"])
+  assert "uniform, sequential" in study[2] and "DSSN (exact)" in study[3]
