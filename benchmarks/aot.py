@@ -57,6 +57,7 @@ class Program:
   num_samples: int = 100_000  # uniform: N.
   global_batch: int = 0  # train.
   chunk_size: int | None = None  # Noisy inputs per image per forward pass.
+  layout: str = "nhwc"  # stem: benchmarks/stem_layout.py.
 
 
 PROGRAMS = (
@@ -165,6 +166,21 @@ PROGRAMS = (
             sigma=3.5,
             chunk_size=442,
         )
+    ]
+    + [
+        # ResNet-50's first convolution alone, in the model's layout and in
+        # space-to-depth (benchmarks/stem_layout.py), at the same forward
+        # batch: what the input layout could gain.
+        Program(
+            f"resnet50 stem {layout} 442 bf16",
+            "stem",
+            "resnet50",
+            "imagenet2012",
+            sigma=3.5,
+            chunk_size=442,
+            layout=layout,
+        )
+        for layout in ("nhwc", "s2d", "s2d+transform")
     ]
 )
 
@@ -305,6 +321,34 @@ def _forward_row(program: Program, target, mesh) -> dict:
   return row
 
 
+def _stem_row(program: Program, target, mesh) -> dict:
+  """The stem convolution alone, reported like `_forward_row`: per image of
+  the DSSN program at program.sigma."""
+  from benchmarks import stem_layout  # pylint: disable=g-import-not-at-top
+  from dssn_jax.core import smoothing  # pylint: disable=g-import-not-at-top
+
+  step = stem_layout.stem_row(
+      program.layout, program.chunk_size, mesh, program.dtype
+  )
+  levels = smoothing.SmoothingSpec(program.sigma, 255).levels
+  per_image = levels / program.chunk_size
+  row = {
+      "forward_batch_per_device": program.chunk_size,
+      "items_per_image": levels,
+      "compile_seconds": step.compile_seconds,
+      "device_bytes": step.device_bytes,
+      "temp_bytes": step.temp_bytes,
+      "flops_counted_by": "target" if step.flops else None,
+  }
+  if step.flops:
+    row["flops_per_image"] = step.flops * per_image
+  if step.optimal_seconds:
+    row["compiler_seconds_per_image_slice"] = (
+        step.optimal_seconds * per_image / target.chips
+    )
+  return row
+
+
 def _train_row(program: Program, target, mesh) -> dict:
   from configs import cifar10  # pylint: disable=g-import-not-at-top
   from configs import imagenet  # pylint: disable=g-import-not-at-top
@@ -355,9 +399,11 @@ def run_one(program: Program, target) -> dict:
   }
   try:
     mesh = placement.make_mesh(accelerators.compile_only_devices(target))
-    fn = {"train": _train_row, "forward": _forward_row}.get(
-        program.kind, _vote_row
-    )
+    fn = {
+        "train": _train_row,
+        "forward": _forward_row,
+        "stem": _stem_row,
+    }.get(program.kind, _vote_row)
     row.update(fn(program, target, mesh))
   except Exception as e:  # pylint: disable=broad-except
     row["error"] = f"{type(e).__name__}: {e}"[:2000]

@@ -9,11 +9,13 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from benchmarks import certifier
 from benchmarks import certifier_markdown
 from benchmarks import measure
+from benchmarks import stem_layout
 from benchmarks import tuning
 from configs import benchmark as benchmark_config
 import dssn_jax
@@ -255,3 +257,21 @@ def test_early_exit_study_tables_from_the_committed_results():
   uniform = [r for r in rows if "| 100,000 |" in r]
   assert len(uniform) == 2 and all(r.endswith("| 0 |") for r in uniform)
   assert any("uniform, sequential" in r for r in rows), result.stdout
+
+
+def test_space_to_depth_stem_is_the_stem():
+  """benchmarks/stem_layout.py's transform: the 4 x 4 / 1 convolution over
+  2 x 2 blocks computes the model's 7 x 7 / 2 stem (up to the order of the
+  sums), at even and odd block counts."""
+  rng = np.random.default_rng(0)
+  kernel = rng.standard_normal((7, 7, 3, 5))
+  for size in (16, 18):
+    x = rng.random((2, size, size, 3))
+    want = stem_layout.stem(x, kernel)
+    got = stem_layout.stem_space_to_depth(
+        stem_layout.space_to_depth(x), stem_layout.space_to_depth_kernel(kernel)
+    )
+    assert got.shape == want.shape == (2, size // 2, size // 2, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="7 x 7"):
+    stem_layout.space_to_depth_kernel(np.zeros((3, 3, 3, 5)))
