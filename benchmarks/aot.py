@@ -2,7 +2,8 @@ r"""Compiled for TPUs and GPUs without one: memory, cost and estimates.
 
   JAX_PLATFORMS=cpu .venv-aot/bin/python -m benchmarks.aot \
       --out=runs/aot/aot.jsonl [--targets=v5p-8,1x\ H100] [--programs=...]
-  .venv/bin/python -m benchmarks.aot --markdown=runs/aot/aot.jsonl
+  .venv/bin/python -m benchmarks.aot --markdown=runs/aot/aot.jsonl \
+      [--programs=...]
 
 Compiles every program of PROGRAMS for every target of
 `dssn_jax.runtime.accelerators.TARGETS` with `dssn_jax.runs.aot` (the
@@ -19,7 +20,8 @@ where it gives a positive one, the roofline bound from the chip's
 published peak FLOP/s and bandwidth, and the seconds per image and images
 per hour they imply per chip and per slice. All of these but memory and
 compile time are estimates; nothing here ran on an accelerator.
---markdown prints the tables of docs/accelerators.md from such a file.
+--markdown prints the tables of docs/accelerators.md from such a file (of
+--programs, in that order, or of every program in it).
 """
 
 from __future__ import annotations
@@ -100,14 +102,19 @@ PROGRAMS = (
             "imagenet2012",
             dtype="float32",
         ),
-        Program(
-            "resnet50 dssn s3.5 bf16 batch 4",
-            "dssn",
-            "resnet50",
-            "imagenet2012",
-            sigma=3.5,
-            batch=4,
-        ),
+        # Images per call (configs/imagenet.py's certify.batch_size, per
+        # host): fewer than the devices split each image's samples.
+        *[
+            Program(
+                f"resnet50 dssn s3.5 bf16 batch {batch}",
+                "dssn",
+                "resnet50",
+                "imagenet2012",
+                sigma=3.5,
+                batch=batch,
+            )
+            for batch in (4, 8)
+        ],
         Program("wrn_40_2 dssn s0.5 bf16", "dssn", "wrn_40_2", "cifar10"),
         Program(
             "resnet50 uniform N=1e5 s0.5 bf16",
@@ -267,7 +274,6 @@ def _vote_row(program: Program, target, mesh) -> dict:
 def _forward_row(program: Program, target, mesh) -> dict:
   """The forward pass alone, chunk_size inputs per device, reported per
   image of the DSSN program at program.sigma (its L forward passes)."""
-  from dssn_jax.core import smoothing  # pylint: disable=g-import-not-at-top
   from dssn_jax.runs import aot  # pylint: disable=g-import-not-at-top
   from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
 
@@ -287,65 +293,59 @@ def _forward_row(program: Program, target, mesh) -> dict:
   )
   forward = jax.jit(lambda v, b: jnp.argmax(model.apply_fn(v, b), axis=-1))
   step = aot.compile_lowered(forward.lower(variables, x))
-  levels = smoothing.SmoothingSpec(program.sigma, 255).levels
-  per_image = levels / program.chunk_size  # Steps of one chip per image.
+  row, per_image = _per_image(program, target, step)
   model_flops = forward_flops(program.model, program.dataset, program.dtype)
   flops = step.flops or model_flops * program.chunk_size
+  row["flops_counted_by"] = "target" if step.flops else "host cpu (model)"
+  row["flops_per_image"] = flops * per_image
+  row["model_flops_per_image"] = model_flops * row["items_per_image"]
+  row["roofline_seconds_per_image_slice"] = (
+      accelerators.roofline_seconds(
+          flops * target.devices_per_chip,
+          step.bytes_accessed and step.bytes_accessed * target.devices_per_chip,
+          target.chip,
+          program.dtype,
+      )
+      * per_image
+      / target.chips
+  )
+  return row
+
+
+def _per_image(program: Program, target, step) -> tuple[dict, float]:
+  """The row of a program of program.chunk_size inputs per device, run
+  once per chunk of the L inputs of one image of the DSSN program at
+  program.sigma (one image per chip, as the vote programs: slice time =
+  chip time / chips); and its runs per image."""
+  from dssn_jax.core import smoothing  # pylint: disable=g-import-not-at-top
+
+  levels = smoothing.SmoothingSpec(program.sigma, 255).levels
+  per_image = levels / program.chunk_size  # Steps of one chip per image.
   row = {
       "forward_batch_per_device": program.chunk_size,
       "items_per_image": levels,
       "compile_seconds": step.compile_seconds,
       "device_bytes": step.device_bytes,
       "temp_bytes": step.temp_bytes,
-      "flops_counted_by": "target" if step.flops else "host cpu (model)",
-      "flops_per_image": flops * per_image,
-      "model_flops_per_image": model_flops * levels,
-      # One image per chip, as the vote programs: slice time = chip time /
-      # chips.
-      "roofline_seconds_per_image_slice": (
-          accelerators.roofline_seconds(
-              flops * target.devices_per_chip,
-              step.bytes_accessed
-              and step.bytes_accessed * target.devices_per_chip,
-              target.chip,
-              program.dtype,
-          )
-          * per_image
-          / target.chips
-      ),
   }
   if step.optimal_seconds:
     row["compiler_seconds_per_image_slice"] = (
         step.optimal_seconds * per_image / target.chips
     )
-  return row
+  return row, per_image
 
 
 def _stem_row(program: Program, target, mesh) -> dict:
-  """The stem convolution alone, reported like `_forward_row`: per image of
-  the DSSN program at program.sigma."""
+  """The stem convolution alone, reported like `_forward_row`."""
   from benchmarks import stem_layout  # pylint: disable=g-import-not-at-top
-  from dssn_jax.core import smoothing  # pylint: disable=g-import-not-at-top
 
   step = stem_layout.stem_row(
       program.layout, program.chunk_size, mesh, program.dtype
   )
-  levels = smoothing.SmoothingSpec(program.sigma, 255).levels
-  per_image = levels / program.chunk_size
-  row = {
-      "forward_batch_per_device": program.chunk_size,
-      "items_per_image": levels,
-      "compile_seconds": step.compile_seconds,
-      "device_bytes": step.device_bytes,
-      "temp_bytes": step.temp_bytes,
-      "flops_counted_by": "target" if step.flops else None,
-  }
+  row, per_image = _per_image(program, target, step)
   if step.flops:
+    row["flops_counted_by"] = "target"
     row["flops_per_image"] = step.flops * per_image
-  if step.optimal_seconds:
-    row["compiler_seconds_per_image_slice"] = (
-        step.optimal_seconds * per_image / target.chips
-    )
   return row
 
 
@@ -455,7 +455,7 @@ def main(argv) -> None:
   if _MARKDOWN.value:
     from benchmarks import aot_markdown  # pylint: disable=g-import-not-at-top
 
-    print(aot_markdown.tables(_MARKDOWN.value))
+    print(aot_markdown.tables(_MARKDOWN.value, _PROGRAMS.value))
     return
   if os.environ.get("JAX_PLATFORMS") != "cpu":
     raise SystemExit(

@@ -66,19 +66,31 @@ def _row(r: dict, peak_flops) -> str:
   )
 
 
-def tables(path: str) -> str:
-  """One Markdown table per program of the JSON lines file at path."""
+def tables(path: str, programs=()) -> str:
+  """One Markdown table per program of the JSON lines file at path.
+
+  Args:
+    path: benchmarks/aot.py's JSON lines.
+    programs: program names, in the order of the tables; empty: every
+      program of the file, in the order of their first lines.
+
+  Returns:
+    The tables, rows in the order of `accelerators.TARGETS`.
+  """
   from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
 
   with open(path) as f:
     rows = [json.loads(line) for line in f if line.strip()]
-  programs = list(dict.fromkeys(r["program"] for r in rows))
+  order = list(accelerators.TARGETS)
+  rows.sort(key=lambda r: order.index(r["target"]))
+  programs = list(programs) or list(dict.fromkeys(r["program"] for r in rows))
   out = []
   for program in programs:
+    chosen = [r for r in rows if r["program"] == program]
+    if not chosen:
+      continue
     out += [f"#### {program}", "", HEADER]
-    for r in rows:
-      if r["program"] != program:
-        continue
+    for r in chosen:
       target = accelerators.TARGETS[r["target"]]
       dtype = "float32" if " f32" in program else "bfloat16"
       out.append(_row(r, target.chip.peak_flops(dtype)))
