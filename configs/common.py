@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.certify.start = 0
   config.certify.skip = 1
   config.certify.max_examples = -1  # -1: to the end of the split.
+  # Images per certification call per host; -1: one per local device.
   config.certify.batch_size = 32
   config.certify.chunk_size = -1  # -1: sized from the batch.
   config.certify.n0 = 64

@@ -27,7 +27,10 @@ def get_config(arg: str | None = None):
   config.eval_max_examples = 10_000
   config.certify.split = "validation"
   config.certify.skip = 100
-  config.certify.batch_size = 4
+  # -1: one image per local device (4 on a v4, v5p or v5e-256 host, 8 on
+  # a v5e-8, v6e-8 or 8-GPU host); docs/accelerators.md, "Accelerator
+  # defaults".
+  config.certify.batch_size = -1
   if arg == "smoke":
     common.smoke(config)
     config.certify.skip = 1

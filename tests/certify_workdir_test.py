@@ -346,6 +346,21 @@ def test_cli_on_4_devices_writes_the_rows_of_1(
   expected, got = rows_of(one), rows_of(four)
   for name, column in expected.items():
     np.testing.assert_array_equal(got[name], column, err_msg=name)
+  # -1: one image per local device, 4 per call here; the same rows.
+  auto = fresh_copy(fmnist_workdir, tmp_path / "auto")
+  run = cli(
+      auto,
+      fashion_mnist_data_dir,
+      "--config.certify.max_examples=10",
+      "--config.certify.batch_size=-1",
+      devices=4,
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  for name, column in expected.items():
+    np.testing.assert_array_equal(rows_of(auto)[name], column, err_msg=name)
+  path = f"{auto}/certify_dssn.tsv"
+  batching = results_metadata.read_metadata(path)["batching"]
+  assert [b["batch_size"] for b in batching] == [4], batching
 
 
 def test_cli_errors_exit_nonzero_with_message(tmp_path, fashion_mnist_data_dir):

@@ -66,8 +66,9 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
   Returns:
     The summary, also written to `<results file>.summary.json`.
   """
-  cfg = config.certify
   _check_config(config)
+  config = _with_batch_size(config)
+  cfg = config.certify
   classifier, spec, offsets = _load_classifier(config, workdir)
   batches = eval_input.eval_dataset(
       config.dataset,
@@ -136,6 +137,19 @@ def certify_workdir(config, workdir: str) -> dict[str, Any]:
     )
   distributed.barrier("certify: all files complete")
   return run_files.write_summary(workdir, cfg, spec.sigma)
+
+
+def _with_batch_size(config):
+  """The config with `certify.batch_size` -1 resolved: one image per local
+  device. Fewer images than devices split each image's samples over
+  devices, more put several images on a device; on accelerators one per
+  device is the cheapest in the compilers' estimates (docs/accelerators.md,
+  "Accelerator defaults")."""
+  if config.certify.batch_size != -1:
+    return config
+  config = config.copy_and_resolve_references()
+  config.certify.batch_size = jax.local_device_count()
+  return config
 
 
 def _check_config(config) -> None:

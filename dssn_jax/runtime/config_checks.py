@@ -16,6 +16,7 @@ SENTINEL_FIELDS = (
     "steps_per_epoch",
     "eval_max_examples",
     "certify.max_examples",
+    "certify.batch_size",
     "certify.chunk_size",
 )
 # Integer fields that must be positive.
@@ -25,7 +26,6 @@ POSITIVE_FIELDS = (
     "eval_batch_size",
     "log_every_steps",
     "keep_checkpoints",
-    "certify.batch_size",
     "certify.skip",
     "certify.n0",
     "certify.n",
