@@ -5,7 +5,8 @@ r"""Compiled for TPUs and GPUs without one: memory, cost and estimates.
   .venv/bin/python -m benchmarks.aot --markdown=runs/aot/aot.jsonl \
       [--programs=...]
 
-Compiles every program of PROGRAMS for every target of
+Compiles every program of MATRIX (or the --programs named, of MATRIX and
+SWEEPS) for every target of
 `dssn_jax.runtime.accelerators.TARGETS` with `dssn_jax.runs.aot` (the
 library's code path, its default chunk size, compile-only devices) and
 appends one JSON line per (target, program) to --out as it goes, so a long
@@ -39,7 +40,9 @@ import jax.numpy as jnp
 
 _OUT = flags.DEFINE_string("out", "runs/aot/aot.jsonl", "JSON lines out.")
 _TARGETS = flags.DEFINE_list("targets", [], "Targets (default: all).")
-_PROGRAMS = flags.DEFINE_list("programs", [], "Programs (default: all).")
+_PROGRAMS = flags.DEFINE_list(
+    "programs", [], "Programs of MATRIX or SWEEPS (default: MATRIX)."
+)
 _MARKDOWN = flags.DEFINE_string(
     "markdown", "", "Print the Markdown tables of this JSON lines file."
 )
@@ -62,90 +65,99 @@ class Program:
   layout: str = "nhwc"  # stem: benchmarks/stem_layout.py.
 
 
-PROGRAMS = (
+# The matrix of docs/accelerators.md, "Results": every target compiles
+# these.
+MATRIX = [
+    Program(
+        "resnet50 dssn s3.5 bf16",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        sigma=3.5,
+    ),
+    Program(
+        "resnet50 dssn s2 bf16",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        sigma=2.0,
+    ),
+    Program("resnet50 dssn s0.5 bf16", "dssn", "resnet50", "imagenet2012"),
+    Program(
+        "resnet50 dssn s3.5 f32",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        dtype="float32",
+        sigma=3.5,
+    ),
+    Program(
+        "resnet50 dssn s2 f32",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        dtype="float32",
+        sigma=2.0,
+    ),
+    Program(
+        "resnet50 dssn s0.5 f32",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        dtype="float32",
+    ),
+    # Fewer images per call than devices: each image's samples split.
+    Program(
+        "resnet50 dssn s3.5 bf16 batch 4",
+        "dssn",
+        "resnet50",
+        "imagenet2012",
+        sigma=3.5,
+        batch=4,
+    ),
+    Program("wrn_40_2 dssn s0.5 bf16", "dssn", "wrn_40_2", "cifar10"),
+    Program(
+        "resnet50 uniform N=1e5 s0.5 bf16",
+        "uniform",
+        "resnet50",
+        "imagenet2012",
+    ),
+    Program("wrn_40_2+dncnn dssn s0.5 bf16", "denoised", "wrn_40_2", "cifar10"),
+    Program(
+        "resnet50 train 1024",
+        "train",
+        "resnet50",
+        "imagenet2012",
+        global_batch=1024,
+    ),
+    Program(
+        "resnet50 train 4096",
+        "train",
+        "resnet50",
+        "imagenet2012",
+        global_batch=4096,
+    ),
+    Program(
+        "wrn_40_2 train 1024",
+        "train",
+        "wrn_40_2",
+        "cifar10",
+        global_batch=1024,
+    ),
+]
+# The sweeps of docs/accelerators.md, "Accelerator defaults": compiled for
+# the targets they name (--programs).
+SWEEPS = (
     [
+        # Two images per chip of a 4-chip host (against "batch 4", one).
         Program(
-            "resnet50 dssn s3.5 bf16",
+            "resnet50 dssn s3.5 bf16 batch 8",
             "dssn",
             "resnet50",
             "imagenet2012",
             sigma=3.5,
-        ),
-        Program(
-            "resnet50 dssn s2 bf16",
-            "dssn",
-            "resnet50",
-            "imagenet2012",
-            sigma=2.0,
-        ),
-        Program("resnet50 dssn s0.5 bf16", "dssn", "resnet50", "imagenet2012"),
-        Program(
-            "resnet50 dssn s3.5 f32",
-            "dssn",
-            "resnet50",
-            "imagenet2012",
-            dtype="float32",
-            sigma=3.5,
-        ),
-        Program(
-            "resnet50 dssn s2 f32",
-            "dssn",
-            "resnet50",
-            "imagenet2012",
-            dtype="float32",
-            sigma=2.0,
-        ),
-        Program(
-            "resnet50 dssn s0.5 f32",
-            "dssn",
-            "resnet50",
-            "imagenet2012",
-            dtype="float32",
-        ),
-        # Images per call (configs/imagenet.py's certify.batch_size, per
-        # host): fewer than the devices split each image's samples.
-        *[
-            Program(
-                f"resnet50 dssn s3.5 bf16 batch {batch}",
-                "dssn",
-                "resnet50",
-                "imagenet2012",
-                sigma=3.5,
-                batch=batch,
-            )
-            for batch in (4, 8)
-        ],
-        Program("wrn_40_2 dssn s0.5 bf16", "dssn", "wrn_40_2", "cifar10"),
-        Program(
-            "resnet50 uniform N=1e5 s0.5 bf16",
-            "uniform",
-            "resnet50",
-            "imagenet2012",
-        ),
-        Program(
-            "wrn_40_2+dncnn dssn s0.5 bf16", "denoised", "wrn_40_2", "cifar10"
-        ),
-        Program(
-            "resnet50 train 1024",
-            "train",
-            "resnet50",
-            "imagenet2012",
-            global_batch=1024,
-        ),
-        Program(
-            "resnet50 train 4096",
-            "train",
-            "resnet50",
-            "imagenet2012",
-            global_batch=4096,
-        ),
-        Program(
-            "wrn_40_2 train 1024",
-            "train",
-            "wrn_40_2",
-            "cifar10",
-            global_batch=1024,
-        ),
+            batch=8,
+        )
     ]
     + [
         # The forward-batch sweep of the accelerator defaults (docs/
@@ -424,7 +436,14 @@ def run_matrix(path: str, targets, programs) -> None:
 
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   done = _done(path)
-  chosen = [p for p in PROGRAMS if not programs or p.name in programs]
+  if programs:
+    by_name = {p.name: p for p in MATRIX + SWEEPS}
+    unknown = sorted(set(programs) - set(by_name))
+    if unknown:
+      raise SystemExit(f"Unknown programs {unknown}; see benchmarks/aot.py.")
+    chosen = [by_name[name] for name in programs]
+  else:
+    chosen = list(MATRIX)
   names = targets or list(accelerators.TARGETS)
   for program in chosen:  # Program first: every target's memory early.
     for name in names:
