@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import aot_markdown
 from benchmarks import certifier
 from benchmarks import certifier_markdown
 from benchmarks import measure
@@ -275,3 +276,62 @@ def test_space_to_depth_stem_is_the_stem():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="7 x 7"):
     stem_layout.space_to_depth_kernel(np.zeros((3, 3, 3, 5)))
+
+
+def test_aot_markdown_rows(tmp_path):
+  """benchmarks/aot_markdown.py: rows in the order of the targets, the
+  compiler's estimate before the roofline, MFU only where the target
+  counted the bytes, memory over the device's and errors marked."""
+  gib = 2**30
+  common = {"program": "p", "model_flops_per_image": 459e12 * 0.05}
+  rows = [
+      # The GPU: roofline of the host's FLOP count, no MFU.
+      dict(
+          common,
+          target="1x H100",
+          chips=1,
+          batch=1,
+          compile_seconds=3.0,
+          device_bytes=100 * gib,
+          hbm_bytes=79 * gib,
+          flops_counted_by="host cpu (model)",
+          roofline_seconds_per_image_slice=0.02,
+      ),
+      # A v5p slice of 4 chips: 0.025 s of the slice per image is 0.1 s
+      # of a chip; MFU = 0.05 s at peak / 0.1 s.
+      dict(
+          common,
+          target="v5p-8",
+          chips=4,
+          batch=4,
+          forward_batch_per_device=442,
+          compile_seconds=150.0,
+          device_bytes=2 * gib,
+          hbm_bytes=95 * gib,
+          flops_counted_by="target",
+          flops_per_image=2.5e13,
+          compiler_seconds_per_image_slice=0.025,
+          roofline_seconds_per_image_slice=0.015,
+      ),
+      dict(common, target="v4-8", batch=8, error="XlaRuntimeError: a|b"),
+  ]
+  path = tmp_path / "aot.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  lines = aot_markdown.tables(str(path)).splitlines()
+  assert lines[0] == "#### p"
+  body = [line for line in lines[4:] if line]
+  assert [line.split(" | ")[0] for line in body] == [
+      "| v4-8",
+      "| v5p-8",
+      "| 1x H100",
+  ]
+  assert "fails: XlaRuntimeError: a/b" in body[0]
+  assert body[1] == (
+      "| v5p-8 | 4 | 442 | 150 | 2.00 (95) | 25000.0 | 0.1 | 0.06 | 36,000 "
+      "| 144,000 | 50% |"
+  )
+  assert body[2] == (
+      "| 1x H100 | 1 | - | 3 | 100.00 (79) does not fit | - | - | 0.02 "
+      "| 180,000 | 180,000 | - |"
+  )
+  assert aot_markdown.tables(str(path), ["q"]) == ""
