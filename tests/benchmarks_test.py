@@ -7,6 +7,7 @@ tests check that the report is complete and sane.
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -20,6 +21,7 @@ from benchmarks import stem_layout
 from benchmarks import tuning
 from configs import benchmark as benchmark_config
 import dssn_jax
+from tests.conftest import REPO_ROOT
 from tests.conftest import run_python
 
 
@@ -342,3 +344,20 @@ def test_aot_markdown_rows(tmp_path):
       "| 180,000 | 180,000 | - |"
   )
   assert aot_markdown.tables(str(path), ["q"]) == ""
+
+
+def test_accelerator_tables_are_the_committed_rows():
+  """docs/accelerators.md, "Results": one table per program of
+  docs/accelerators/aot.jsonl, each exactly what `python -m benchmarks.aot
+  --markdown` prints from the committed rows (so a figure in the tables
+  cannot drift from its data)."""
+  doc = (REPO_ROOT / "docs" / "accelerators.md").read_text()
+  results = doc.split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+  tables = re.findall(r"^#### .*?(?=\n\n(?!\|)|\n*\Z)", results, re.M | re.S)
+  rows = str(REPO_ROOT / "docs" / "accelerators" / "aot.jsonl")
+  with open(rows) as f:
+    programs = {json.loads(line)["program"] for line in f if line.strip()}
+  named = [t.splitlines()[0].removeprefix("#### ") for t in tables]
+  assert sorted(named) == sorted(programs)
+  for name, table in zip(named, tables):
+    assert table.strip() == aot_markdown.tables(rows, [name]).strip(), name
