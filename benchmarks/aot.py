@@ -435,7 +435,6 @@ def run_matrix(path: str, targets, programs) -> None:
   from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
 
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  done = _done(path)
   if programs:
     by_name = {p.name: p for p in MATRIX + SWEEPS}
     unknown = sorted(set(programs) - set(by_name))
@@ -447,9 +446,14 @@ def run_matrix(path: str, targets, programs) -> None:
   names = targets or list(accelerators.TARGETS)
   for program in chosen:  # Program first: every target's memory early.
     for name in names:
-      if (name, program.name) in done:
+      # Read before and after each compile: processes that share the file
+      # (ALLOW_MULTIPLE_LIBTPU_LOAD) skip, and do not repeat, each other's
+      # rows.
+      if (name, program.name) in _done(path):
         continue
       row = run_one(program, accelerators.TARGETS[name])
+      if (name, program.name) in _done(path):
+        continue
       row.update(versions())
       with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
