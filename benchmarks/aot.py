@@ -11,7 +11,9 @@ SWEEPS) for every target of
 library's code path, its default chunk size, compile-only devices) and
 appends one JSON line per (target, program) to --out as it goes, so a long
 run can be read (and resumed: done lines are skipped) at any time. A
-program that does not compile gets its error in the line.
+program that does not compile gets its error in the line; each line is
+compiled in a process of its own, so a compiler that crashes its process
+gives a line "Crash: ..." instead of ending the run.
 
 Per line: compile seconds, per-chip memory against the chip's memory, the
 FLOPs per image (XLA's count on TPU; on GPU, where XLA gives no cost
@@ -37,6 +39,8 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+
+from benchmarks import isolated
 
 _OUT = flags.DEFINE_string("out", "runs/aot/aot.jsonl", "JSON lines out.")
 _TARGETS = flags.DEFINE_list("targets", [], "Targets (default: all).")
@@ -396,12 +400,8 @@ def _train_row(program: Program, target, mesh) -> dict:
   return row
 
 
-def run_one(program: Program, target) -> dict:
-  """One JSON line: the program compiled for the target, or its error."""
-  from dssn_jax.core import placement  # pylint: disable=g-import-not-at-top
-  from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
-
-  row = {
+def _base_row(program: Program, target) -> dict:
+  return {
       "target": target.name,
       "program": program.name,
       "chips": target.chips,
@@ -409,6 +409,18 @@ def run_one(program: Program, target) -> dict:
       "hbm_bytes": target.device_hbm_bytes,
       "batch": program.global_batch or program.batch or target.devices,
   }
+
+
+def _crashed(program: Program, target, message: str) -> dict:
+  return dict(_base_row(program, target), error=f"Crash: {message}")
+
+
+def run_one(program: Program, target) -> dict:
+  """One JSON line: the program compiled for the target, or its error."""
+  from dssn_jax.core import placement  # pylint: disable=g-import-not-at-top
+  from dssn_jax.runtime import accelerators  # pylint: disable=g-import-not-at-top
+
+  row = _base_row(program, target)
   try:
     mesh = placement.make_mesh(accelerators.compile_only_devices(target))
     fn = {
@@ -451,7 +463,13 @@ def run_matrix(path: str, targets, programs) -> None:
       # rows.
       if (name, program.name) in _done(path):
         continue
-      row = run_one(program, accelerators.TARGETS[name])
+      target = accelerators.TARGETS[name]
+      row = isolated.call(
+          run_one,
+          program,
+          target,
+          on_crash=functools.partial(_crashed, program, target),
+      )
       if (name, program.name) in _done(path):
         continue
       row.update(versions())

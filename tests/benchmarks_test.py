@@ -16,6 +16,7 @@ import pytest
 from benchmarks import aot_markdown
 from benchmarks import certifier
 from benchmarks import certifier_markdown
+from benchmarks import isolated
 from benchmarks import measure
 from benchmarks import stem_layout
 from benchmarks import tuning
@@ -23,6 +24,7 @@ from configs import benchmark as benchmark_config
 import dssn_jax
 from tests.conftest import REPO_ROOT
 from tests.conftest import run_python
+from tests.programs import child_calls
 
 
 @pytest.fixture(scope="module")
@@ -361,3 +363,11 @@ def test_accelerator_tables_are_the_committed_rows():
   assert sorted(named) == sorted(programs)
   for name, table in zip(named, tables):
     assert table.strip() == aot_markdown.tables(rows, [name]).strip(), name
+
+
+def test_isolated_call_returns_or_reports_the_crash():
+  """benchmarks/isolated.py, which benchmarks/aot.py compiles each row
+  through: the child's result, or on_crash's value when it dies."""
+  assert isolated.call(child_calls.square, 3, on_crash=lambda m: None) == 9
+  message = isolated.call(child_calls.segfault, on_crash=lambda m: m)
+  assert message.startswith("the process ended without a result"), message

@@ -1,0 +1,14 @@
+"""Module-level functions for tests/benchmarks_test.py to call in a child
+process (benchmarks/isolated.py pickles them by name): light imports only,
+since each child imports this module."""
+
+import os
+import signal
+
+
+def square(x):
+  return x * x
+
+
+def segfault():
+  os.kill(os.getpid(), signal.SIGSEGV)
