@@ -7,6 +7,8 @@ import signal
 
 
 def square(x):
+  if not isinstance(x, (int, float)):
+    raise ValueError(f"no square of {x!r}")
   return x * x
 
 
