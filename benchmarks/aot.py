@@ -456,6 +456,11 @@ def run_matrix(path: str, targets, programs) -> None:
   else:
     chosen = list(MATRIX)
   names = targets or list(accelerators.TARGETS)
+  unknown = sorted(set(names) - set(accelerators.TARGETS))
+  if unknown:
+    raise SystemExit(
+        f"Unknown targets {unknown}; choose from {list(accelerators.TARGETS)}."
+    )
   for program in chosen:  # Program first: every target's memory early.
     for name in names:
       # Read before and after each compile: processes that share the file

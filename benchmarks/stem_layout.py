@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 STEM_KERNEL = 7  # ResNet-50's conv1: 7 x 7, stride 2, padding 3, 64 outputs.
 STEM_FEATURES = 64
@@ -37,7 +36,7 @@ def space_to_depth_kernel(kernel):
   2i - 3 ... 2i + 3; with a zero tap in front they are 2(i - 2) + k for
   k = 0 ... 7, i.e. block i - 2 + k // 2, position k % 2 in the block.
   """
-  k = np.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
+  k = jnp.asarray(kernel)
   kh, kw, c, o = k.shape
   if (kh, kw) != (STEM_KERNEL, STEM_KERNEL):
     raise ValueError(f"expected a 7 x 7 kernel, got {kh} x {kw}")
